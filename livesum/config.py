@@ -1,0 +1,175 @@
+"""Every tunable of livesum, as pydantic models.
+
+Settings are layered, later wins: built-in defaults < `configs/default.toml` < a profile TOML
+(`--config configs/cpu.toml`) < environment (`LIVESUM_ASR__MODEL=tiny.en`) < CLI flags. Unknown
+keys are errors at every layer, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "LIVESUM_"
+ENV_NESTING = "__"
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are rejected, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AudioConfig(Section):
+    sample_rate: int = Field(16000, description="Rate the pipeline works at; input is resampled to it.")
+    chunk_seconds: float = Field(0.5, gt=0, le=10, description="Audio chunk size handed to the ASR stage.")
+    queue_chunks: int = Field(64, ge=1, description="Bound of the source->ASR queue (backpressure).")
+
+
+class AsrConfig(Section):
+    model: str = Field("base", description="'base', 'tiny.en' (embedded) or a CTranslate2 model directory.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = Field("auto", description="'auto' = int8 on CPU, float16 on CUDA.")
+    language: str | None = Field("en", description="None lets Whisper detect it.")
+    beam_size: int = Field(1, ge=1, le=10)
+    cpu_threads: int = Field(0, ge=0, description="0 = CTranslate2's default.")
+    vad_threshold: float = Field(0.5, gt=0, lt=1)
+    min_silence_ms: int = Field(500, ge=50, description="Silence that closes an utterance.")
+    window_seconds: float = Field(
+        24.0, gt=1, le=30,
+        description="Audio gathered before a final transcription, cut at a pause. Whisper encodes 30 s "
+        "windows whatever the input, so longer batches are cheaper; live sources lower it for latency.",
+    )
+    partial_every_seconds: float = Field(0.0, ge=0, description="Emit partial segments this often; 0 = finals only.")
+
+
+class EngineConfig(Section):
+    """The StreamingLLM cache: sinks + rolling window, and generation limits."""
+
+    n_sink: int = Field(4, ge=0, description="Attention-sink tokens kept at the start of the cache.")
+    window: int = Field(1024, ge=16, description="Recent tokens kept behind the sinks.")
+    evict_chunk: int = Field(64, ge=1, description="Tokens evicted at once when the window is full.")
+    prefill_chunk: int = Field(256, ge=1, description="Largest block of new tokens encoded in one forward.")
+    pin_summary: bool = Field(True, description="Keep the latest summary pinned right behind the sinks.")
+    pinned_summary_tokens: int = Field(128, ge=0, description="Room reserved for the pinned summary.")
+    max_summary_tokens: int = Field(96, ge=1)
+    max_answer_tokens: int = Field(64, ge=1)
+
+
+class LlmConfig(Section):
+    enabled: bool = True
+    model: str = Field("smollm2-135m", description="'smollm2-135m', 'qwen2.5-1.5b' (embedded) or a local model directory.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="'auto' = float32 on CPU, bfloat16 on CUDA.")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default.")
+    summary_every_seconds: float = Field(120.0, gt=0, description="Audio seconds between rolling summaries.")
+    summary_every_tokens: int = Field(0, ge=0, description="Also summarize after this many new tokens; 0 = off.")
+    engine: EngineConfig = EngineConfig()
+
+
+class OutputConfig(Section):
+    formats: list[Literal["txt", "srt", "vtt", "jsonl", "md"]] = ["txt", "srt", "vtt", "jsonl", "md"]
+    console: bool = Field(True, description="Progress bar and scrolling transcript on the terminal.")
+    progress_every_seconds: float = Field(5.0, gt=0, description="Audio seconds between progress status events.")
+
+
+class Settings(Section):
+    audio: AudioConfig = AudioConfig()
+    asr: AsrConfig = AsrConfig()
+    llm: LlmConfig = LlmConfig()
+    output: OutputConfig = OutputConfig()
+    cache_dir: Path | None = Field(None, description="Where converted models live; default ~/.cache/livesum.")
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base) / "livesum"
+
+
+class ConfigError(ValueError):
+    """A config file, variable or flag that does not fit the schema; the message names the key."""
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+
+
+def env_overrides(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
+    """`LIVESUM_LLM__ENGINE__WINDOW=2048` -> {"llm": {"engine": {"window": "2048"}}}; pydantic coerces."""
+    overrides: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX):].lower().split(ENV_NESTING)
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = parse_value(value)
+    return overrides
+
+
+def parse_value(value: str) -> Any:
+    """Lists arrive as TOML arrays (`["txt","md"]`) from env or --set; the rest stays a string for pydantic."""
+    if value.startswith("["):
+        try:
+            return tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            return value
+    return value
+
+
+def validate_settings(data: dict[str, Any], origin: str) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            key = ".".join(str(part) for part in item["loc"])
+            if item["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{key}'")
+            else:
+                problems.append(f"'{key}': {item['msg']}")
+        raise ConfigError(f"{origin}: " + "; ".join(problems)) from None
+
+
+def load_settings(
+    config_path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Defaults, then configs/default.toml, then `config_path`, then environment, then `overrides`."""
+    data: dict[str, Any] = {}
+    layers: list[tuple[str, dict[str, Any]]] = []
+    default_file = REPO_CONFIGS / "default.toml"
+    if default_file.is_file():
+        layers.append((str(default_file), read_toml(default_file)))
+    if config_path is not None:
+        layers.append((str(config_path), read_toml(Path(config_path))))
+    layers.append(("environment", env_overrides(os.environ if environ is None else environ)))
+    layers.append(("command line", overrides or {}))
+    for origin, layer in layers:
+        data = deep_merge(data, layer)
+        validate_settings(data, origin)  # name the layer that introduced the problem
+    return validate_settings(data, "settings")

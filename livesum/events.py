@@ -1,0 +1,115 @@
+"""The one event schema that the pipeline, the CLI, the writers and the websocket server speak.
+
+Every event is a pydantic model with a literal `type` tag, so `Event` (a discriminated union)
+round-trips through JSON: `parse_event(event.model_dump_json())` gives the same event back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+
+
+class BaseEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    wall_time: float = Field(default_factory=time.time, description="Unix time the event was made.")
+
+
+class Segment(BaseEvent):
+    """A stretch of transcribed speech. Partials may be revised; a final one never changes."""
+
+    type: Literal["segment"] = "segment"
+    final: bool
+    start: float = Field(ge=0, description="Seconds from the start of the stream.")
+    end: float = Field(ge=0)
+    text: str
+    language: str | None = None
+
+
+class Summary(BaseEvent):
+    """A rolling summary of everything heard up to `end` (the model's memory covers [start, end])."""
+
+    type: Literal["summary"] = "summary"
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+    text: str
+    final: bool = Field(False, description="True for the summary made at the end of the stream.")
+
+
+class Answer(BaseEvent):
+    type: Literal["answer"] = "answer"
+    question: str
+    text: str
+    at: float = Field(ge=0, description="Stream time (seconds) when the question was answered.")
+
+
+class ActionItem(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: str
+    owner: str | None = None
+    at: float | None = Field(None, description="Stream time the item was said, when known.")
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: str
+    at: float | None = None
+
+
+class Notes(BaseEvent):
+    """The meeting notes made when a stream ends (also written as notes.md)."""
+
+    type: Literal["notes"] = "notes"
+    title: str
+    summary: str
+    key_points: list[str] = []
+    decisions: list[Decision] = []
+    action_items: list[ActionItem] = []
+    answers: list[Answer] = []
+    duration: float = Field(0.0, ge=0)
+
+
+class Status(BaseEvent):
+    """Progress and lifecycle: `started`, `progress`, `finished`, with what is known so far."""
+
+    type: Literal["status"] = "status"
+    state: Literal["started", "progress", "finished"]
+    position: float = Field(0.0, ge=0, description="Seconds of audio processed.")
+    duration: float | None = Field(None, description="Total seconds, when known (files).")
+    detail: str = ""
+
+
+class Error(BaseEvent):
+    """Something went wrong; `fatal` says whether the stream stopped because of it."""
+
+    type: Literal["error"] = "error"
+    message: str
+    fatal: bool = False
+    source: str = Field("pipeline", description="Stage that raised it: source, asr, llm, output, server.")
+
+
+Event = Annotated[Segment | Summary | Answer | Notes | Status | Error, Field(discriminator="type")]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(raw: str | bytes) -> Event:
+    return EVENT_ADAPTER.validate_json(raw)
+
+
+def event_json_schema() -> dict:
+    schema = EVENT_ADAPTER.json_schema()
+    schema["title"] = "livesum event"
+    schema["$comment"] = f"livesum event schema version {SCHEMA_VERSION}"
+    return schema
+
+
+def event_json_schema_text() -> str:
+    return json.dumps(event_json_schema(), indent=2) + "\n"

@@ -1,0 +1,1 @@
+"""The language model side: the StreamingLLM engine and what it writes (summaries, notes)."""

@@ -1,0 +1,1 @@
+"""Where events go: files (txt, srt, vtt, jsonl, md) and the terminal."""

@@ -1,0 +1,28 @@
+"""What every audio source produces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class AudioSourceError(RuntimeError):
+    """Audio could not be read or decoded; the message is one line, fit for a user."""
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """Mono float32 samples in [-1, 1] at the pipeline's sample rate, starting at `start` seconds."""
+
+    samples: np.ndarray
+    start: float
+    sample_rate: int
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
