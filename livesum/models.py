@@ -199,7 +199,9 @@ def load_language_model(name_or_path: str, cache_dir: Path, device: str = "auto"
     """(model, tokenizer) ready for inference; float32 on CPU and bfloat16 on CUDA by default."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # the CLI draws its own progress
     model_dir = language_model_dir(name_or_path, cache_dir)
     device = resolve_device(device)
     if dtype == "auto":

@@ -8,6 +8,7 @@ model becomes an Error event; everything transcribed up to then is still written
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -71,6 +72,7 @@ class RunResult:
 
 
 _DONE = object()
+TRUNCATION_TOLERANCE = 1.0  # seconds of audio missing before the header's duration counts as a truncation
 
 
 class Pipeline:
@@ -131,7 +133,11 @@ class Pipeline:
     def describe_timing(self) -> str:
         result = self.result
         split = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.stage_seconds.items())
-        return f"{result.audio_seconds:.1f} s of audio in {result.wall_seconds:.1f} s (RTF {result.real_time_factor:.3f}; busy: {split})"
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+        return (
+            f"{result.audio_seconds:.1f} s of audio in {result.wall_seconds:.1f} s (RTF {result.real_time_factor:.3f}; "
+            f"busy: {split}; peak RSS {peak_mib:.0f} MiB)"
+        )
 
     async def _asr_stage(
         self, chunks: AsyncIterator[AudioChunk], duration: float | None, to_llm: asyncio.Queue[object]
@@ -155,6 +161,9 @@ class Pipeline:
                 self.emit(Status(state="progress", position=chunk.end, duration=duration))
                 last_progress = chunk.end
         await self._publish(await self.clock.run("asr", self.transcriber.flush), to_llm)
+        if duration and not self.result.fatal_error and self.result.audio_seconds < duration - TRUNCATION_TOLERANCE:
+            message = f"audio ended after {self.result.audio_seconds:.1f} s but the header says {duration:.1f} s: truncated file?"
+            self.emit(Error(message=message, source="source"))
 
     async def _publish(self, segments: list[Segment], to_llm: asyncio.Queue[object]) -> None:
         for segment in segments:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import nullcontext
 from pathlib import Path
 
 from livesum.asr.transcriber import StreamingTranscriber, load_whisper
@@ -33,14 +34,16 @@ def load_engine(settings: Settings) -> LanguageEngine | None:
 async def build_pipeline(settings: Settings, out_dir: Path) -> Pipeline:
     """Load both models side by side in worker threads; files are opened only once they loaded."""
     cache = settings.resolved_cache_dir()
-    whisper, engine = await asyncio.gather(
-        asyncio.to_thread(load_whisper, settings.asr, cache),
-        asyncio.to_thread(load_engine, settings),
-    )
+    view = ConsoleView() if settings.output.console else None
+    with view.console.status("loading models (the first run converts them once)") if view else nullcontext():
+        whisper, engine = await asyncio.gather(
+            asyncio.to_thread(load_whisper, settings.asr, cache),
+            asyncio.to_thread(load_engine, settings),
+        )
     transcriber = StreamingTranscriber(whisper, settings.asr, settings.audio.sample_rate)
     sinks: list[EventSink] = file_sinks(out_dir, settings.output.formats)
-    if settings.output.console:
-        sinks.append(ConsoleView())
+    if view:
+        sinks.append(view)
     return Pipeline(settings, transcriber, engine, sinks)
 
 

@@ -31,8 +31,9 @@ class ConsoleView:
                 self.task = self.progress.add_task("transcribing", total=duration, position="0:00")
             case Status(state="progress", position=position) if self.task is not None:
                 self.progress.update(self.task, completed=position, position=timestamp(position, ".")[:-4])
-            case Status(state="finished"):
+            case Status(state="finished", detail=detail):
                 self.progress.stop()
+                self.console.print(f"[bold]done:[/bold] {detail}", highlight=False)
             case Segment(final=True, start=start, text=text):
                 self.console.print(f"[dim]{timestamp(start, '.')[:-4]}[/dim] {text}", highlight=False)
             case Summary(start=start, end=end, text=text, final=final):

@@ -1,0 +1,99 @@
+"""The CLI as a user runs it: a subprocess on real audio files."""
+
+import re
+import shutil
+from pathlib import Path
+
+import jiwer
+import pytest
+
+from conftest import SPEECH_REFERENCE, SPEECH_SAMPLE, run_cli
+from livesum.events import Error, Segment, parse_event
+
+# Measured: Whisper base int8 gets 2.8% WER on this clip, tiny.en 11% (see samples/README.md).
+# The bar sits above each with room for CTranslate2/CPU differences, far below a broken pipeline
+# (lost chunks, wrong sample rate or cut words each cost well over 20%).
+MAX_WER = {"base": 0.08, "tiny.en": 0.18}
+
+
+def normalise(text: str) -> str:
+    words = re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+    return " ".join("mister" if word == "mr" else word for word in words)
+
+
+def one_line_error(result) -> str:
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("livesum: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("empty.wav", b"", "empty"),
+        ("notes.wav", b"This is a text file pretending to be audio.\n" * 50, "not a readable audio"),
+        ("noise.mp3", bytes(range(256)) * 64, "not a readable audio"),
+        ("absent.flac", None, "no such file"),
+    ],
+)
+def test_unreadable_files_exit_nonzero_with_one_line(tmp_path: Path, name: str, content: bytes | None, reason: str) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    result = run_cli("file", str(path), "--out", str(tmp_path / "out"), "-q")
+    assert result.returncode == 1
+    assert reason in one_line_error(result)
+
+
+def test_config_typo_exits_2_naming_the_key(tmp_path: Path) -> None:
+    profile = tmp_path / "mine.toml"
+    profile.write_text("[asr]\nbeam_sise = 3\n")
+    result = run_cli("file", str(SPEECH_SAMPLE), "--config", str(profile), "-q")
+    assert result.returncode == 2
+    assert "unknown key 'asr.beam_sise'" in one_line_error(result)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("asr_model", ["base", "tiny.en"])
+def test_sample_transcript_word_error_rate(tmp_path: Path, asr_model: str) -> None:
+    out = tmp_path / "out"
+    result = run_cli("file", str(SPEECH_SAMPLE), "--out", str(out), "--asr-model", asr_model, "--no-llm", "-q")
+    assert result.returncode == 0, result.stderr
+    hypothesis = " ".join(line.split("] ", 1)[1] for line in (out / "transcript.txt").read_text().splitlines())
+    error_rate = jiwer.wer(normalise(SPEECH_REFERENCE.read_text()), normalise(hypothesis))
+    assert error_rate < MAX_WER[asr_model], f"WER {error_rate:.3f}: {hypothesis}"
+    srt = (out / "transcript.srt").read_text()
+    assert srt.startswith("1\n00:00:0")
+    events = [parse_event(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    finals = [e for e in events if isinstance(e, Segment) and e.final]
+    assert finals and all(a.end <= b.start + 0.5 for a, b in zip(finals, finals[1:]))
+    assert finals[-1].end == pytest.approx(24.7, abs=1.5)
+
+
+@pytest.mark.slow
+def test_file_breaking_half_way_keeps_the_first_half(tmp_path: Path) -> None:
+    whole = SPEECH_SAMPLE.read_bytes()
+    broken = tmp_path / "broken.flac"
+    broken.write_bytes(whole[: len(whole) // 2])
+    out = tmp_path / "out"
+    result = run_cli("file", str(broken), "--out", str(out), "--asr-model", "tiny.en", "--no-llm", "-q")
+    assert result.returncode == 1
+    assert "decoding failed after" in one_line_error(result)
+    events = [parse_event(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    heard = normalise(" ".join(e.text for e in events if isinstance(e, Segment) and e.final)).split()
+    first_sentence = normalise(SPEECH_REFERENCE.read_text().split(".")[0]).split()
+    assert jiwer.wer(" ".join(first_sentence), " ".join(heard[: len(first_sentence)])) < 0.3
+    assert "himself" not in heard  # the last sentence was in the lost half
+    assert (out / "transcript.txt").read_text().startswith("[00:00:00] And")
+    assert any(isinstance(e, Error) and e.fatal and e.source == "source" for e in events)
+    assert events[-1].type == "status" and events[-1].state == "finished"
+    assert (out / "notes.md").is_file()
+
+
+def test_schema_command_exports_json_schema(tmp_path: Path) -> None:
+    target = tmp_path / "schema.json"
+    result = run_cli("schema", "--out", str(target))
+    assert result.returncode == 0, result.stderr
+    assert '"segment"' in target.read_text()
