@@ -52,3 +52,11 @@ def test_json_schema_lists_every_event_type() -> None:
     json.dumps(schema)
     tags = {definition["properties"]["type"]["const"] for definition in schema["$defs"].values() if "type" in definition.get("properties", {})}
     assert tags == {"segment", "summary", "answer", "notes", "status", "error"}
+
+
+def test_committed_schema_is_current() -> None:
+    """docs/events.schema.json is what clients code against; regenerate with `livesum schema -o`."""
+    from conftest import REPO
+    from livesum.events import event_json_schema_text
+
+    assert (REPO / "docs" / "events.schema.json").read_text() == event_json_schema_text()
