@@ -65,16 +65,47 @@ def _owner(sentence: str) -> str | None:
     return None
 
 
+NEGATED_DECISION = re.compile(r"\b(?:not|no|without) (?:a |any )?decision", re.IGNORECASE)
+FIRST_PERSON_COMMITMENT = re.compile(r"^(?:and |so |then |okay,? )?(?:I will|I'll|I am going to|I'm going to|I can)\b", re.IGNORECASE)
+# "Decision." / "Action item for Peter, then.": the cue says little more, the content follows.
+CUE_ONLY_TRAILING_WORDS = 2
+MAX_COMMITMENT_SENTENCES = 2
+
+
+def _cue_only(sentence: str, cue: re.Pattern[str]) -> bool:
+    """The sentence ends (give or take a word or two) with the cue: its content is in the next one."""
+    matches = list(cue.finditer(sentence))
+    return bool(matches) and len(sentence[matches[-1].end():].split()) <= CUE_ONLY_TRAILING_WORDS
+
+
 def extract_decisions(segments: Iterable[Segment]) -> list[Decision]:
-    return [Decision(text=text, at=at) for text, at in sentences(segments) if DECISION_CUES.search(text)]
+    said = sentences(segments)
+    decisions = []
+    for index, (text, at) in enumerate(said):
+        if not DECISION_CUES.search(text) or NEGATED_DECISION.search(text):
+            continue
+        if _cue_only(text, DECISION_CUES) and index + 1 < len(said):
+            text = f"{text} {said[index + 1][0]}"
+        decisions.append(Decision(text=text, at=at))
+    return decisions
 
 
 def extract_action_items(segments: Iterable[Segment]) -> list[ActionItem]:
+    """A cue or a named commitment, plus the first-person promises that follow it
+    ("Action item for David. I will fix the login crash by Friday.")."""
+    said = sentences(segments)
     items = []
-    for text, at in sentences(segments):
+    for index, (text, at) in enumerate(said):
         owner = _owner(text)
-        if owner or ACTION_CUES.search(text):
-            items.append(ActionItem(text=text, owner=owner, at=at))
+        if not owner and not ACTION_CUES.search(text):
+            continue
+        following = [sentence for sentence, _ in said[index + 1 : index + 1 + MAX_COMMITMENT_SENTENCES]]
+        for position, sentence in enumerate(following):
+            content_follows = position == 0 and (_cue_only(text, OWNER_AFTER_CUE) or _cue_only(text, ACTION_CUES))
+            if not (FIRST_PERSON_COMMITMENT.search(sentence) or content_follows):
+                break
+            text = f"{text} {sentence}"
+        items.append(ActionItem(text=text, owner=owner, at=at))
     return items
 
 
