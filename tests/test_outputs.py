@@ -57,6 +57,8 @@ def test_cue_phrases_find_decisions_and_action_items() -> None:
         Segment(final=False, start=8.0, end=9.0, text="partial words we decided"),
         Segment(final=True, start=9.0, end=12.0, text="Action item for david: book the venue. It will rain, though."),
         Segment(final=True, start=12.0, end=15.0, text="Maria will send the budget by Friday? Yes."),
+        Segment(final=True, start=15.0, end=19.0, text="Action item 4 Peter. Then. I will test it. I will also fix it."),
+        Segment(final=True, start=19.0, end=21.0, text="Now the action items."),
     ]
     assert sentences(segments)[0] == ("Thanks for joining.", 0.0)
     decisions = extract_decisions(segments)
@@ -66,6 +68,7 @@ def test_cue_phrases_find_decisions_and_action_items() -> None:
     assert [(i.owner, i.text) for i in items] == [
         ("David", "Action item for david: book the venue."),
         ("Maria", "Maria will send the budget by Friday?"),
+        ("Peter", "Action item 4 Peter. Then. I will test it. I will also fix it."),
     ]
 
 

@@ -25,7 +25,8 @@ ACTION_CUES = re.compile(
 NAMED_COMMITMENT = re.compile(
     r"\b(?P<owner>[A-Z][a-z]+) (?:will|is going to|'ll|needs to|has to|agreed to|can you|could you)\b"
 )
-OWNER_AFTER_CUE = re.compile(r"\baction items? (?:for|to|on) (?P<owner>[A-Z][a-z]+)\b", re.IGNORECASE)
+# Whisper writes a spoken "for" as "4" now and then.
+OWNER_AFTER_CUE = re.compile(r"\baction items? (?:for|4|to|on) (?P<owner>[A-Z][a-z]+)\b", re.IGNORECASE)
 NOT_NAMES = {
     "It", "That", "This", "There", "We", "They", "He", "She", "You", "I", "What", "Which", "Who",
     "Everyone", "Everybody", "Someone", "Somebody", "Nobody", "One", "Then", "So", "And", "But", "Next",
@@ -69,7 +70,7 @@ NEGATED_DECISION = re.compile(r"\b(?:not|no|without) (?:a |any )?decision", re.I
 FIRST_PERSON_COMMITMENT = re.compile(r"^(?:and |so |then |okay,? )?(?:I will|I'll|I am going to|I'm going to|I can)\b", re.IGNORECASE)
 # "Decision." / "Action item for Peter, then.": the cue says little more, the content follows.
 CUE_ONLY_TRAILING_WORDS = 2
-MAX_COMMITMENT_SENTENCES = 2
+MAX_FOLLOWING_SENTENCES = 4  # how far after a cue its owner's promises are looked for
 
 
 def _cue_only(sentence: str, cue: re.Pattern[str]) -> bool:
@@ -91,7 +92,7 @@ def extract_decisions(segments: Iterable[Segment]) -> list[Decision]:
 
 
 def extract_action_items(segments: Iterable[Segment]) -> list[ActionItem]:
-    """A cue or a named commitment, plus the first-person promises that follow it
+    """A cue or a named commitment, plus the first-person promises said right after it
     ("Action item for David. I will fix the login crash by Friday.")."""
     said = sentences(segments)
     items = []
@@ -99,12 +100,16 @@ def extract_action_items(segments: Iterable[Segment]) -> list[ActionItem]:
         owner = _owner(text)
         if not owner and not ACTION_CUES.search(text):
             continue
-        following = [sentence for sentence, _ in said[index + 1 : index + 1 + MAX_COMMITMENT_SENTENCES]]
+        content_follows = _cue_only(text, OWNER_AFTER_CUE) or _cue_only(text, ACTION_CUES)
+        following = [sentence for sentence, _ in said[index + 1 : index + 1 + MAX_FOLLOWING_SENTENCES]]
+        cue = text
         for position, sentence in enumerate(following):
-            content_follows = position == 0 and (_cue_only(text, OWNER_AFTER_CUE) or _cue_only(text, ACTION_CUES))
-            if not (FIRST_PERSON_COMMITMENT.search(sentence) or content_follows):
-                break
-            text = f"{text} {sentence}"
+            if ACTION_CUES.search(sentence) or _owner(sentence):
+                break  # the next item starts
+            if FIRST_PERSON_COMMITMENT.search(sentence) or (position == 0 and content_follows):
+                text = f"{text} {sentence}"
+        if content_follows and text == cue:
+            continue  # "And the action items." announces, it commits nobody to anything
         items.append(ActionItem(text=text, owner=owner, at=at))
     return items
 
