@@ -59,6 +59,8 @@ class EngineConfig(Section):
     pinned_summary_tokens: int = Field(128, ge=0, description="Room reserved for the pinned summary.")
     max_summary_tokens: int = Field(96, ge=1)
     max_answer_tokens: int = Field(64, ge=1)
+    repetition_penalty: float = Field(1.2, ge=1.0, description="Greedy decoding of small models loops; >1 discourages reusing the answer's tokens.")
+    no_repeat_ngram_size: int = Field(3, ge=0, description="Never repeat an n-gram of the answer; 0 = off.")
 
 
 class LlmConfig(Section):

@@ -1,0 +1,233 @@
+"""StreamingEngine: one causal LM reading a live transcript forever, with constant memory.
+
+The transcript flows into a `SinkCache` (attention sinks + pinned summary + rolling window, see
+`sink_cache`). Each `feed()` encodes only the new tokens, in chunks, evicting old ones, so a
+chunk costs the same at token 4 million as at token 4 thousand. `summarize()`, `ask()` and
+`complete()` fork off the live cache: they append an instruction behind the transcript, decode
+greedily, then set the cache length back, so the stream is bitwise unchanged and a fork costs
+only its own prompt and answer.
+
+Prompt layout, from the tokenizer's chat template (any chat model) or plain text without one:
+
+    <system prompt + start of a user turn saying a live transcript follows>   fixed head
+    <transcript ...>                                                          fed text
+    "\\n\\n" <instruction> <end of user turn + assistant start>                   a fork
+
+The instruction goes into the same user turn as the transcript rather than into a new one,
+because some templates (Gemma's) reject two user turns in a row. The first `n_sink` tokens of the
+head are the attention sinks; the rest of the head scrolls out with the transcript. With
+`pin_summary`, the latest summary is kept right behind the sinks, so a question about something
+evicted long ago can still be answered from it.
+
+The decode loop calls the model's forward directly with the cache and cache-slot positions,
+under `torch.inference_mode()`: `generate()` rebuilds logits processors, stopping criteria and
+cache checks on each call, which is pure overhead for greedy decoding of one sequence.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+import torch
+from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, PreTrainedModel, RepetitionPenaltyLogitsProcessor
+
+from livesum.config import EngineConfig
+from livesum.llm.sink_cache import SinkCache
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a careful assistant that follows a live meeting transcript, summarizes it and answers "
+    "questions about it. Stick to what was said."
+)
+TRANSCRIPT_INTRO = "Here is the live transcript of a meeting, as it is spoken:\n"
+# Wording measured on SmolLM2-135M: "summarize the transcript" made it talk about the transcript
+# ("The live transcript is now available..."); naming the meeting and what to cover made it summarize.
+SUMMARY_INSTRUCTION = "Summarize the meeting above in three short sentences: what was discussed and what was decided."
+QUESTION_INSTRUCTION = "Answer this question about the transcript in one or two sentences: {question}"
+PINNED_OPEN = "\n[Summary of the earlier transcript: "
+PINNED_CLOSE = "]\n"
+FORK_ROOM = 128  # fork prompt tokens reserved beyond the longest configured answer
+TRANSCRIPT_MARK = "@@LIVESUM_TRANSCRIPT@@"
+INSTRUCTION_MARK = "@@LIVESUM_INSTRUCTION@@"
+
+
+def prompt_pieces(tokenizer, system_prompt: str) -> tuple[str, str, str]:
+    """(head, separator, tail): head + transcript + separator + instruction + tail is a full prompt.
+
+    Rendered once with markers through the tokenizer's chat template; a template that refuses a
+    system role gets the system prompt folded into the user turn. Without a template: plain text.
+    """
+    user = TRANSCRIPT_INTRO + TRANSCRIPT_MARK + "\n\n" + INSTRUCTION_MARK
+    if getattr(tokenizer, "chat_template", None):
+        conversations = (
+            [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}],
+            [{"role": "user", "content": system_prompt + "\n\n" + user}],
+        )
+        for messages in conversations:
+            try:
+                rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except Exception:  # jinja raises its own TemplateError for unsupported roles
+                continue
+            if TRANSCRIPT_MARK in rendered and INSTRUCTION_MARK in rendered:
+                head, rest = rendered.split(TRANSCRIPT_MARK)
+                separator, tail = rest.split(INSTRUCTION_MARK)
+                return head, separator, tail
+    bos = tokenizer.bos_token if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token else ""
+    return bos + system_prompt + "\n\n" + TRANSCRIPT_INTRO, "\n\n", "\nAnswer: "
+
+
+class StreamingEngine:
+    """A live transcript in a StreamingLLM cache; summaries and answers fork off it. Thread-safe."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer, config: EngineConfig, system_prompt: str | None = None) -> None:
+        self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
+        self._lock = threading.Lock()
+        self._device = next(model.parameters()).device
+        head, self._separator, self._tail = prompt_pieces(tokenizer, system_prompt or DEFAULT_SYSTEM_PROMPT)
+        head_ids = self._encode(head)
+        self._stop_ids = self._stop_tokens()
+        self._pin_open, self._pin_close = self._encode(PINNED_OPEN), self._encode(PINNED_CLOSE)
+        pinned_capacity = config.pinned_summary_tokens if config.pin_summary else 0
+        if pinned_capacity and pinned_capacity <= len(self._pin_open) + len(self._pin_close):
+            raise ValueError(f"pinned_summary_tokens={pinned_capacity} leaves no room for a summary")
+        room = max(config.max_summary_tokens, config.max_answer_tokens) + FORK_ROOM
+        self.cache = SinkCache(
+            model, n_sink=min(config.n_sink, len(head_ids)), window=config.window,
+            evict_chunk=config.evict_chunk, pinned_capacity=pinned_capacity, room=room,
+        )
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if limit is not None and self.cache.capacity > limit:
+            raise ValueError(
+                f"sinks + pinned summary + window + fork room = {self.cache.capacity} positions exceed the "
+                f"model's context of {limit}: lower llm.engine.window"
+            )
+        self._chunk = min(config.prefill_chunk, config.window)
+        self._anti_repetition = LogitsProcessorList()
+        if config.repetition_penalty != 1.0:
+            self._anti_repetition.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+        if config.no_repeat_ngram_size:
+            self._anti_repetition.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+        self._tokens_seen = 0
+        self._pinned_summary: str | None = None
+        self._last_text = head
+        self._ingest(head_ids)
+
+    # -- public API (each call holds the lock) -------------------------------------------------
+
+    @property
+    def tokens_seen(self) -> int:
+        """Transcript tokens fed since the start (the head is not counted)."""
+        with self._lock:
+            return self._tokens_seen
+
+    @property
+    def cache_length(self) -> int:
+        """Entries the cache holds now: at most n_sink + pinned summary + window between calls."""
+        with self._lock:
+            return self.cache.length
+
+    @property
+    def pinned_summary(self) -> str | None:
+        with self._lock:
+            return self._pinned_summary
+
+    def feed(self, text: str) -> int:
+        """Append transcript text (a space is put between pieces that do not bring their own)."""
+        with self._lock:
+            if not text:
+                return 0
+            if not text[0].isspace() and not self._last_text[-1].isspace():
+                text = " " + text
+            ids = self._encode(text)
+            self._ingest(ids)
+            self._tokens_seen += len(ids)
+            self._last_text = text
+            return len(ids)
+
+    def summarize(self, max_new_tokens: int | None = None) -> str:
+        """A rolling summary of the transcript so far; pinned behind the sinks if `pin_summary`."""
+        with self._lock:
+            summary = self._fork(SUMMARY_INSTRUCTION, max_new_tokens or self.config.max_summary_tokens)
+            if self.config.pin_summary and summary:
+                self._pin(summary)
+            return summary
+
+    def ask(self, question: str, max_new_tokens: int | None = None) -> str:
+        with self._lock:
+            instruction = QUESTION_INSTRUCTION.format(question=question.strip())
+            return self._fork(instruction, max_new_tokens or self.config.max_answer_tokens)
+
+    def complete(self, instruction: str, max_new_tokens: int) -> str:
+        """Any instruction about the transcript (title, key points...), answered off a fork."""
+        with self._lock:
+            return self._fork(instruction, max_new_tokens)
+
+    # -- internals (callers hold the lock) -----------------------------------------------------
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _stop_tokens(self) -> set[int]:
+        """EOS ids of the model and tokenizer, plus the template's end-of-turn token."""
+        stops: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.tokenizer):
+            eos = getattr(source, "eos_token_id", None)
+            stops.update(eos if isinstance(eos, Iterable) else [] if eos is None else [eos])
+        tail_ids = self._encode(self._tail)
+        if tail_ids and tail_ids[0] in set(self.tokenizer.all_special_ids):
+            stops.add(tail_ids[0])
+        return stops
+
+    @torch.inference_mode()
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        """Run `ids` through the model at the next cache slots; logits of the last one (float32)."""
+        input_ids = torch.tensor([ids], device=self._device)
+        out = self.model(
+            input_ids=input_ids, position_ids=self.cache.positions(len(ids), self._device),
+            past_key_values=self.cache, use_cache=True, logits_to_keep=1,
+        )
+        return out.logits[0, -1].float()
+
+    def _ingest(self, ids: list[int]) -> torch.Tensor | None:
+        """Chunked prefill of live tokens, evicting before each chunk; last logits (None if no ids)."""
+        logits = None
+        for start in range(0, len(ids), self._chunk):
+            chunk = ids[start:start + self._chunk]
+            self.cache.make_room(len(chunk))
+            logits = self._forward(chunk)
+        return logits
+
+    def _fork(self, instruction: str, max_new_tokens: int) -> str:
+        """Instruction + greedy answer behind the live cache, then an exact rollback."""
+        prompt = self._encode(self._separator + instruction.strip() + self._tail)
+        mark = self.cache.length
+        self.cache.reserve(mark + len(prompt) + max_new_tokens)
+        try:
+            answer = self._generate(prompt, max_new_tokens)
+        finally:
+            self.cache.truncate(mark)
+        return self.tokenizer.decode(answer, skip_special_tokens=True).strip()
+
+    def _generate(self, prompt: list[int], max_new_tokens: int) -> list[int]:
+        logits = None
+        for start in range(0, len(prompt), self._chunk):
+            logits = self._forward(prompt[start:start + self._chunk])
+        answer: list[int] = []
+        while len(answer) < max_new_tokens:
+            if answer:  # small models loop under greedy decoding; only the answer's own tokens count
+                generated = torch.tensor([answer], device=logits.device)
+                logits = self._anti_repetition(generated, logits[None])[0]
+            token = int(torch.argmax(logits))
+            if token in self._stop_ids:
+                break
+            answer.append(token)
+            if len(answer) < max_new_tokens:
+                logits = self._forward([token])
+        return answer
+
+    def _pin(self, summary: str) -> None:
+        """Re-encode the pinned block behind the sinks with the new summary (cut to fit)."""
+        budget = self.cache.pinned_capacity - len(self._pin_open) - len(self._pin_close)
+        ids = self._pin_open + self._encode(summary)[:budget] + self._pin_close
+        self.cache.replace_pinned(len(ids), lambda: self._forward(ids))
+        self._pinned_summary = summary

@@ -1,0 +1,336 @@
+"""The attention-sink KV cache of StreamingLLM (Xiao et al. 2023, section 3.2) on transformers' Cache API.
+
+Layout of every layer's buffers (one preallocated block, slot index == RoPE position):
+
+    [0, n_sink)                  attention sinks: the first tokens of the prompt, never evicted
+    [n_sink, n_sink + pinned)    the pinned rolling summary (optional, re-encoded when it changes)
+    [.., length)                 the rolling window of the most recent tokens
+    [length, capacity)           free: room for the next prefill chunk and for a fork (prompt + answer)
+
+Positions are cache slots, not places in the stream: the model is always called with
+`position_ids = length .. length + q - 1`, so a query never sees an angle larger than `capacity`,
+whether the stream is 4 thousand or 4 billion tokens long. Float32 RoPE angles lose whole
+radians past 2^24 positions; here they never get there.
+
+Each layer stores every key twice, both written exactly once per placement:
+- `pre_keys`: the key *before* RoPE. The model hands `update()` keys already rotated for the
+  positions we passed; they are un-rotated once, on arrival, in float32 with the model's own
+  cos/sin for those positions (any `attention_scaling` divided out).
+- `keys`: the key rotated for its current slot, which is what attention reads. A fresh token's
+  rotated key is the model's own tensor, copied as is, so with no eviction this cache is
+  bitwise the dense cache. When tokens move (eviction shifts the window left by a chunk; a new
+  pinned summary shifts it by the size difference), the moved keys are re-rotated *from
+  `pre_keys`* for their new slots, with the model's formula and dtype.
+
+Why not re-rotate the stored rotated keys by the shift, as transformers' old SinkCache did:
+every shift rounds again, in bf16 the slow RoPE channels stop moving and error piles up over the
+millions of shifts of a long stream (perplexity up by tens of percent on Qwen-family models).
+Here a key is at most one un-rotation and one rotation away from the model's own value, at any
+stream length. Why not rotate the whole cache at read time from `pre_keys` on every step: that
+re-reads and re-writes all keys of every layer per decoded token, about +50% of the KV traffic
+in a bandwidth-bound decode; keeping the rotated copy costs 50% more key memory instead, and
+re-rotation happens once per eviction chunk (amortised over `evict_chunk` tokens).
+
+Eviction drops `evict_chunk` tokens at a time from the front of the window: one copy of the
+remaining window (pre-RoPE keys and values) and one rotation, then the writes continue at the
+new end. No `torch.cat`, no reallocation while streaming: the buffers are allocated once.
+A fork (summary, question) writes behind `length` and is rolled back by setting `length` back;
+the slots before it are never written during a fork, so the rollback is exact, bit for bit.
+
+Supported: Llama (SmolLM2), Mistral, Qwen2, Qwen3, Gemma, Gemma2 and Gemma3 text models, all
+of which apply rotate-half RoPE over the whole head with `model.model.rotary_emb`. Sliding-window
+layers (Gemma2/3, Mistral, Qwen2 with `use_sliding_window`) keep their window in cache positions
+through transformers' own masks: they see the last `sliding_window` cache entries, as in a dense
+run they see the last `sliding_window` tokens. Gemma3's per-layer-type RoPE (local base 10k,
+global 1M) gets one table per type. Anything else is refused with `UnsupportedModelError`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+class UnsupportedModelError(ValueError):
+    """The model's attention or position encoding does not fit the sink cache."""
+
+
+class CacheFullError(RuntimeError):
+    """A write would run past the cache's capacity (the engine reserves room before writing)."""
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """The rotate-half of Llama-style RoPE: (x1, x2) -> (-x2, x1) over the two halves of the head."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class RotaryTable:
+    """cos/sin of one RoPE flavour for slots 0..capacity-1, computed by the model's own rotary module.
+
+    `cos`/`sin` are in the model's dtype, exactly what its attention multiplies keys with, so a key
+    rotated here for slot p equals the one the model would produce at position p. `unrotate_*`
+    are float32 and invert that rotation (divided by cos^2 + sin^2, which also removes the
+    `attention_scaling` of YaRN-style RoPE).
+    """
+
+    def __init__(self, rotary: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                 dtype: torch.dtype, device: torch.device) -> None:
+        self.rotary, self.dtype, self.device = rotary, dtype, device
+        self.capacity = 0
+        self.cos = self.sin = self.unrotate_cos = self.unrotate_sin = torch.empty(0)
+
+    def ensure(self, capacity: int) -> None:
+        if capacity <= self.capacity:
+            return
+        positions = torch.arange(capacity, device=self.device)[None]
+        probe = torch.empty(0, dtype=self.dtype, device=self.device)
+        cos, sin = self.rotary(probe, positions)
+        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()
+        cos32, sin32 = self.cos.float(), self.sin.float()
+        norm = cos32 * cos32 + sin32 * sin32
+        self.unrotate_cos, self.unrotate_sin = cos32 / norm, sin32 / norm
+        self.capacity = capacity
+
+    def rotate(self, pre_keys: torch.Tensor, start: int) -> torch.Tensor:
+        """Keys rotated for slots start.. (the model's formula, in its dtype)."""
+        end = start + pre_keys.shape[-2]
+        return pre_keys * self.cos[start:end] + rotate_half(pre_keys) * self.sin[start:end]
+
+    def unrotate(self, keys: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+        """The pre-RoPE keys behind keys the model rotated for slots start.. (computed in float32).
+
+        `start` may be a tensor of slots (static mode), so no host value is read inside a CUDA graph.
+        """
+        if isinstance(start, torch.Tensor):
+            cos, sin = self.unrotate_cos[start], self.unrotate_sin[start]
+        else:
+            end = start + keys.shape[-2]
+            cos, sin = self.unrotate_cos[start:end], self.unrotate_sin[start:end]
+        keys32 = keys.float()
+        return (keys32 * cos - rotate_half(keys32) * sin).to(keys.dtype)
+
+
+class SinkLayer(CacheLayerMixin):
+    """One layer's sink cache: preallocated rotated keys, pre-RoPE keys and values; see the module doc."""
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, capacity: int, table: RotaryTable) -> None:
+        super().__init__()
+        self.capacity, self.table = capacity, table
+        self.length = 0
+        self.pre_keys: torch.Tensor | None = None
+        self.static_slots: torch.Tensor | None = None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        batch, heads, _, head_dim = key_states.shape
+        shape = (batch, heads, self.capacity, head_dim)
+        self.keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.pre_keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.values = torch.zeros((*shape[:3], value_states.shape[-1]), dtype=self.dtype, device=self.device)
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if self.static_slots is not None:
+            slots = self.static_slots
+            self.keys.index_copy_(2, slots, key_states)
+            self.pre_keys.index_copy_(2, slots, self.table.unrotate(key_states, slots))
+            self.values.index_copy_(2, slots, value_states)
+            return self.keys, self.values
+        start, end = self.length, self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise CacheFullError(f"sink cache full: {end} entries needed, capacity {self.capacity}")
+        self.keys[:, :, start:end] = key_states
+        self.pre_keys[:, :, start:end] = self.table.unrotate(key_states, start)
+        self.values[:, :, start:end] = value_states
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return self.capacity
+
+    def reset(self) -> None:
+        self.length = 0
+
+    @torch.inference_mode()
+    def move(self, source: int, target: int, count: int) -> None:
+        """Move `count` entries from slot `source` to slot `target`, re-rotating their keys from pre-RoPE."""
+        if not self.is_initialized or count <= 0 or source == target:
+            return
+        moved_pre = self.pre_keys[:, :, source:source + count].clone()
+        self.values[:, :, target:target + count] = self.values[:, :, source:source + count].clone()
+        self.pre_keys[:, :, target:target + count] = moved_pre
+        self.keys[:, :, target:target + count] = self.table.rotate(moved_pre, target)
+
+    @torch.inference_mode()
+    def grow(self, capacity: int) -> None:
+        """Reallocate for a larger capacity (only a fork longer than the reserved room does this)."""
+        if capacity <= self.capacity:
+            return
+        if self.is_initialized:
+            for name in ("keys", "pre_keys", "values"):
+                old = getattr(self, name)
+                new = torch.zeros((*old.shape[:2], capacity, old.shape[-1]), dtype=old.dtype, device=old.device)
+                new[:, :, :self.length] = old[:, :, :self.length]
+                setattr(self, name, new)
+        self.capacity = capacity
+
+
+def rotary_tables(model: PreTrainedModel) -> list[RotaryTable]:
+    """One RotaryTable per decoder layer (shared between layers of a type), or UnsupportedModelError."""
+    config = model.config
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        hint = " (load the text-only Gemma3ForCausalLM)" if model_type == "gemma3" else ""
+        raise UnsupportedModelError(
+            f"the StreamingLLM sink cache does not support model type {model_type!r}{hint}: it needs a decoder "
+            f"with rotate-half RoPE over the whole head; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    if getattr(config, "partial_rotary_factor", 1.0) != 1.0:
+        raise UnsupportedModelError(f"{model_type}: partial RoPE (partial_rotary_factor != 1) is not supported")
+    layer_types = list(getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers)
+    unknown = sorted(set(layer_types) - set(SUPPORTED_LAYER_TYPES))
+    if unknown:
+        raise UnsupportedModelError(f"{model_type}: layer types {unknown} are not supported by the sink cache")
+    rotary = getattr(model.base_model, "rotary_emb", None)
+    if rotary is None:
+        raise UnsupportedModelError(f"{model_type}: no rotary embedding module at model.model.rotary_emb")
+    parameter = next(model.parameters())
+    per_type = "layer_type" in inspect.signature(rotary.forward).parameters
+    tables: dict[str, RotaryTable] = {}
+    for layer_type in set(layer_types) if per_type else {"all"}:
+        if per_type:
+            function = lambda x, positions, kind=layer_type: rotary(x, positions, kind)  # noqa: E731
+        else:
+            function = rotary
+        tables[layer_type] = RotaryTable(function, parameter.dtype, parameter.device)
+    return [tables[kind if per_type else "all"] for kind in layer_types]
+
+
+class SinkCache(Cache):
+    """StreamingLLM cache: n_sink sinks + pinned block + rolling window + free room, static buffers.
+
+    The model must be called with `position_ids = positions(q)` (slots, see the module doc); the
+    owner makes room with `make_room(q)` before ingesting and rolls forks back with `truncate()`.
+    """
+
+    def __init__(self, model: PreTrainedModel, *, n_sink: int, window: int, evict_chunk: int,
+                 pinned_capacity: int = 0, room: int = 0) -> None:
+        if window < 1 or evict_chunk < 1 or n_sink < 0 or pinned_capacity < 0 or room < 0:
+            raise ValueError("sink cache sizes must be positive")
+        self.tables = rotary_tables(model)
+        self.n_sink, self.window, self.evict_chunk = n_sink, window, evict_chunk
+        self.pinned_capacity = pinned_capacity
+        self.pinned = 0
+        capacity = n_sink + pinned_capacity + window + room
+        for table in set(self.tables):
+            table.ensure(capacity)
+        super().__init__(layers=[SinkLayer(capacity, table) for table in self.tables])
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+    @property
+    def capacity(self) -> int:
+        return self.layers[0].capacity
+
+    @property
+    def live_limit(self) -> int:
+        """Most entries the stream itself keeps: sinks + pinned summary + window."""
+        return self.n_sink + self.pinned + self.window
+
+    @property
+    def window_length(self) -> int:
+        return max(self.length - self.n_sink - self.pinned, 0)
+
+    def positions(self, count: int, device: torch.device | None = None) -> torch.Tensor:
+        """`position_ids` for the next `count` tokens: the slots they will be written to."""
+        return torch.arange(self.length, self.length + count, device=device)[None]
+
+    def _set_length(self, length: int) -> None:
+        for layer in self.layers:
+            layer.length = length
+
+    def set_static(self, slots: torch.Tensor | None) -> None:
+        """Static mode (for CUDA graphs): writes go to the device tensor `slots` and attention reads the
+        whole `capacity`, so shapes and addresses never change; the caller passes a 4D mask that hides
+        the free slots, and calls `advance()` after each step. `None` returns to the dynamic mode."""
+        for layer in self.layers:
+            layer.static_slots = slots
+
+    def advance(self, count: int) -> None:
+        """Count `count` entries written in static mode (host-side bookkeeping a graph replay skips)."""
+        self._set_length(self.length + count)
+
+    def make_room(self, count: int) -> int:
+        """Evict whole `evict_chunk`s from the front of the window so `count` more tokens stay within the
+        live limit; returns the number of tokens evicted."""
+        if count > self.window:
+            raise ValueError(f"{count} tokens at once do not fit a window of {self.window}")
+        overflow = self.length + count - self.live_limit
+        if overflow <= 0:
+            return 0
+        evict = min(-(-overflow // self.evict_chunk) * self.evict_chunk, self.window_length)
+        start = self.n_sink + self.pinned
+        keep = self.window_length - evict
+        for layer in self.layers:
+            layer.move(start + evict, start, keep)
+        self._set_length(self.length - evict)
+        return evict
+
+    def reserve(self, total: int) -> None:
+        """Make sure `total` entries fit (a fork's prompt and answer); grows only past the reserved room."""
+        if total <= self.capacity:
+            return
+        for table in set(self.tables):
+            table.ensure(total)
+        for layer in self.layers:
+            layer.grow(total)
+
+    def truncate(self, length: int) -> None:
+        """Roll back to `length` entries (end of a fork): nothing is copied, later slots are just free."""
+        if not self.n_sink + self.pinned <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} entries to {length}")
+        self._set_length(length)
+
+    def replace_pinned(self, count: int, encode: Callable[[], None]) -> None:
+        """Swap the pinned block for `count` new tokens that `encode()` feeds through the model.
+
+        The window moves to start right after the new block (keys re-rotated from pre-RoPE); the
+        write position is set right behind the sinks while `encode` runs, so the new block attends
+        to the sinks only, then the length is restored over the moved window. Only the block is
+        encoded again, never the window.
+        """
+        if count > self.pinned_capacity:
+            raise ValueError(f"pinned block of {count} tokens exceeds its {self.pinned_capacity} reserved")
+        if self.length < self.n_sink:
+            raise ValueError("nothing to pin behind: the sinks are not filled yet")
+        window = self.window_length
+        old_start, new_start = self.n_sink + self.pinned, self.n_sink + count
+        for layer in self.layers:
+            layer.move(old_start, new_start, window)
+        self._set_length(self.n_sink)
+        encode()
+        if self.length != new_start:
+            raise RuntimeError(f"pinned encode wrote {self.length - self.n_sink} tokens, expected {count}")
+        self.pinned = count
+        self._set_length(new_start + window)

@@ -1,0 +1,398 @@
+"""The StreamingLLM engine: sink cache exactness, fork rollback, bounded memory, refusals.
+
+Tiny randomly initialised models of each supported family (float32, 2 layers unless a test
+needs 1) and a byte-level tokenizer built in memory keep these fast and offline; one slow test
+runs the real SmolLM2.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GemmaConfig,
+    GPT2Config,
+    LlamaConfig,
+    MistralConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from livesum.config import EngineConfig
+from livesum.llm.engine import DEFAULT_SYSTEM_PROMPT, StreamingEngine, prompt_pieces
+from livesum.llm.sink_cache import SinkCache, UnsupportedModelError, rotate_half
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TEXT = (
+    "Maria opened the meeting at nine. We decided to ship the beta on March third, and Tom will send the "
+    "release notes by Friday. The budget stays at twenty thousand dollars; Anna asked about hiring. "
+)
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer (256 bytes + 2 specials) with a ChatML template."""
+    vocab = {symbol: index for index, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>"]
+    )
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+VOCAB = 258
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=16, max_position_embeddings=8192, eos_token_id=256)
+CONFIGS = {
+    "llama": lambda layers: LlamaConfig(num_hidden_layers=layers, **COMMON),
+    "mistral": lambda layers: MistralConfig(num_hidden_layers=layers, sliding_window=None, **COMMON),
+    "qwen2": lambda layers: Qwen2Config(num_hidden_layers=layers, **COMMON),
+    "qwen3": lambda layers: Qwen3Config(num_hidden_layers=layers, **COMMON),
+    "gemma": lambda layers: GemmaConfig(num_hidden_layers=layers, **COMMON),
+    # Sliding layers with a window shorter than the cache: the local layers really slide.
+    "gemma2": lambda layers: Gemma2Config(
+        num_hidden_layers=layers, sliding_window=24, layer_types=["sliding_attention", "full_attention"][:layers],
+        attn_implementation="eager", **COMMON),
+    "gemma3_text": lambda layers: Gemma3TextConfig(
+        num_hidden_layers=layers, sliding_window=24, layer_types=["sliding_attention", "full_attention"][:layers],
+        **COMMON),
+}
+
+
+def tiny_model(family: str, layers: int = 2, seed: int = 0):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(CONFIGS[family](layers), dtype=torch.float32)
+    return model.eval()
+
+
+def random_ids(count: int, seed: int = 1) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (count,), generator=generator).tolist()
+
+
+@torch.no_grad()
+def run(model, ids: list[int], cache: Cache, positions: torch.Tensor) -> torch.Tensor:
+    out = model(input_ids=torch.tensor([ids]), position_ids=positions, past_key_values=cache, use_cache=True)
+    return out.logits[0]
+
+
+def stream_sink(model, cache: SinkCache, chunks: list[list[int]]) -> list[torch.Tensor]:
+    """Feed chunks the engine's way: make room, then encode at the next cache slots."""
+    logits = []
+    for chunk in chunks:
+        cache.make_room(len(chunk))
+        logits.append(run(model, chunk, cache, cache.positions(len(chunk))))
+    return logits
+
+
+class ReferenceSinkLayer(DynamicLayer):
+    """Independent StreamingLLM reference: pre-RoPE keys in float64, all rotated at every read."""
+
+    def __init__(self, inv_freq: torch.Tensor) -> None:
+        super().__init__()
+        self.inv_freq = inv_freq.double()
+        self.pre = torch.zeros(1, 1, 0, 1, dtype=torch.float64)
+
+    def angles(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = torch.arange(start, end, dtype=torch.float64)[:, None] * self.inv_freq[None]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self.pre = key_states.new_zeros((*key_states.shape[:2], 0, key_states.shape[-1]), dtype=torch.float64)
+        start = self.pre.shape[-2]
+        cos, sin = self.angles(start, start + key_states.shape[-2])
+        keys = key_states.double()
+        self.pre = torch.cat([self.pre, keys * cos - rotate_half(keys) * sin], dim=-2)
+        self.values = torch.cat([self.values, value_states], dim=-2)
+        cos, sin = self.angles(0, self.pre.shape[-2])
+        self.keys = (self.pre * cos + rotate_half(self.pre) * sin).to(key_states.dtype)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.pre.shape[-2]
+
+    def drop(self, start: int, count: int) -> None:
+        keep = lambda t: torch.cat([t[:, :, :start], t[:, :, start + count:]], dim=-2)  # noqa: E731
+        self.pre, self.values = keep(self.pre), keep(self.values)
+
+
+def reference_stream(model, chunks: list[list[int]], n_sink: int, window: int, evict_chunk: int) -> list[torch.Tensor]:
+    rotary = model.model.rotary_emb
+    types = getattr(model.config, "layer_types", None) or ["full_attention"] * model.config.num_hidden_layers
+    inv_freqs = [getattr(rotary, f"{kind}_inv_freq", getattr(rotary, "inv_freq", None)) for kind in types]
+    cache = Cache(layers=[ReferenceSinkLayer(inv_freq) for inv_freq in inv_freqs])
+    logits = []
+    for chunk in chunks:
+        length = cache.get_seq_length()
+        overflow = length + len(chunk) - (n_sink + window)
+        if overflow > 0:
+            evict = math.ceil(overflow / evict_chunk) * evict_chunk
+            for layer in cache.layers:
+                layer.drop(n_sink, evict)
+            length -= evict
+        logits.append(run(model, chunk, cache, torch.arange(length, length + len(chunk))[None]))
+    return logits
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_without_eviction_logits_equal_a_dense_cache(family: str) -> None:
+    model = tiny_model(family)
+    chunks = [random_ids(n, seed) for seed, n in enumerate([13, 1, 7, 1, 1, 20])]
+    cache = SinkCache(model, n_sink=4, window=256, evict_chunk=16)
+    dense, position = DynamicCache(config=model.config), 0
+    for chunk, ours in zip(chunks, stream_sink(model, cache, chunks)):
+        expected = run(model, chunk, dense, torch.arange(position, position + len(chunk))[None])
+        position += len(chunk)
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    assert cache.length == position
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_with_eviction_one_layer_equals_recomputing_the_kept_tokens(family: str) -> None:
+    """One layer: a token's K/V do not depend on its context, so the streaming cache must equal a
+    fresh dense run over exactly the kept tokens (sinks + window) at positions 0..L-1."""
+    model = tiny_model(family, layers=1)
+    n_sink, window, evict_chunk = 4, 40, 8
+    ids = random_ids(150)
+    chunks = [ids[i:i + 10] for i in range(0, len(ids), 10)]
+    cache = SinkCache(model, n_sink=n_sink, window=window, evict_chunk=evict_chunk)
+    stream_sink(model, cache, chunks[:-1])
+    fed = sum(len(chunk) for chunk in chunks[:-1])
+    cache.make_room(len(chunks[-1]))
+    kept = ids[:n_sink] + ids[fed - (cache.length - n_sink):fed]
+    last = run(model, chunks[-1], cache, cache.positions(len(chunks[-1])))
+    recomputed = run(model, kept + chunks[-1], None, torch.arange(len(kept) + len(chunks[-1]))[None])
+    torch.testing.assert_close(last, recomputed[len(kept):], rtol=1e-4, atol=1e-4)
+    assert len(kept) < fed  # tokens really were evicted
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_with_eviction_logits_equal_a_rotate_at_read_reference(family: str) -> None:
+    model = tiny_model(family)
+    n_sink, window, evict_chunk = 4, 48, 16
+    ids = random_ids(300, seed=3)
+    chunks = [ids[i:i + n] for i, n in zip(range(0, 300, 12), [12] * 25)] + [[5], [9], [200]]
+    cache = SinkCache(model, n_sink=n_sink, window=window, evict_chunk=evict_chunk)
+    ours = stream_sink(model, cache, chunks)
+    reference = reference_stream(model, chunks, n_sink, window, evict_chunk)
+    for mine, theirs in zip(ours, reference):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
+    assert cache.length <= n_sink + window
+
+
+def test_static_mode_decodes_like_the_dynamic_mode() -> None:
+    """The CUDA-graph path: writes at device-tensor slots, full-capacity reads, a 4D mask."""
+    model = tiny_model("llama")
+    ids = random_ids(40)
+    dynamic, static = (SinkCache(model, n_sink=4, window=64, evict_chunk=16) for _ in range(2))
+    stream_sink(model, dynamic, [ids])
+    stream_sink(model, static, [ids])
+    expected = run(model, [7], dynamic, dynamic.positions(1))
+    slots = torch.tensor([static.length])
+    static.set_static(slots)
+    mask = (torch.arange(static.capacity) <= static.length)[None, None, None]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[7]]), position_ids=slots[None], attention_mask=mask,
+                       past_key_values=static, use_cache=True).logits[0]
+    static.advance(1)
+    static.set_static(None)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    assert static.length == dynamic.length
+    for mine, theirs in zip(static.layers, dynamic.layers):
+        torch.testing.assert_close(mine.keys[:, :, :mine.length], theirs.keys[:, :, :theirs.length])
+        torch.testing.assert_close(mine.pre_keys[:, :, :mine.length], theirs.pre_keys[:, :, :theirs.length])
+
+
+def test_keys_do_not_drift_in_bfloat16_over_many_shifts() -> None:
+    """Every key stays a couple of roundings away from a float64 rotation of its pre-RoPE value however
+    often it moved: 4096 single-token evictions in bf16. Re-rotating the stored keys by one position
+    per shift, as the old transformers SinkCache did, ends up 1.6 off on this very data."""
+    model = tiny_model("qwen2", layers=1).to(torch.bfloat16)
+    cache = SinkCache(model, n_sink=4, window=256, evict_chunk=1)
+    table, layer = cache.tables[0], cache.layers[0]
+    inv_freq = model.model.rotary_emb.inv_freq.double()
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.randn(1, 2, 4096, 16, generator=generator, dtype=torch.float64)
+    for index in range(truth.shape[-2]):
+        cache.make_room(1)
+        slot = cache.length
+        key = table.rotate(truth[:, :, index:index + 1].to(torch.bfloat16), slot)  # as the model would
+        layer.update(key, torch.zeros_like(key))
+    kept = torch.cat([truth[:, :, :4], truth[:, :, -(cache.length - 4):]], dim=-2)
+    freqs = torch.arange(cache.length, dtype=torch.float64)[:, None] * inv_freq[None]
+    cos, sin = torch.cat((freqs, freqs), -1).cos(), torch.cat((freqs, freqs), -1).sin()
+    expected = kept * cos + rotate_half(kept) * sin
+    error = (layer.keys[:, :, :cache.length].double() - expected).abs().max().item()
+    assert cache.length == 4 + 256
+    assert expected.abs().max() < 4 and error < 4 * 2**-6  # within 4 bf16 ulps (measured: 2)
+
+
+def test_float32_angles_are_exact_enough_at_cache_slots_but_not_at_stream_offsets() -> None:
+    """Why positions are cache slots: the model forms `position * inv_freq` in float32. Up to a few
+    thousand slots that is within 1e-3 rad; at 4 million streamed tokens it is off by ~0.1 rad."""
+    inv_freq = tiny_model("llama", layers=1).model.rotary_emb.inv_freq
+
+    def angle_error(position: int) -> float:
+        return ((torch.tensor([float(position)]) * inv_freq).double() - position * inv_freq.double()).abs().max().item()
+
+    assert angle_error(8191) < 1e-3
+    assert angle_error(4_000_000) > 0.05
+
+
+def tiny_engine(family: str = "llama", layers: int = 2, **overrides) -> StreamingEngine:
+    settings = dict(n_sink=4, window=96, evict_chunk=16, prefill_chunk=32, pin_summary=False,
+                    pinned_summary_tokens=48, max_summary_tokens=12, max_answer_tokens=10)
+    settings.update(overrides)
+    return StreamingEngine(tiny_model(family, layers), byte_tokenizer(), EngineConfig(**settings))
+
+
+def snapshot(engine: StreamingEngine) -> list[torch.Tensor]:
+    length = engine.cache_length
+    return [tensor[:, :, :length].clone() for layer in engine.cache.layers
+            for tensor in (layer.keys, layer.pre_keys, layer.values)]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_forks_roll_back_bitwise(family: str) -> None:
+    engine = tiny_engine(family)
+    engine.feed(TEXT)
+    before, length, seen = snapshot(engine), engine.cache_length, engine.tokens_seen
+    answer = engine.ask("When does the beta ship?")
+    summary = engine.summarize()
+    title = engine.complete("Give the meeting a title.", max_new_tokens=8)
+    after = snapshot(engine)
+    assert (engine.cache_length, engine.tokens_seen) == (length, seen)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert engine.ask("When does the beta ship?") == answer  # greedy and unchanged stream: same answer
+    assert all(isinstance(text, str) for text in (summary, title))
+    assert engine.pinned_summary is None
+
+
+def test_fork_longer_than_the_reserved_room_grows_instead_of_evicting() -> None:
+    engine = tiny_engine()
+    engine.feed(TEXT)
+    before, capacity = snapshot(engine), engine.cache.capacity
+    engine.complete("Repeat everything. " * 20, max_new_tokens=5)
+    assert engine.cache.capacity > capacity
+    assert all(torch.equal(a, b) for a, b in zip(before, snapshot(engine)))
+
+
+def test_pinned_summary_sits_behind_the_sinks_and_is_replaced() -> None:
+    """One layer: with a summary pinned, logits equal a dense run over sinks + pinned block + kept
+    window, so the block sits right behind the sinks and the window moved intact behind it."""
+    engine = tiny_engine(layers=1, pin_summary=True, window=64, pinned_summary_tokens=128)
+    for _ in range(3):
+        engine.feed(TEXT)
+    cache, layer = engine.cache, engine.cache.layers[0]
+    stream = engine._encode(prompt_pieces(engine.tokenizer, DEFAULT_SYSTEM_PROMPT)[0]) + engine._encode(TEXT) * 3
+    chunk = engine._encode(" next words")
+    for summary in ("The beta ships on March third and the budget is fixed.", "Beta in March."):
+        window_values = layer.values[:, :, cache.n_sink + cache.pinned:cache.length].clone()
+        engine._pin(summary)
+        block = engine._pin_open + engine._encode(summary) + engine._pin_close
+        assert cache.pinned == len(block) and engine.pinned_summary == summary
+        assert torch.equal(layer.values[:, :, cache.n_sink + len(block):cache.length], window_values)
+        mark = cache.length
+        last = engine._forward(chunk)
+        cache.truncate(mark)
+        kept = stream[:cache.n_sink] + block + stream[len(stream) - cache.window_length:]
+        dense = run(engine.model, kept + chunk, None, torch.arange(len(kept) + len(chunk))[None])
+        torch.testing.assert_close(last, dense[-1], rtol=1e-4, atol=1e-4)
+
+
+def test_memory_is_bounded_after_100k_streamed_tokens() -> None:
+    engine = tiny_engine(layers=1, window=512, evict_chunk=128, prefill_chunk=128)
+    layer = engine.cache.layers[0]
+    piece = "abcdefgh" * 16  # 128 byte tokens
+    engine.feed(piece)
+    pointers, shape = [t.data_ptr() for t in (layer.keys, layer.pre_keys, layer.values)], layer.keys.shape
+    positions: list[int] = []
+    hook = engine.model.model.rotary_emb.register_forward_hook(
+        lambda module, args, kwargs, output: positions.append(int(kwargs["position_ids"].max())), with_kwargs=True)
+    while engine.tokens_seen < 100_000:
+        engine.feed(piece)
+    hook.remove()
+    assert engine.tokens_seen >= 100_000
+    # Chunked eviction: full up to n_sink + window, at most one eviction chunk below it.
+    assert engine.cache.n_sink + 512 - 128 < engine.cache_length <= engine.cache.n_sink + 512
+    assert [t.data_ptr() for t in (layer.keys, layer.pre_keys, layer.values)] == pointers
+    assert layer.keys.shape == shape
+    assert max(positions) < engine.cache.capacity  # positions are cache slots, never stream offsets
+
+
+def test_concurrent_calls_are_serialised() -> None:
+    engine = tiny_engine()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        feeds = [pool.submit(engine.feed, TEXT) for _ in range(6)]
+        asks = [pool.submit(engine.ask, "Who sends the notes?") for _ in range(3)]
+        counts = [future.result() for future in feeds]
+        answers = [future.result() for future in asks]
+    assert engine.tokens_seen == sum(counts)
+    assert engine.cache_length <= engine.cache.live_limit
+    assert all(isinstance(answer, str) for answer in answers)
+
+
+def test_feed_counts_tokens_and_spaces_pieces() -> None:
+    engine = tiny_engine()
+    first = engine.feed("hello")
+    second = engine.feed("world")
+    assert (first, second) == (5, 6)  # " world": a space was put between the pieces
+    assert engine.tokens_seen == 11
+    assert engine.feed("") == 0
+
+
+def test_prompt_pieces_fold_the_system_prompt_for_templates_without_one() -> None:
+    tokenizer = byte_tokenizer()
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}<start_of_turn>model\n"
+    )
+    head, separator, tail = prompt_pieces(tokenizer, "Be brief.")
+    assert head.startswith("<start_of_turn>user\nBe brief.\n\n") and head.endswith("spoken:\n")
+    assert separator == "\n\n" and tail == "<end_of_turn>\n<start_of_turn>model"
+    tokenizer.chat_template = None
+    head, separator, tail = prompt_pieces(tokenizer, "Be brief.")
+    assert head.startswith("Be brief.") and tail.startswith("\n")
+
+
+def test_unsupported_architecture_is_refused_clearly() -> None:
+    model = AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=VOCAB))
+    with pytest.raises(UnsupportedModelError, match="model type 'gpt2'.*rotate-half RoPE"):
+        StreamingEngine(model, byte_tokenizer(), EngineConfig())
+
+
+@pytest.mark.slow
+def test_real_smollm2_summarizes_answers_and_rolls_back(model_cache) -> None:
+    from livesum.models import load_language_model
+
+    model, tokenizer = load_language_model("smollm2-135m", model_cache, device="cpu")
+    engine = StreamingEngine(model, tokenizer, EngineConfig(window=256, evict_chunk=64, prefill_chunk=128))
+    for _ in range(4):
+        engine.feed(TEXT)
+    assert engine.cache_length <= engine.cache.n_sink + 256
+    before = snapshot(engine)
+    answer = engine.ask("Who will send the release notes?")
+    assert all(torch.equal(a, b) for a, b in zip(before, snapshot(engine)))
+    summary = engine.summarize()
+    assert engine.pinned_summary == summary
+    words = summary.lower().split() + answer.lower().split()
+    assert len(summary.split()) >= 5 and answer
+    assert {"the", "and", "is", "was", "will", "to", "a"} & set(words)  # English, not token soup
+    assert {"tom", "beta", "march", "release", "notes", "meeting", "budget"} & set(words)
