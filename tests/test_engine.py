@@ -217,7 +217,6 @@ def test_static_mode_decodes_like_the_dynamic_mode() -> None:
     assert static.length == dynamic.length
     for mine, theirs in zip(static.layers, dynamic.layers):
         torch.testing.assert_close(mine.keys[:, :, :mine.length], theirs.keys[:, :, :theirs.length])
-        torch.testing.assert_close(mine.pre_keys[:, :, :mine.length], theirs.pre_keys[:, :, :theirs.length])
 
 
 def test_keys_do_not_drift_in_bfloat16_over_many_shifts() -> None:
@@ -239,7 +238,7 @@ def test_keys_do_not_drift_in_bfloat16_over_many_shifts() -> None:
     freqs = torch.arange(cache.length, dtype=torch.float64)[:, None] * inv_freq[None]
     cos, sin = torch.cat((freqs, freqs), -1).cos(), torch.cat((freqs, freqs), -1).sin()
     expected = kept * cos + rotate_half(kept) * sin
-    error = (layer.keys[:, :, :cache.length].double() - expected).abs().max().item()
+    error = (layer.rotated_keys(cache.length).double() - expected).abs().max().item()
     assert cache.length == 4 + 256
     assert expected.abs().max() < 4 and error < 4 * 2**-6  # within 4 bf16 ulps (measured: 2)
 
@@ -266,7 +265,7 @@ def tiny_engine(family: str = "llama", layers: int = 2, **overrides) -> Streamin
 def snapshot(engine: StreamingEngine) -> list[torch.Tensor]:
     length = engine.cache_length
     return [tensor[:, :, :length].clone() for layer in engine.cache.layers
-            for tensor in (layer.keys, layer.pre_keys, layer.values)]
+            for tensor in (layer.keys, layer.values)]
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text"])
@@ -322,7 +321,7 @@ def test_memory_is_bounded_after_100k_streamed_tokens() -> None:
     layer = engine.cache.layers[0]
     piece = "abcdefgh" * 16  # 128 byte tokens
     engine.feed(piece)
-    pointers, shape = [t.data_ptr() for t in (layer.keys, layer.pre_keys, layer.values)], layer.keys.shape
+    pointers, shape = [t.data_ptr() for t in (layer.keys, layer.values)], layer.keys.shape
     positions: list[int] = []
     hook = engine.model.model.rotary_emb.register_forward_hook(
         lambda module, args, kwargs, output: positions.append(int(kwargs["position_ids"].max())), with_kwargs=True)
@@ -332,7 +331,7 @@ def test_memory_is_bounded_after_100k_streamed_tokens() -> None:
     assert engine.tokens_seen >= 100_000
     # Chunked eviction: full up to n_sink + window, at most one eviction chunk below it.
     assert engine.cache.n_sink + 512 - 128 < engine.cache_length <= engine.cache.n_sink + 512
-    assert [t.data_ptr() for t in (layer.keys, layer.pre_keys, layer.values)] == pointers
+    assert [t.data_ptr() for t in (layer.keys, layer.values)] == pointers
     assert layer.keys.shape == shape
     assert max(positions) < engine.cache.capacity  # positions are cache slots, never stream offsets
 

@@ -12,28 +12,24 @@ Positions are cache slots, not places in the stream: the model is always called 
 whether the stream is 4 thousand or 4 billion tokens long. Float32 RoPE angles lose whole
 radians past 2^24 positions; here they never get there.
 
-Each layer stores every key twice, both written exactly once per placement:
-- `pre_keys`: the key *before* RoPE. The model hands `update()` keys already rotated for the
-  positions we passed; they are un-rotated once, on arrival, in float32 with the model's own
-  cos/sin for those positions (any `attention_scaling` divided out).
-- `keys`: the key rotated for its current slot, which is what attention reads. A fresh token's
-  rotated key is the model's own tensor, copied as is, so with no eviction this cache is
-  bitwise the dense cache. When tokens move (eviction shifts the window left by a chunk; a new
-  pinned summary shifts it by the size difference), the moved keys are re-rotated *from
-  `pre_keys`* for their new slots, with the model's formula and dtype.
+Each layer stores every key once, *before* RoPE, and rotates the whole cache for its slots at
+read time (the reference implementation's scheme). The model hands `update()` keys already
+rotated for the slots we passed; they are un-rotated once, on arrival, in float32 with the
+model's own cos/sin for those slots (any `attention_scaling` divided out). Attention then reads
+`pre_keys * cos + rotate_half(pre_keys) * sin` for slots 0..length-1, with the model's formula,
+tables and dtype, into a transient tensor (one layer at a time).
 
 Why not re-rotate the stored rotated keys by the shift, as transformers' old SinkCache did:
 every shift rounds again, in bf16 the slow RoPE channels stop moving and error piles up over the
 millions of shifts of a long stream (perplexity up by tens of percent on Qwen-family models).
-Here a key is at most one un-rotation and one rotation away from the model's own value, at any
-stream length. Why not rotate the whole cache at read time from `pre_keys` on every step: that
-re-reads and re-writes all keys of every layer per decoded token, about +50% of the KV traffic
-in a bandwidth-bound decode; keeping the rotated copy costs 50% more key memory instead, and
-re-rotation happens once per eviction chunk (amortised over `evict_chunk` tokens).
+Here a key is one un-rotation and one rotation away from the model's own value, at any stream
+length, and moving a key (eviction, a new pinned summary) is a plain copy with nothing to
+re-rotate. The price is one elementwise rotation of the cached keys per layer and step, small
+next to attention itself (measured in docs/engine.md); keeping a second, rotated copy would
+avoid it at 50% more key memory, which is the wrong trade for a cache meant to stay small.
 
 Eviction drops `evict_chunk` tokens at a time from the front of the window: one copy of the
-remaining window (pre-RoPE keys and values) and one rotation, then the writes continue at the
-new end. No `torch.cat`, no reallocation while streaming: the buffers are allocated once.
+remaining window (pre-RoPE keys and values), then the writes continue at the new end. No `torch.cat`, no reallocation while streaming: the buffers are allocated once.
 A fork (summary, question) writes behind `length` and is rolled back by setting `length` back;
 the slots before it are never written during a fork, so the rollback is exact, bit for bit.
 
@@ -119,7 +115,10 @@ class RotaryTable:
 
 
 class SinkLayer(CacheLayerMixin):
-    """One layer's sink cache: preallocated rotated keys, pre-RoPE keys and values; see the module doc."""
+    """One layer's sink cache: preallocated pre-RoPE keys and values; see the module doc.
+
+    `keys` holds every key once, *before* RoPE; attention gets them rotated for their slots at read.
+    """
 
     is_sliding = False
     is_compileable = False
@@ -128,7 +127,6 @@ class SinkLayer(CacheLayerMixin):
         super().__init__()
         self.capacity, self.table = capacity, table
         self.length = 0
-        self.pre_keys: torch.Tensor | None = None
         self.static_slots: torch.Tensor | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -136,7 +134,6 @@ class SinkLayer(CacheLayerMixin):
         batch, heads, _, head_dim = key_states.shape
         shape = (batch, heads, self.capacity, head_dim)
         self.keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.pre_keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.values = torch.zeros((*shape[:3], value_states.shape[-1]), dtype=self.dtype, device=self.device)
         self.is_initialized = True
 
@@ -145,18 +142,20 @@ class SinkLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         if self.static_slots is not None:
             slots = self.static_slots
-            self.keys.index_copy_(2, slots, key_states)
-            self.pre_keys.index_copy_(2, slots, self.table.unrotate(key_states, slots))
+            self.keys.index_copy_(2, slots, self.table.unrotate(key_states, slots))
             self.values.index_copy_(2, slots, value_states)
-            return self.keys, self.values
+            return self.rotated_keys(self.capacity), self.values
         start, end = self.length, self.length + key_states.shape[-2]
         if end > self.capacity:
             raise CacheFullError(f"sink cache full: {end} entries needed, capacity {self.capacity}")
-        self.keys[:, :, start:end] = key_states
-        self.pre_keys[:, :, start:end] = self.table.unrotate(key_states, start)
+        self.keys[:, :, start:end] = self.table.unrotate(key_states, start)
         self.values[:, :, start:end] = value_states
         self.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end]
+        return self.rotated_keys(end), self.values[:, :, :end]
+
+    def rotated_keys(self, end: int) -> torch.Tensor:
+        """Keys of slots 0..end-1 rotated for those slots: what attention reads (a transient tensor)."""
+        return self.table.rotate(self.keys[:, :, :end], 0)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.length + query_length, 0
@@ -172,13 +171,11 @@ class SinkLayer(CacheLayerMixin):
 
     @torch.inference_mode()
     def move(self, source: int, target: int, count: int) -> None:
-        """Move `count` entries from slot `source` to slot `target`, re-rotating their keys from pre-RoPE."""
+        """Move `count` entries from slot `source` to slot `target`: a plain copy, since keys are pre-RoPE."""
         if not self.is_initialized or count <= 0 or source == target:
             return
-        moved_pre = self.pre_keys[:, :, source:source + count].clone()
-        self.values[:, :, target:target + count] = self.values[:, :, source:source + count].clone()
-        self.pre_keys[:, :, target:target + count] = moved_pre
-        self.keys[:, :, target:target + count] = self.table.rotate(moved_pre, target)
+        for buffer in (self.keys, self.values):
+            buffer[:, :, target:target + count] = buffer[:, :, source:source + count].clone()
 
     @torch.inference_mode()
     def grow(self, capacity: int) -> None:
@@ -186,7 +183,7 @@ class SinkLayer(CacheLayerMixin):
         if capacity <= self.capacity:
             return
         if self.is_initialized:
-            for name in ("keys", "pre_keys", "values"):
+            for name in ("keys", "values"):
                 old = getattr(self, name)
                 new = torch.zeros((*old.shape[:2], capacity, old.shape[-1]), dtype=old.dtype, device=old.device)
                 new[:, :, :self.length] = old[:, :, :self.length]
