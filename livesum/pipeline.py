@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from livesum.asr.transcriber import StreamingTranscriber
 from livesum.config import Settings
 from livesum.events import Answer, Error, Event, Notes, Segment, Status, Summary
-from livesum.llm.notes import bullet_lines, extract_action_items, extract_decisions, first_line
+from livesum.llm.notes import bullet_lines, extract_action_items, extract_decisions, first_line, whole_sentences
 from livesum.outputs.files import EventSink
 from livesum.source.audio import AudioChunk, AudioSourceError
 
@@ -211,8 +211,8 @@ class Pipeline:
         assert self.engine is not None
         text = await self._engine_call(self.engine.summarize, self.settings.llm.engine.max_summary_tokens)
         if text:
-            self.emit(Summary(start=self._memory_start(), end=at, text=text.strip(), final=final))
-            self.latest_summary = text.strip()
+            self.latest_summary = whole_sentences(text)
+            self.emit(Summary(start=self._memory_start(), end=at, text=self.latest_summary, final=final))
 
     async def _finish(self, questions: list[str]) -> None:
         end = self.result.audio_seconds

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from livesum.events import ActionItem, Answer, Decision, Notes, Segment, Summary, parse_event
-from livesum.llm.notes import bullet_lines, extract_action_items, extract_decisions, first_line, sentences
+from livesum.llm.notes import bullet_lines, extract_action_items, extract_decisions, first_line, sentences, whole_sentences
 from livesum.outputs.files import file_sinks, render_notes, timestamp
 
 
@@ -76,3 +76,6 @@ def test_model_output_cleanup() -> None:
     assert bullet_lines("Key points:\n- one\n2) two\n* one\n\n• three") == ["Key points:", "one", "two", "three"]
     assert first_line('\n  "Title: Quarterly planning"\nmore', "x") == "Quarterly planning"
     assert first_line("", "fallback") == "fallback"
+    assert whole_sentences("Ships in April. Maria owns the") == "Ships in April."
+    assert whole_sentences("No full stop at all") == "No full stop at all"
+    assert whole_sentences('He said "done."') == 'He said "done."'

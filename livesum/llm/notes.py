@@ -124,6 +124,15 @@ def bullet_lines(text: str, limit: int = 6) -> list[str]:
     return points[:limit]
 
 
+def whole_sentences(text: str) -> str:
+    """Drop a last sentence cut off by the token limit ("...two weeks. A beta testers' login")."""
+    text = text.strip()
+    if not text or text[-1] in ".!?\"')":
+        return text
+    cut = max(text.rfind(mark) for mark in ".!?")
+    return text[: cut + 1] if cut > 0 else text
+
+
 def first_line(text: str, fallback: str) -> str:
     for line in text.splitlines():
         cleaned = line.strip().strip("#*\"' ").removeprefix("Title:").strip()
