@@ -55,7 +55,11 @@ class EngineConfig(Section):
     window: int = Field(1024, ge=16, description="Recent tokens kept behind the sinks.")
     evict_chunk: int = Field(64, ge=1, description="Tokens evicted at once when the window is full.")
     prefill_chunk: int = Field(256, ge=1, description="Largest block of new tokens encoded in one forward.")
-    pin_summary: bool = Field(True, description="Keep the latest summary pinned right behind the sinks.")
+    pin_summary: bool = Field(
+        False,
+        description="Keep the latest summary pinned right behind the sinks. Off by default: with SmolLM2-135M "
+        "it recalled no more evicted decisions than without (benchmarks/pinned_summary.py, docs/engine.md).",
+    )
     pinned_summary_tokens: int = Field(128, ge=0, description="Room reserved for the pinned summary.")
     max_summary_tokens: int = Field(96, ge=1)
     max_answer_tokens: int = Field(64, ge=1)

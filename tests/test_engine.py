@@ -382,7 +382,7 @@ def test_real_smollm2_summarizes_answers_and_rolls_back(model_cache) -> None:
     from livesum.models import load_language_model
 
     model, tokenizer = load_language_model("smollm2-135m", model_cache, device="cpu")
-    engine = StreamingEngine(model, tokenizer, EngineConfig(window=256, evict_chunk=64, prefill_chunk=128))
+    engine = StreamingEngine(model, tokenizer, EngineConfig(window=256, evict_chunk=64, prefill_chunk=128, pin_summary=True))
     for _ in range(4):
         engine.feed(TEXT)
     assert engine.cache_length <= engine.cache.n_sink + 256
