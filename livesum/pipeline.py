@@ -112,6 +112,9 @@ class Pipeline:
         llm_task = asyncio.create_task(self._llm_stage(to_llm))
         try:
             await self._asr_stage(chunks, duration, to_llm)
+        except Exception as error:  # keep what was transcribed: notes and files still get finished
+            self.result.fatal_error = f"speech recognition failed: {error}"
+            self.emit(Error(message=self.result.fatal_error, fatal=True, source="asr"))
         finally:
             await to_llm.put(_DONE)
             await llm_task
@@ -211,8 +214,9 @@ class Pipeline:
         assert self.engine is not None
         text = await self._engine_call(self.engine.summarize, self.settings.llm.engine.max_summary_tokens)
         if text:
+            start = self._memory_start()  # before this summary counts as pinned
             self.latest_summary = whole_sentences(text)
-            self.emit(Summary(start=self._memory_start(), end=at, text=self.latest_summary, final=final))
+            self.emit(Summary(start=start, end=at, text=self.latest_summary, final=final))
 
     async def _finish(self, questions: list[str]) -> None:
         end = self.result.audio_seconds

@@ -1,7 +1,6 @@
 """The CLI as a user runs it: a subprocess on real audio files."""
 
 import re
-import shutil
 from pathlib import Path
 
 import jiwer
