@@ -8,7 +8,6 @@ half. Optional partial segments re-transcribe the open utterance for live captio
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from livesum.events import Segment
 from livesum.models import resolve_device, whisper_model_dir
 from livesum.source.audio import AudioChunk
 
-log = logging.getLogger(__name__)
 
 # Keep at least this much audio before a cut so a word starting right at it is not clipped.
 CUT_PADDING_SECONDS = 0.2
