@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,35 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from livesum.config import load_settings
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 SPEECH_SAMPLE = SAMPLES / "librivox.flac"
 SPEECH_REFERENCE = SAMPLES / "librivox.txt"
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """`livesum ...` in a fresh interpreter, as a user runs it."""
     command = [sys.executable, "-m", "livesum.cli", *args]
-    environment = {**os.environ, **(env or {})}
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=environment)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One converted-model cache for the whole session (LIVESUM_CACHE_DIR, else the user's)."""
-    configured = os.environ.get("LIVESUM_CACHE_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "livesum"
-
-
-def synthesize(text: str, out: Path, voice: str = "en-us") -> Path:
-    """Real speech audio from espeak-ng, converted to 16 kHz mono 16-bit with sox."""
-    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
-        pytest.fail("espeak-ng and sox are needed (apt-get install espeak-ng sox)")
-    raw = out.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(raw), text], check=True)
-    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True)
-    raw.unlink()
-    return out
+def model_cache() -> Path:
+    """The converted-model cache the CLI uses too (settings' cache_dir, e.g. LIVESUM_CACHE_DIR)."""
+    return load_settings().resolved_cache_dir()
 
 
 @pytest.fixture
