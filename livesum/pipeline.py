@@ -94,6 +94,7 @@ class Pipeline:
         # (segment start, cumulative tokens after it): tells which audio the window still holds.
         self.token_marks: deque[tuple[float, int]] = deque()
         self.tokens_fed = 0
+        self.summarized_tokens = -1  # tokens_fed when the latest summary was made
 
     def emit(self, event: Event) -> None:
         for sink in self.sinks:
@@ -118,6 +119,7 @@ class Pipeline:
         finally:
             await to_llm.put(_DONE)
             await llm_task
+        self.emit(Status(state="progress", position=self.result.audio_seconds, duration=duration, detail="writing notes"))
         await self._finish(list(questions))
         self.result.wall_seconds = time.perf_counter() - began
         self.result.stage_seconds = dict(self.clock.seconds)
@@ -215,14 +217,18 @@ class Pipeline:
         text = await self._engine_call(self.engine.summarize, self.settings.llm.engine.max_summary_tokens)
         if text:
             start = self._memory_start()  # before this summary counts as pinned
-            self.latest_summary = whole_sentences(text)
+            self.latest_summary, self.summarized_tokens = whole_sentences(text), self.tokens_fed
             self.emit(Summary(start=start, end=at, text=self.latest_summary, final=final))
 
     async def _finish(self, questions: list[str]) -> None:
         end = self.result.audio_seconds
         title, key_points = "Meeting notes", []
         if self.engine is not None and self.result.segments:
-            await self._summarize(end, final=True)
+            if self.latest_summary and self.summarized_tokens == self.tokens_fed:
+                # Nothing was said since the last rolling summary: it is the final one, no new fork.
+                self.emit(Summary(start=self._memory_start(), end=end, text=self.latest_summary, final=True))
+            else:
+                await self._summarize(end, final=True)
             max_tokens = self.settings.llm.engine.max_answer_tokens
             title = first_line(await self._engine_call(self.engine.complete, TITLE_INSTRUCTION, 24) or "", title)
             key_points = bullet_lines(await self._engine_call(self.engine.complete, KEY_POINTS_INSTRUCTION, max_tokens * 2) or "")

@@ -29,8 +29,9 @@ class ConsoleView:
             case Status(state="started", duration=duration):
                 self.progress.start()
                 self.task = self.progress.add_task("transcribing", total=duration, position="0:00")
-            case Status(state="progress", position=position) if self.task is not None:
-                self.progress.update(self.task, completed=position, position=timestamp(position, ".")[:-4])
+            case Status(state="progress", position=position, detail=detail) if self.task is not None:
+                stamp = timestamp(position, ".")[:-4]
+                self.progress.update(self.task, completed=position, position=stamp, description=detail or "transcribing")
             case Status(state="finished", detail=detail):
                 self.progress.stop()
                 self.console.print(f"[bold]done:[/bold] {detail}", highlight=False)
