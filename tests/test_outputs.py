@@ -76,6 +76,9 @@ def test_model_output_cleanup() -> None:
     assert bullet_lines("Key points:\n- one\n2) two\n* one\n\n• three") == ["Key points:", "one", "two", "three"]
     assert first_line('\n  "Title: Quarterly planning"\nmore', "x") == "Quarterly planning"
     assert first_line("", "fallback") == "fallback"
+    assert first_line("This meeting is a great example of how a team can work, together and more", "x") == (
+        "This meeting is a great example of how a team can work"
+    )
     assert whole_sentences("Ships in April. Maria owns the") == "Ships in April."
     assert whole_sentences("No full stop at all") == "No full stop at all"
     assert whole_sentences('He said "done."') == 'He said "done."'

@@ -133,9 +133,11 @@ def whole_sentences(text: str) -> str:
     return text[: cut + 1] if cut > 0 else text
 
 
-def first_line(text: str, fallback: str) -> str:
+def first_line(text: str, fallback: str, max_words: int = 12) -> str:
+    """A title: the model's first non-empty line, unquoted, at most `max_words` words."""
     for line in text.splitlines():
         cleaned = line.strip().strip("#*\"' ").removeprefix("Title:").strip()
         if cleaned:
-            return cleaned[:120]
+            words = cleaned.split()
+            return " ".join(words[:max_words]).rstrip(",;:") if len(words) > max_words else cleaned
     return fallback
