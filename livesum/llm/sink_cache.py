@@ -16,7 +16,7 @@ Each layer stores every key once, *before* RoPE, and rotates the whole cache for
 read time (the reference implementation's scheme). The model hands `update()` keys already
 rotated for the slots we passed; they are un-rotated once, on arrival, in float32 with the
 model's own cos/sin for those slots (any `attention_scaling` divided out). Attention then reads
-`pre_keys * cos + rotate_half(pre_keys) * sin` for slots 0..length-1, with the model's formula,
+`keys * cos + rotate_half(keys) * sin` for slots 0..length-1, with the model's formula,
 tables and dtype, into a transient tensor (one layer at a time).
 
 Why not re-rotate the stored rotated keys by the shift, as transformers' old SinkCache did:
@@ -312,7 +312,7 @@ class SinkCache(Cache):
     def replace_pinned(self, count: int, encode: Callable[[], None]) -> None:
         """Swap the pinned block for `count` new tokens that `encode()` feeds through the model.
 
-        The window moves to start right after the new block (keys re-rotated from pre-RoPE); the
+        The window moves to start right after the new block (a plain copy of pre-RoPE keys); the
         write position is set right behind the sinks while `encode` runs, so the new block attends
         to the sinks only, then the length is restored over the moved window. Only the block is
         encoded again, never the window.
