@@ -188,14 +188,12 @@ class StreamingEngine:
         )
         return out.logits[0, -1].float()
 
-    def _ingest(self, ids: list[int]) -> torch.Tensor | None:
-        """Chunked prefill of live tokens, evicting before each chunk; last logits (None if no ids)."""
-        logits = None
+    def _ingest(self, ids: list[int]) -> None:
+        """Chunked prefill of live tokens, evicting before each chunk."""
         for start in range(0, len(ids), self._chunk):
             chunk = ids[start:start + self._chunk]
             self.cache.make_room(len(chunk))
-            logits = self._forward(chunk)
-        return logits
+            self._forward(chunk)
 
     def _fork(self, instruction: str, max_new_tokens: int) -> str:
         """Instruction + greedy answer behind the live cache, then an exact rollback."""
