@@ -224,7 +224,7 @@ class Pipeline:
         end = self.result.audio_seconds
         title, key_points = "Meeting notes", []
         if self.engine is not None and self.result.segments:
-            if self.latest_summary and self.summarized_tokens == self.tokens_fed:
+            if self.summarized_tokens == self.tokens_fed:  # -1 until a summary exists
                 # Nothing was said since the last rolling summary: it is the final one, no new fork.
                 self.emit(Summary(start=self._memory_start(), end=end, text=self.latest_summary, final=True))
             else:
