@@ -46,6 +46,7 @@ class AsrConfig(Section):
         "windows whatever the input, so longer batches are cheaper; live sources lower it for latency.",
     )
     partial_every_seconds: float = Field(0.0, ge=0, description="Emit partial segments this often; 0 = finals only.")
+    seed: int = Field(0, ge=0, description="Seed of Whisper's temperature-fallback sampling, so a file always transcribes the same.")
 
 
 class EngineConfig(Section):

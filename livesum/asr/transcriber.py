@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.vad import VadOptions, get_speech_timestamps
@@ -31,6 +32,9 @@ def load_whisper(config: AsrConfig, cache_dir: Path) -> WhisperModel:
     if compute_type == "auto":
         compute_type = "float16" if device == "cuda" else "int8"
     model_dir = whisper_model_dir(config.model, cache_dir)
+    # Temperature fallback samples when greedy decoding looks wrong; unseeded, the same file
+    # could transcribe differently on each run.
+    ctranslate2.set_random_seed(config.seed)
     return WhisperModel(str(model_dir), device=device, compute_type=compute_type, cpu_threads=config.cpu_threads)
 
 
