@@ -31,7 +31,20 @@ class AudioConfig(Section):
     queue_chunks: int = Field(64, ge=1, description="Bound of the source->ASR queue (backpressure).")
 
 
+class StreamingAsrConfig(Section):
+    """The streaming (LocalAgreement) policy used for live sources; see livesum/asr/streaming.py."""
+
+    min_chunk_seconds: float = Field(1.0, gt=0, le=10, description="New audio needed before the next Whisper pass.")
+    trim_seconds: float = Field(15.0, gt=1, le=30, description="Trim the utterance buffer at a committed sentence end past this.")
+    max_buffer_seconds: float = Field(30.0, gt=2, le=30, description="Hard cut of the utterance buffer.")
+    prompt_chars: int = Field(200, ge=0, le=1000, description="Committed text handed to Whisper as the prompt.")
+    end_silence_ms: int = Field(600, ge=100, description="VAD silence that ends an utterance and flushes its tail as final.")
+
+
 class AsrConfig(Section):
+    policy: Literal["auto", "batch", "streaming"] = Field(
+        "auto", description="'batch' for throughput, 'streaming' for second-level latency; 'auto' = batch for files, streaming live."
+    )
     model: str = Field("base", description="'base', 'tiny.en' (embedded) or a CTranslate2 model directory.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compute_type: str = Field("auto", description="'auto' = int8 on CPU, float16 on CUDA.")
@@ -47,6 +60,7 @@ class AsrConfig(Section):
     )
     partial_every_seconds: float = Field(0.0, ge=0, description="Emit partial segments this often; 0 = finals only.")
     seed: int = Field(0, ge=0, description="Seed of Whisper's temperature-fallback sampling, so a file always transcribes the same.")
+    streaming: StreamingAsrConfig = StreamingAsrConfig()
 
 
 class EngineConfig(Section):
@@ -79,6 +93,35 @@ class LlmConfig(Section):
     engine: EngineConfig = EngineConfig()
 
 
+class CaptureConfig(Section):
+    """Microphone capture (`livesum mic`)."""
+
+    device: str | None = Field(None, description="Input device: index or part of its name; None = the system default.")
+    sample_rate: int | None = Field(None, ge=8000, description="Device rate; None = the device's default rate.")
+    channels: int | None = Field(None, ge=1, description="Channels to open; None = up to 2, downmixed to mono.")
+    block_seconds: float = Field(0.1, gt=0, le=1, description="PortAudio callback block.")
+    buffer_seconds: float = Field(30.0, ge=1, description="Captured audio held for the pipeline; beyond it the oldest is dropped and reported.")
+
+
+class ServerConfig(Section):
+    """`livesum serve`: the websocket server."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    token: str | None = Field(None, description="Shared secret; required to bind a non-loopback address.")
+    data_dir: Path = Field(Path("sessions"), description="Each session writes its files under DATA_DIR/<session>/.")
+    max_sessions: int = Field(8, ge=1)
+    max_frame_bytes: int = Field(1 << 20, ge=1024, description="Largest websocket frame accepted.")
+    session_queue_seconds: float = Field(30.0, ge=1, description="Audio a session may queue before the oldest is dropped.")
+    resume_grace_seconds: float = Field(30.0, ge=0, description="How long a dropped session waits for its client to reconnect.")
+    idle_timeout_seconds: float = Field(60.0, gt=0, description="Close a connection that sends nothing for this long.")
+    ping_interval_seconds: float = Field(20.0, gt=0)
+    allowed_overrides: list[str] = Field(
+        ["llm.summary_every_seconds", "asr.language", "asr.policy"],
+        description="Config keys a client may set in its `start` message.",
+    )
+
+
 class OutputConfig(Section):
     formats: list[Literal["txt", "srt", "vtt", "jsonl", "md"]] = ["txt", "srt", "vtt", "jsonl", "md"]
     console: bool = Field(True, description="Progress bar and scrolling transcript on the terminal.")
@@ -89,6 +132,8 @@ class Settings(Section):
     audio: AudioConfig = AudioConfig()
     asr: AsrConfig = AsrConfig()
     llm: LlmConfig = LlmConfig()
+    capture: CaptureConfig = CaptureConfig()
+    server: ServerConfig = ServerConfig()
     output: OutputConfig = OutputConfig()
     cache_dir: Path | None = Field(None, description="Where converted models live; default ~/.cache/livesum.")
 

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: segment id/words/latency/speaker, live status fields, item evidence (additive)
 
 
 class BaseEvent(BaseModel):
@@ -21,8 +21,22 @@ class BaseEvent(BaseModel):
     wall_time: float = Field(default_factory=time.time, description="Unix time the event was made.")
 
 
+class Word(BaseModel):
+    """One recognised word with its stream times (Whisper's word timestamps)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: str
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+    probability: float | None = Field(None, ge=0, le=1)
+
+
 class Segment(BaseEvent):
-    """A stretch of transcribed speech. Partials may be revised; a final one never changes."""
+    """A stretch of transcribed speech. Partials may be revised; a final one never changes.
+
+    A partial and the final that replaces it share `id`, so a screen can overwrite the line.
+    """
 
     type: Literal["segment"] = "segment"
     final: bool
@@ -30,6 +44,14 @@ class Segment(BaseEvent):
     end: float = Field(ge=0)
     text: str
     language: str | None = None
+    id: str | None = Field(None, description="Stable id shared by the partials and the final of one segment.")
+    words: list[Word] | None = Field(None, description="Word timings, where Whisper gives them.")
+    latency: float | None = Field(
+        None, ge=0,
+        description="Live sources: wall-clock seconds from the capture of the segment's last audio sample "
+        "to the emission of this event.",
+    )
+    speaker: str | None = Field(None, description="Speaker or track label, where the source separates them.")
 
 
 class Summary(BaseEvent):
@@ -54,6 +76,8 @@ class ActionItem(BaseModel):
 
     text: str
     owner: str | None = None
+    due: str | None = Field(None, description="When it is due, as said ('Friday', 'next week').")
+    evidence: str | None = Field(None, description="The transcript words the item rests on.")
     at: float | None = Field(None, description="Stream time the item was said, when known.")
 
 
@@ -61,6 +85,7 @@ class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     text: str
+    evidence: str | None = Field(None, description="The transcript words the decision rests on.")
     at: float | None = None
 
 
@@ -85,6 +110,12 @@ class Status(BaseEvent):
     position: float = Field(0.0, ge=0, description="Seconds of audio processed.")
     duration: float | None = Field(None, description="Total seconds, when known (files).")
     detail: str = ""
+    # Live sources (mic, websocket) fill these in on progress events; files leave them None.
+    level_db: float | None = Field(None, description="Input level of the latest audio, dBFS.")
+    dropped_seconds: float | None = Field(None, ge=0, description="Audio dropped so far because the pipeline fell behind.")
+    asr_lag: float | None = Field(None, ge=0, description="Seconds of captured audio not yet transcribed.")
+    llm_lag: float | None = Field(None, ge=0, description="Seconds since the oldest final text not yet in the LM cache was emitted.")
+    cache_tokens: int | None = Field(None, ge=0, description="Entries in the LM's sink cache.")
 
 
 class Error(BaseEvent):

@@ -18,6 +18,8 @@ class AudioChunk:
     samples: np.ndarray
     start: float
     sample_rate: int
+    captured_at: float | None = None  # live sources: time.time() when the last sample was captured
+    track: str | None = None  # which speaker/call leg (websocket tracks); None = the one mixed stream
 
     @property
     def duration(self) -> float:
