@@ -21,6 +21,7 @@ app.add_typer(models_app, name="models")
 
 EXIT_INPUT = 1  # bad or broken input (partial outputs are still written)
 EXIT_CONFIG = 2  # bad config, missing model
+EXIT_INTERRUPTED = 130  # Ctrl-C on a file: the notes for what was heard are still written
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -85,16 +86,18 @@ def file_command(
         settings = settings_from(config, assignments, flags)
     except ConfigError as error:
         raise fail(str(error), EXIT_CONFIG) from None
-    from livesum.runner import run_file  # heavy imports only once the arguments are sound
+    from livesum.runner import StartupError, run_file  # heavy imports only once the arguments are sound
 
     try:
         result = asyncio.run(run_file(path, out, settings, ask or []))
     except ModelNotInstalled as error:
         raise fail(str(error), EXIT_CONFIG) from None
-    except AudioSourceError as error:
+    except (AudioSourceError, StartupError) as error:
         raise fail(str(error), EXIT_INPUT) from None
     except KeyboardInterrupt:
-        raise fail("interrupted; outputs so far are in " + str(out), 130) from None
+        raise fail("interrupted; outputs so far are in " + str(out), EXIT_INTERRUPTED) from None
+    if result.interrupted:
+        raise fail(f"interrupted after {result.audio_seconds:.1f} s of audio; transcript and notes so far are in {out}", EXIT_INTERRUPTED)
     if result.fatal_error:
         raise fail(result.fatal_error + (f" (kept {len(result.segments)} segments in {out})" if result.segments else ""), EXIT_INPUT)
 

@@ -1,13 +1,27 @@
 """The async pipeline: audio chunks -> ASR -> LLM -> events, the same for files, mics and sockets.
 
-Stages are tasks joined by bounded queues, so a slow stage slows the one before it instead of
-buffering without limit. Model calls are blocking and run in worker threads. A failing source or
-model becomes an Error event; everything transcribed up to then is still written and summarised.
+Two stages run under one `asyncio.TaskGroup`: the ASR stage reads chunks and transcribes them
+(one transcriber per track, blocking calls in worker threads), the LLM stage feeds final text into
+the session's StreamingEngine and makes rolling summaries. Model calls go through the process's
+`LmScheduler`, so several sessions share one model and a question overtakes a backlog.
+
+Overload policy, by source:
+- files (`live=False`): backpressure. The ASR->LLM queue is bounded, so a slow LM slows the ASR,
+  which slows the decoder; every rolling summary is made at its point in the audio.
+- live (`live=True`): a microphone cannot wait. The ASR never waits on the LM: final text queues
+  (it is small) and is fed in coalesced pieces; summaries are made when the LM gets to them, one
+  at a time, and a requested one is skipped while another is pending. Sources drop the oldest
+  audio when the ASR falls behind and report it through `report_dropped`.
+
+Whatever happens (a source that breaks, a stage that crashes, Ctrl-C, `stop()`, cancellation),
+`run()` flushes the transcribers, makes the final summary and notes and emits `finished`, so what
+was heard is never lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import resource
 import time
 from collections import deque
@@ -15,15 +29,23 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from livesum.asr.transcriber import StreamingTranscriber
+import numpy as np
+
 from livesum.config import Settings
 from livesum.events import Answer, Error, Event, Notes, Segment, Status, Summary
-from livesum.llm.notes import bullet_lines, extract_action_items, extract_decisions, first_line, whole_sentences
+from livesum.llm.minutes import MeetingMinutes
+from livesum.llm.notes import whole_sentences
+from livesum.llm.scheduler import LmScheduler, Priority
 from livesum.outputs.files import EventSink
 from livesum.source.audio import AudioChunk, AudioSourceError
 
-TITLE_INSTRUCTION = "Give this meeting a short title of at most eight words. Reply with the title only."
-KEY_POINTS_INSTRUCTION = "List the three to five most important points of this meeting, one short line each, starting with '- '."
+
+class Transcriber(Protocol):
+    """One track's speech recognition (livesum.asr): blocking, called from a worker thread."""
+
+    def push(self, chunk: AudioChunk) -> list[Segment]: ...
+
+    def flush(self) -> list[Segment]: ...
 
 
 class LanguageEngine(Protocol):
@@ -38,6 +60,9 @@ class LanguageEngine(Protocol):
     def complete(self, instruction: str, max_new_tokens: int) -> str: ...
 
 
+TranscriberFactory = Callable[[str | None], Transcriber]
+
+
 @dataclass
 class StageClock:
     """Seconds each stage spent busy, for the RTF split that the CLI reports.
@@ -47,15 +72,18 @@ class StageClock:
 
     seconds: dict[str, float] = field(default_factory=lambda: {"source": 0.0, "asr": 0.0, "llm": 0.0})
 
-    async def run(self, stage: str, function: Callable[..., Any], *args: Any) -> Any:
-        def timed() -> Any:
+    def timed(self, stage: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
             began = time.perf_counter()
             try:
                 return function(*args)
             finally:
                 self.seconds[stage] += time.perf_counter() - began
 
-        return await asyncio.to_thread(timed)
+        return run
+
+    async def run(self, stage: str, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(self.timed(stage, function), *args)
 
 
 @dataclass
@@ -65,36 +93,119 @@ class RunResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     segments: list[Segment] = field(default_factory=list)
     fatal_error: str | None = None
+    interrupted: bool = False
+    dropped_seconds: float = 0.0
 
     @property
     def real_time_factor(self) -> float:
         return self.wall_seconds / self.audio_seconds if self.audio_seconds else 0.0
 
 
+@dataclass
+class LiveStats:
+    """What the live status line shows; updated by the stages, sent with progress events."""
+
+    level_db: float | None = None
+    asr_lag: float | None = None
+    oldest_unfed: float | None = None  # wall time the oldest final text not yet in the LM was emitted
+
+
+class StageFailure(Exception):
+    """An unexpected crash of a pipeline stage (the known failures are handled inside the stages)."""
+
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(f"{stage} stage crashed: {type(error).__name__}: {error}")
+        self.stage = stage
+
+
 _DONE = object()
+_SUMMARY_REQUEST = object()
 TRUNCATION_TOLERANCE = 1.0  # seconds of audio missing before the header's duration counts as a truncation
+SILENCE_DB = -100.0
+
+
+def level_dbfs(samples: np.ndarray) -> float:
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0
+    return 20 * math.log10(rms) if rms > 1e-5 else SILENCE_DB
 
 
 class Pipeline:
     def __init__(
         self,
         settings: Settings,
-        transcriber: StreamingTranscriber,
+        transcriber: Transcriber | TranscriberFactory,
         engine: LanguageEngine | None,
         sinks: Iterable[EventSink],
+        *,
+        live: bool = False,
+        scheduler: LmScheduler | None = None,
+        speakers: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
-        self.transcriber = transcriber
+        if hasattr(transcriber, "push"):
+            single = transcriber
+            self.transcriber_factory: TranscriberFactory = lambda track: single  # type: ignore[assignment,return-value]
+        else:
+            self.transcriber_factory = transcriber  # type: ignore[assignment]
+        self.transcribers: dict[str | None, Transcriber] = {}
         self.engine = engine
         self.sinks = list(sinks)
+        self.live = live
+        self.scheduler = scheduler or LmScheduler()
+        self._owns_scheduler = scheduler is None
+        self.speakers = dict(speakers or {})
+        self.minutes = MeetingMinutes(settings)
         self.clock = StageClock()
         self.result = RunResult()
+        self.stats = LiveStats()
         self.answers: list[Answer] = []
         self.latest_summary = ""
         # (segment start, cumulative tokens after it): tells which audio the window still holds.
         self.token_marks: deque[tuple[float, int]] = deque()
         self.tokens_fed = 0
-        self.summarized_tokens = -1  # tokens_fed when the latest summary was made
+        self._to_llm: asyncio.Queue[object] = asyncio.Queue(maxsize=0 if live else settings.audio.queue_chunks)
+        self._stopping = asyncio.Event()
+        self._summary_pending = False
+        self._running = False
+
+    # -- control from outside (CLI, server) ------------------------------------------------------
+
+    def stop(self) -> None:
+        """End the stream gracefully: stop reading audio, transcribe what came, write the notes."""
+        self.result.interrupted = True
+        self._stopping.set()
+
+    def request_summary(self) -> bool:
+        """A rolling summary as soon as the LM is free; False (skipped) if one is already pending."""
+        if self._summary_pending or self.engine is None:
+            return False
+        self._summary_pending = True
+        if self.live:  # wake the LLM stage now; a file's stage looks at the flag after each segment
+            self._to_llm.put_nowait(_SUMMARY_REQUEST)
+        return True
+
+    def report_dropped(self, seconds: float, why: str) -> None:
+        """A live source dropped audio because the pipeline fell behind: counted and reported."""
+        self.result.dropped_seconds += seconds
+        self.emit(Error(message=f"dropped {seconds:.1f} s of audio ({why}); {self.result.dropped_seconds:.1f} s in all", source="source"))
+
+    async def ask(self, question: str) -> Answer | None:
+        """Answer a question off the live cache now (questions overtake feeds and summaries)."""
+        question = question.strip()
+        if not question:
+            return None
+        if self.engine is None:
+            self.emit(Error(message="cannot answer: the language model is switched off", source="llm"))
+            return None
+        text = await self._lm(Priority.QUESTION, self.engine.ask, question)
+        if text is None:
+            return None
+        answer = Answer(question=question, text=text.strip(), at=self.result.audio_seconds)
+        self.answers.append(answer)
+        self.emit(answer)
+        return answer
+
+    # -- events ------------------------------------------------------------------------------------
 
     def emit(self, event: Event) -> None:
         for sink in self.sinks:
@@ -104,104 +215,218 @@ class Pipeline:
                 if not isinstance(event, Error):
                     self.emit(Error(message=f"{type(sink).__name__}: {error}", source="output"))
 
+    def _fatal(self, message: str, source: str) -> None:
+        if self.result.fatal_error is None:
+            self.result.fatal_error = message
+        self.emit(Error(message=message, fatal=True, source=source))
+
+    # -- the run -----------------------------------------------------------------------------------
+
     async def run(
         self, chunks: AsyncIterator[AudioChunk], duration: float | None = None, questions: Iterable[str] = ()
     ) -> RunResult:
         began = time.perf_counter()
+        self._running = True
         self.emit(Status(state="started", duration=duration))
-        to_llm: asyncio.Queue[object] = asyncio.Queue(maxsize=self.settings.audio.queue_chunks)
-        llm_task = asyncio.create_task(self._llm_stage(to_llm))
+        cancelled = False
         try:
-            await self._asr_stage(chunks, duration, to_llm)
-        except Exception as error:  # keep what was transcribed: notes and files still get finished
-            self.result.fatal_error = f"speech recognition failed: {error}"
-            self.emit(Error(message=self.result.fatal_error, fatal=True, source="asr"))
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._supervised("asr", self._asr_stage(chunks, duration)))
+                    group.create_task(self._supervised("llm", self._llm_stage()))
+            except* StageFailure as failures:
+                for failure in failures.exceptions:
+                    self._fatal(str(failure), failure.stage)  # type: ignore[attr-defined]
+        except asyncio.CancelledError:
+            cancelled = True
+            self.result.interrupted = True
+        try:
+            finishing = asyncio.ensure_future(self._finish(list(questions), duration))
+            try:
+                await asyncio.shield(finishing)
+            except asyncio.CancelledError:  # cancelled again while finishing: let the notes be written
+                cancelled = True
+                await finishing
         finally:
-            await to_llm.put(_DONE)
-            await llm_task
-        self.emit(Status(state="progress", position=self.result.audio_seconds, duration=duration, detail="writing notes"))
-        await self._finish(list(questions))
-        self.result.wall_seconds = time.perf_counter() - began
-        self.result.stage_seconds = dict(self.clock.seconds)
-        self.emit(
-            Status(
-                state="finished",
-                position=self.result.audio_seconds,
-                duration=duration,
-                detail=self.describe_timing(),
-            )
-        )
-        for sink in self.sinks:
-            sink.close()
+            self.result.wall_seconds = time.perf_counter() - began
+            self.result.stage_seconds = dict(self.clock.seconds)
+            self.emit(Status(state="finished", position=self.result.audio_seconds, duration=duration, detail=self.describe_timing()))
+            for sink in self.sinks:
+                try:
+                    sink.close()
+                except Exception:
+                    pass
+            if self._owns_scheduler:
+                self.scheduler.close()
+            self._running = False
+        if cancelled:
+            raise asyncio.CancelledError
         return self.result
+
+    async def _supervised(self, stage: str, work: Any) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            raise StageFailure(stage, error) from error
 
     def describe_timing(self) -> str:
         result = self.result
         split = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.stage_seconds.items())
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+        dropped = f"; dropped {result.dropped_seconds:.1f} s" if result.dropped_seconds else ""
         return (
             f"{result.audio_seconds:.1f} s of audio in {result.wall_seconds:.1f} s (RTF {result.real_time_factor:.3f}; "
-            f"busy: {split}; peak RSS {peak_mib:.0f} MiB)"
+            f"busy: {split}; peak RSS {peak_mib:.0f} MiB{dropped})"
         )
 
-    async def _asr_stage(
-        self, chunks: AsyncIterator[AudioChunk], duration: float | None, to_llm: asyncio.Queue[object]
-    ) -> None:
+    # -- ASR stage -----------------------------------------------------------------------------------
+
+    async def _next_chunk(self, iterator: AsyncIterator[AudioChunk]) -> AudioChunk | None:
+        """The next chunk, or None at the end of the audio or once `stop()` was called."""
+        if self._stopping.is_set():
+            return None
+        next_chunk = asyncio.ensure_future(anext(iterator))
+        stopped = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({next_chunk, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            next_chunk.cancel()
+            raise
+        finally:
+            stopped.cancel()
+        if not next_chunk.done():
+            next_chunk.cancel()
+            await asyncio.gather(next_chunk, return_exceptions=True)
+            return None
+        try:
+            return next_chunk.result()
+        except StopAsyncIteration:
+            return None
+
+    def _transcriber(self, track: str | None) -> Transcriber:
+        if track not in self.transcribers:
+            self.transcribers[track] = self.transcriber_factory(track)
+        return self.transcribers[track]
+
+    async def _asr_stage(self, chunks: AsyncIterator[AudioChunk], duration: float | None) -> None:
         iterator, last_progress = aiter(chunks), 0.0
-        while True:
-            waited = time.perf_counter()
-            try:
-                chunk = await anext(iterator)
-            except StopAsyncIteration:
-                break
-            except AudioSourceError as error:
-                self.result.fatal_error = str(error)
-                self.emit(Error(message=str(error), fatal=True, source="source"))
-                break
-            finally:
-                self.clock.seconds["source"] += time.perf_counter() - waited
-            self.result.audio_seconds = max(self.result.audio_seconds, chunk.end)
-            await self._publish(await self.clock.run("asr", self.transcriber.push, chunk), to_llm)
-            if chunk.end - last_progress >= self.settings.output.progress_every_seconds:
-                self.emit(Status(state="progress", position=chunk.end, duration=duration))
-                last_progress = chunk.end
-        await self._publish(await self.clock.run("asr", self.transcriber.flush), to_llm)
-        if duration and not self.result.fatal_error and self.result.audio_seconds < duration - TRUNCATION_TOLERANCE:
+        try:
+            while True:
+                waited = time.perf_counter()
+                try:
+                    chunk = await self._next_chunk(iterator)
+                except AudioSourceError as error:
+                    self._fatal(str(error), "source")
+                    break
+                finally:
+                    self.clock.seconds["source"] += time.perf_counter() - waited
+                if chunk is None:
+                    break
+                self.result.audio_seconds = max(self.result.audio_seconds, chunk.end)
+                if self.live:
+                    self.stats.level_db = level_dbfs(chunk.samples)
+                transcriber = self._transcriber(chunk.track)
+                await self._publish(await self.clock.run("asr", transcriber.push, chunk), chunk.track)
+                if chunk.captured_at is not None:
+                    self.stats.asr_lag = max(0.0, time.time() - chunk.captured_at)
+                if chunk.end - last_progress >= self.settings.output.progress_every_seconds:
+                    self.emit(self._progress(chunk.end, duration))
+                    last_progress = chunk.end
+            for track, transcriber in list(self.transcribers.items()):
+                await self._publish(await self.clock.run("asr", transcriber.flush), track)
+        except Exception as error:  # keep what was transcribed: notes and files still get finished
+            self._fatal(f"speech recognition failed: {error}", "asr")
+        finally:
+            closer = getattr(iterator, "aclose", None)
+            if closer is not None:
+                try:
+                    await closer()
+                except Exception:
+                    pass
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():  # cancelled: the LLM stage is being cancelled too
+                await self._to_llm.put(_DONE)
+        finished_early = self.result.fatal_error or self.result.interrupted
+        if duration and not finished_early and self.result.audio_seconds < duration - TRUNCATION_TOLERANCE:
             message = f"audio ended after {self.result.audio_seconds:.1f} s but the header says {duration:.1f} s: truncated file?"
             self.emit(Error(message=message, source="source"))
 
-    async def _publish(self, segments: list[Segment], to_llm: asyncio.Queue[object]) -> None:
+    def _progress(self, position: float, duration: float | None) -> Status:
+        if not self.live:
+            return Status(state="progress", position=position, duration=duration)
+        oldest = self.stats.oldest_unfed
+        cache_length = getattr(self.engine, "cache_length", None)
+        return Status(
+            state="progress",
+            position=position,
+            duration=duration,
+            level_db=self.stats.level_db,
+            dropped_seconds=self.result.dropped_seconds,
+            asr_lag=self.stats.asr_lag,
+            llm_lag=max(0.0, time.time() - oldest) if oldest is not None else 0.0,
+            cache_tokens=cache_length if isinstance(cache_length, int) else None,
+        )
+
+    async def _publish(self, segments: list[Segment], track: str | None) -> None:
+        speaker = self.speakers.get(track, track) if track is not None else None
         for segment in segments:
+            if speaker is not None and segment.speaker is None:
+                segment = segment.model_copy(update={"speaker": speaker})
             self.emit(segment)
-            if segment.final:
-                self.result.segments.append(segment)
-                await to_llm.put(segment)
-
-    async def _llm_stage(self, from_asr: asyncio.Queue[object]) -> None:
-        llm = self.settings.llm
-        last_summary_at, tokens_since = 0.0, 0
-        while (item := await from_asr.get()) is not _DONE:
-            assert isinstance(item, Segment)
-            if self.engine is None:
+            if not segment.final:
                 continue
-            added = await self._engine_call(self.engine.feed, item.text + "\n")
-            if added is None:
-                continue
-            self.tokens_fed += added
-            tokens_since += added
-            self.token_marks.append((item.start, self.tokens_fed))
-            due_by_time = item.end - last_summary_at >= llm.summary_every_seconds
-            due_by_tokens = bool(llm.summary_every_tokens) and tokens_since >= llm.summary_every_tokens
-            if due_by_time or due_by_tokens:
-                await self._summarize(item.end, final=False)
-                last_summary_at, tokens_since = item.end, 0
+            self.result.segments.append(segment)
+            self.minutes.on_segment(segment)
+            if self.stats.oldest_unfed is None:
+                self.stats.oldest_unfed = time.time()
+            await self._to_llm.put(segment)
 
-    async def _engine_call(self, function: Callable[..., Any], *args: Any) -> Any:
+    # -- LLM stage -----------------------------------------------------------------------------------
+
+    async def _lm(self, priority: Priority, function: Callable[..., Any], *args: Any) -> Any:
+        """A model call on the LM thread; a failure becomes a non-fatal error and None."""
         try:
-            return await self.clock.run("llm", function, *args)
+            return await self.scheduler.run(priority, self.clock.timed("llm", function), *args)
         except Exception as error:  # the transcript goes on without the model
             self.emit(Error(message=f"language model: {error}", source="llm"))
             return None
+
+    async def _take_batch(self) -> tuple[list[Segment], bool, bool]:
+        """(segments, summary requested, done). Live: everything queued, coalesced into one feed."""
+        items = [await self._to_llm.get()]
+        if self.live:
+            while not self._to_llm.empty() and items[-1] is not _DONE:
+                items.append(self._to_llm.get_nowait())
+        segments = [item for item in items if isinstance(item, Segment)]
+        return segments, any(item is _SUMMARY_REQUEST for item in items), any(item is _DONE for item in items)
+
+    async def _llm_stage(self) -> None:
+        llm = self.settings.llm
+        last_summary_at, tokens_since, done = 0.0, 0, False
+        while not done:
+            segments, requested, done = await self._take_batch()
+            if self.engine is not None and segments:
+                text = "".join(self._line(segment) for segment in segments)
+                added = await self._lm(Priority.FEED, self.engine.feed, text)
+                if added:
+                    self.tokens_fed += added
+                    tokens_since += added
+                    self.token_marks.append((segments[0].start, self.tokens_fed))
+            self.stats.oldest_unfed = None if self._to_llm.empty() else self.stats.oldest_unfed
+            if self.engine is None:
+                continue
+            at = segments[-1].end if segments else self.result.audio_seconds
+            due_by_time = bool(segments) and at - last_summary_at >= llm.summary_every_seconds
+            due_by_tokens = bool(llm.summary_every_tokens) and tokens_since >= llm.summary_every_tokens
+            if (due_by_time or due_by_tokens or requested or self._summary_pending) and not done:
+                await self._summarize(at)
+                last_summary_at, tokens_since = at, 0
+
+    def _line(self, segment: Segment) -> str:
+        """What the LM reads of a segment: 'Name: text' when speakers are known."""
+        return f"{segment.speaker}: {segment.text}\n" if segment.speaker else segment.text + "\n"
 
     def _memory_start(self) -> float:
         """Earliest audio the summary can draw on: all of it with a pinned summary, else the window."""
@@ -212,40 +437,33 @@ class Pipeline:
             self.token_marks.popleft()
         return self.token_marks[0][0] if self.token_marks else 0.0
 
-    async def _summarize(self, at: float, final: bool) -> None:
+    async def _summarize(self, at: float) -> None:
         assert self.engine is not None
-        text = await self._engine_call(self.engine.summarize, self.settings.llm.engine.max_summary_tokens)
-        if text:
-            start = self._memory_start()  # before this summary counts as pinned
-            self.latest_summary, self.summarized_tokens = whole_sentences(text), self.tokens_fed
-            self.emit(Summary(start=start, end=at, text=self.latest_summary, final=final))
+        self._summary_pending = True
+        try:
+            text = await self._lm(Priority.SUMMARY, self.engine.summarize, self.settings.llm.engine.max_summary_tokens)
+            if not text:
+                return
+            summary = Summary(start=self._memory_start(), end=at, text=whole_sentences(text))
+            self.latest_summary = summary.text
+            self.emit(summary)
+            await self._lm(Priority.SUMMARY, self.minutes.on_rolling_summary, self.engine, summary)
+        finally:
+            self._summary_pending = False
 
-    async def _finish(self, questions: list[str]) -> None:
+    # -- the end ---------------------------------------------------------------------------------------
+
+    async def _finish(self, questions: list[str], duration: float | None) -> None:
         end = self.result.audio_seconds
-        title, key_points = "Meeting notes", []
-        if self.engine is not None and self.result.segments:
-            if self.summarized_tokens == self.tokens_fed:  # -1 until a summary exists
-                # Nothing was said since the last rolling summary: it is the final one, no new fork.
-                self.emit(Summary(start=self._memory_start(), end=end, text=self.latest_summary, final=True))
-            else:
-                await self._summarize(end, final=True)
-            max_tokens = self.settings.llm.engine.max_answer_tokens
-            title = first_line(await self._engine_call(self.engine.complete, TITLE_INSTRUCTION, 24) or "", title)
-            key_points = bullet_lines(await self._engine_call(self.engine.complete, KEY_POINTS_INSTRUCTION, max_tokens * 2) or "")
-            for question in questions:
-                text = await self._engine_call(self.engine.ask, question, max_tokens)
-                if text is not None:
-                    answer = Answer(question=question, text=text.strip(), at=end)
-                    self.answers.append(answer)
-                    self.emit(answer)
-        self.emit(
-            Notes(
-                title=title,
-                summary=self.latest_summary,
-                key_points=key_points,
-                decisions=extract_decisions(self.result.segments),
-                action_items=extract_action_items(self.result.segments),
-                answers=self.answers,
-                duration=end,
-            )
-        )
+        self.emit(Status(state="progress", position=end, duration=duration, detail="writing notes"))
+        for question in questions:
+            await self.ask(question)
+        memory_start = self._memory_start()
+        notes: Notes | None = None
+        if self.engine is not None:
+            notes = await self._lm(Priority.NOTES, self.minutes.final_notes, self.engine, list(self.answers), end)
+        if notes is None:  # no model, or it failed: notes from what the transcript alone gives
+            notes = await asyncio.to_thread(self.minutes.final_notes, None, list(self.answers), end)
+        if notes.summary:
+            self.emit(Summary(start=memory_start, end=end, text=notes.summary, final=True))
+        self.emit(notes)

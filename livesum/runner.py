@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+
+from faster_whisper import WhisperModel
 
 from livesum.asr.transcriber import StreamingTranscriber, load_whisper
 from livesum.config import Settings
 from livesum.outputs.console import ConsoleView
 from livesum.outputs.files import EventSink, file_sinks
-from livesum.pipeline import LanguageEngine, Pipeline, RunResult
+from livesum.pipeline import LanguageEngine, Pipeline, RunResult, TranscriberFactory
 from livesum.source.file import probe_duration, stream_file
+
+
+class StartupError(RuntimeError):
+    """The run cannot start (a model the engine refuses, an output folder that cannot be written); one line."""
 
 
 def load_engine(settings: Settings) -> LanguageEngine | None:
@@ -21,6 +29,7 @@ def load_engine(settings: Settings) -> LanguageEngine | None:
     import torch
 
     from livesum.llm.engine import StreamingEngine
+    from livesum.llm.sink_cache import UnsupportedModelError
     from livesum.models import load_language_model
 
     if settings.llm.threads:
@@ -28,28 +37,95 @@ def load_engine(settings: Settings) -> LanguageEngine | None:
     model, tokenizer = load_language_model(
         settings.llm.model, settings.resolved_cache_dir(), settings.llm.device, settings.llm.dtype
     )
-    return StreamingEngine(model, tokenizer, settings.llm.engine)
+    try:
+        return StreamingEngine(model, tokenizer, settings.llm.engine)
+    except (UnsupportedModelError, ValueError) as error:
+        raise StartupError(f"language model {settings.llm.model}: {error}") from None
 
 
-async def build_pipeline(settings: Settings, out_dir: Path) -> Pipeline:
-    """Load both models side by side in worker threads; files are opened only once they loaded."""
+def transcriber_factory(whisper: WhisperModel, settings: Settings, *, live: bool) -> TranscriberFactory:
+    """A new transcriber per track, all on the one shared Whisper model."""
+    try:
+        from livesum.asr.policy import make_transcriber
+    except ImportError:  # the streaming policy is not installed in this tree: batch only
+        return lambda track: StreamingTranscriber(whisper, settings.asr, settings.audio.sample_rate)
+    return lambda track: make_transcriber(whisper, settings.asr, settings.audio.sample_rate, live=live)
+
+
+def ensure_writable(out_dir: Path) -> None:
+    """Fail in a second, before minutes of model loading, when the outputs cannot be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".livesum-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise StartupError(f"cannot write to {out_dir}: {error.strerror or error}") from None
+
+
+def open_sinks(out_dir: Path, settings: Settings) -> list[EventSink]:
+    try:
+        return file_sinks(out_dir, settings.output.formats)
+    except OSError as error:
+        raise StartupError(f"cannot write to {out_dir}: {error.strerror or error}") from None
+
+
+async def load_models(settings: Settings, status: Callable[[str], object] | None = None) -> tuple[WhisperModel, LanguageEngine | None]:
+    """Both models side by side in worker threads."""
     cache = settings.resolved_cache_dir()
-    view = ConsoleView() if settings.output.console else None
-    with view.console.status("loading models (the first run converts them once)") if view else nullcontext():
+    with status("loading models (the first run converts them once)") if status else nullcontext():  # type: ignore[attr-defined]
         whisper, engine = await asyncio.gather(
             asyncio.to_thread(load_whisper, settings.asr, cache),
             asyncio.to_thread(load_engine, settings),
         )
-    transcriber = StreamingTranscriber(whisper, settings.asr, settings.audio.sample_rate)
-    sinks: list[EventSink] = file_sinks(out_dir, settings.output.formats)
+    return whisper, engine
+
+
+async def build_pipeline(settings: Settings, out_dir: Path) -> Pipeline:
+    """Models first, then the files (so a model that fails to load leaves no empty outputs)."""
+    view = ConsoleView() if settings.output.console else None
+    whisper, engine = await load_models(settings, view.console.status if view else None)
+    sinks = open_sinks(out_dir, settings)
     if view:
         sinks.append(view)
-    return Pipeline(settings, transcriber, engine, sinks)
+    return Pipeline(settings, transcriber_factory(whisper, settings, live=False), engine, sinks)
+
+
+def stop_on_signals(pipeline: Pipeline, signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)) -> Callable[[], None]:
+    """First Ctrl-C / SIGTERM ends the stream gracefully (notes written); a second one cancels.
+
+    Returns a function that puts the default handlers back.
+    """
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    hits = 0
+
+    def on_signal() -> None:
+        nonlocal hits
+        hits += 1
+        if hits == 1:
+            pipeline.stop()
+        elif main is not None:
+            main.cancel()
+
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal)
+
+    def restore() -> None:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+    return restore
 
 
 async def run_file(path: Path, out_dir: Path, settings: Settings, questions: list[str]) -> RunResult:
     audio = settings.audio
     duration = probe_duration(path)  # an unreadable file fails here, before models load
+    ensure_writable(out_dir)
     pipeline = await build_pipeline(settings, out_dir)
     chunks = stream_file(path, audio.sample_rate, audio.chunk_seconds, audio.queue_chunks)
-    return await pipeline.run(chunks, duration, questions)
+    restore = stop_on_signals(pipeline)
+    try:
+        return await pipeline.run(chunks, duration, questions)
+    finally:
+        restore()

@@ -97,3 +97,52 @@ def test_schema_command_exports_json_schema(tmp_path: Path) -> None:
     result = run_cli("schema", "--out", str(target))
     assert result.returncode == 0, result.stderr
     assert '"segment"' in target.read_text()
+
+
+def test_unwritable_out_folder_is_one_line_before_any_model_loads(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_cli("file", str(SPEECH_SAMPLE), "--out", str(blocker / "notes"), "-q")
+    assert result.returncode == 1
+    assert "cannot write to" in one_line_error(result)
+
+
+@pytest.mark.slow
+def test_engine_refusing_its_settings_is_one_line(tmp_path: Path) -> None:
+    # SmolLM2 has an 8k context: a 100k window cannot fit, which the engine says at start.
+    result = run_cli("file", str(SPEECH_SAMPLE), "--out", str(tmp_path / "out"), "-q", "--asr-model", "tiny.en", "--set", "llm.engine.window=100000")
+    assert result.returncode == 1
+    assert "exceed the model's context" in one_line_error(result)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_file_keeps_transcript_and_writes_notes(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    long_audio = tmp_path / "long.wav"  # the sample six times: long enough to be interrupted
+    made = subprocess.run(["sox", *[str(SPEECH_SAMPLE)] * 6, str(long_audio)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "livesum.cli", "file", str(long_audio), "--out", str(out), "-q", "--asr-model", "tiny.en"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600  # a hang guard
+        events = out / "events.jsonl"
+        while time.monotonic() < deadline and not (events.is_file() and '"final":true' in events.read_text()):
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=600)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "interrupted after" in stderr and "Traceback" not in stderr
+    recorded = [parse_event(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert recorded[-1].type == "status" and recorded[-1].state == "finished"
+    assert any(e.type == "notes" for e in recorded)
+    assert (out / "notes.md").read_text().startswith("# ")
+    heard = [e for e in recorded if isinstance(e, Segment) and e.final]
+    assert heard and heard[-1].end < 6 * 24  # it stopped before the end of the audio

@@ -44,7 +44,7 @@ def test_unknown_type_and_extra_fields_are_rejected() -> None:
     with pytest.raises(ValidationError):
         parse_event('{"type": "gossip", "text": "x"}')
     with pytest.raises(ValidationError):
-        parse_event('{"type": "segment", "final": true, "start": 0, "end": 1, "text": "x", "speaker": "A"}')
+        parse_event('{"type": "segment", "final": true, "start": 0, "end": 1, "text": "x", "mood": "happy"}')
 
 
 def test_json_schema_lists_every_event_type() -> None:

@@ -1,11 +1,18 @@
-"""The pipeline's promise under failure: what was transcribed before a stage broke is kept."""
+"""The pipeline's promises: what was transcribed before a stage broke is kept, a crash or a stop
+never hangs and still writes notes, live mode never lets a slow model stall the transcript."""
 
+import asyncio
+import io
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+from rich.console import Console
 
 from livesum.config import Settings
-from livesum.events import Error, Segment, Status, parse_event
+from livesum.events import Error, Segment, Status, Summary, parse_event
+from livesum.outputs.console import ConsoleView
 from livesum.outputs.files import file_sinks
 from livesum.pipeline import Pipeline
 from livesum.source.audio import AudioChunk
@@ -82,3 +89,143 @@ async def test_final_summary_reuses_a_rolling_summary_made_at_the_very_end(tmp_p
     assert [(s.end, s.text, s.final) for s in summaries] == [(1.0, "Summary 1.", False), (2.0, "Summary 2.", False), (2.0, "Summary 2.", True)]
     notes = next(e for e in events if e.type == "notes")
     assert (notes.summary, notes.key_points, notes.answers[0].text) == ("Summary 2.", ["point one", "point two"], "April.")
+
+
+class RecordingEngine(CountingEngine):
+    """Keeps what it was fed; `feed_delay` makes it slower than the speech (a small CPU, a big model)."""
+
+    def __init__(self, feed_delay: float = 0.0) -> None:
+        super().__init__()
+        self.fed: list[str] = []
+        self.feed_delay = feed_delay
+
+    def feed(self, text: str) -> int:
+        time.sleep(self.feed_delay)
+        self.fed.append(text)
+        return len(text.split())
+
+
+class BrokenFeedCount(CountingEngine):
+    """An engine bug that surfaces outside the pipeline's model-call handler (a feed count that is no number)."""
+
+    def feed(self, text: str) -> int:
+        return "many"  # type: ignore[return-value]
+
+
+def read_events(path: Path) -> list:
+    return [parse_event(line) for line in (path / "events.jsonl").read_text().splitlines()]
+
+
+async def test_a_crashed_llm_stage_ends_the_run_with_an_error_and_notes_instead_of_a_hang(tmp_path: Path) -> None:
+    # File mode: the ASR->LLM queue holds 2 segments, so a dead LLM stage would block the ASR forever.
+    settings = Settings.model_validate({"audio": {"queue_chunks": 2}})
+    pipeline = Pipeline(settings, OneSegmentPerChunk(), BrokenFeedCount(), file_sinks(tmp_path, settings.output.formats))
+    result = await asyncio.wait_for(pipeline.run(chunks(50)), timeout=60)  # a guard against a hang, not a timing check
+    assert result.fatal_error is not None and "llm stage crashed" in result.fatal_error
+    events = read_events(tmp_path)
+    assert any(isinstance(e, Error) and e.fatal and e.source == "llm" for e in events)
+    assert events[-1].type == "status" and events[-1].state == "finished"
+    assert (tmp_path / "notes.md").is_file() and (tmp_path / "transcript.txt").read_text().startswith("[00:00:00] Words were said.")
+
+
+async def endless_chunks():
+    index = 0
+    while True:
+        yield AudioChunk(np.zeros(8000, dtype=np.float32), index * 0.5, 16000)
+        index += 1
+        await asyncio.sleep(0.01)
+
+
+async def test_stop_ends_a_live_stream_and_still_writes_notes(tmp_path: Path) -> None:
+    settings = Settings.model_validate({})
+    pipeline = Pipeline(settings, OneSegmentPerChunk(), RecordingEngine(), file_sinks(tmp_path, settings.output.formats), live=True)
+    running = asyncio.create_task(pipeline.run(endless_chunks()))
+    while len(pipeline.result.segments) < 5:
+        await asyncio.sleep(0.01)
+    pipeline.stop()
+    result = await asyncio.wait_for(running, timeout=60)
+    assert result.interrupted and result.fatal_error is None
+    events = read_events(tmp_path)
+    assert [e.type for e in events[-3:]] == ["summary", "notes", "status"]
+    assert "## Summary" in (tmp_path / "notes.md").read_text()
+
+
+async def test_cancelling_a_run_still_writes_notes_then_propagates(tmp_path: Path) -> None:
+    settings = Settings.model_validate({"llm": {"enabled": False}})
+    pipeline = Pipeline(settings, OneSegmentPerChunk(), None, file_sinks(tmp_path, settings.output.formats))
+    running = asyncio.create_task(pipeline.run(endless_chunks()))
+    while len(pipeline.result.segments) < 3:
+        await asyncio.sleep(0.01)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert (tmp_path / "notes.md").is_file()
+    assert read_events(tmp_path)[-1].type == "status"
+
+
+async def test_live_mode_coalesces_transcript_for_a_slow_model_and_never_stalls_asr(tmp_path: Path) -> None:
+    settings = Settings.model_validate({"llm": {"summary_every_seconds": 1000}})
+    engine = RecordingEngine(feed_delay=0.2)
+    pipeline = Pipeline(settings, OneSegmentPerChunk(), engine, file_sinks(tmp_path, ["jsonl"]), live=True)
+    result = await pipeline.run(chunks(40))
+    fed = "".join(engine.fed)
+    assert fed.count("Words were said.") == 40  # every final segment reached the model, once
+    assert len(engine.fed) < 40  # in fewer, larger pieces than segments
+    assert len(result.segments) == 40
+
+
+async def test_a_question_mid_stream_is_answered_while_audio_goes_on(tmp_path: Path) -> None:
+    settings = Settings.model_validate({})
+    pipeline = Pipeline(settings, OneSegmentPerChunk(), RecordingEngine(), file_sinks(tmp_path, ["jsonl"]), live=True)
+    running = asyncio.create_task(pipeline.run(endless_chunks()))
+    while len(pipeline.result.segments) < 2:
+        await asyncio.sleep(0.01)
+    answer = await pipeline.ask("When do we ship?")
+    heard_after_answer = len(pipeline.result.segments)
+    while len(pipeline.result.segments) < heard_after_answer + 3:  # capture and ASR carry on
+        await asyncio.sleep(0.01)
+    pipeline.stop()
+    await running
+    assert answer is not None and answer.text == "April."
+    answers = [e for e in read_events(tmp_path) if e.type == "answer"]
+    assert [a.question for a in answers] == ["When do we ship?"]
+
+
+class TrackEcho(BreaksOnSecondChunk):
+    def __init__(self, track: str | None) -> None:
+        super().__init__()
+        self.track = track
+
+    def push(self, chunk: AudioChunk) -> list[Segment]:
+        return [Segment(final=True, start=chunk.start, end=chunk.end, text=f"I am on {self.track}.")]
+
+
+async def two_tracks():
+    for index in range(3):
+        for track in ("in", "out"):
+            yield AudioChunk(np.zeros(8000, dtype=np.float32), index * 0.5, 16000, track=track)
+
+
+async def test_each_track_gets_its_own_transcriber_and_speaker_label(tmp_path: Path) -> None:
+    settings = Settings.model_validate({})
+    engine = RecordingEngine()
+    made: list[str | None] = []
+
+    def factory(track: str | None) -> TrackEcho:
+        made.append(track)
+        return TrackEcho(track)
+
+    pipeline = Pipeline(settings, factory, engine, file_sinks(tmp_path, ["jsonl"]), speakers={"in": "Caller", "out": "Agent"})
+    result = await pipeline.run(two_tracks())
+    assert made == ["in", "out"]
+    assert {(s.speaker, s.text) for s in result.segments} == {("Caller", "I am on in."), ("Agent", "I am on out.")}
+    assert "Caller: I am on in.\n" in engine.fed and "Agent: I am on out.\n" in engine.fed
+
+
+def test_console_shows_bracketed_speech_literally() -> None:
+    buffer = io.StringIO()
+    view = ConsoleView(Console(file=buffer, width=100, color_system=None))
+    view.handle(Segment(final=True, start=1.0, end=2.0, text="[laughter] okay [/ that was odd"))
+    view.handle(Summary(start=0, end=2, text="They laughed [applause]."))
+    shown = buffer.getvalue()
+    assert "[laughter] okay [/ that was odd" in shown and "[applause]" in shown

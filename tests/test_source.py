@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livesum.source.audio import AudioSourceError
+from livesum.source.audio import AudioChunk, AudioSourceError
 from livesum.source.file import decode_file, probe_duration, stream_file
 
 
@@ -48,3 +48,19 @@ async def test_stream_file_raises_source_errors(tmp_path: Path) -> None:
     with pytest.raises(AudioSourceError):
         async for _ in stream_file(bad, 16000, 0.5, 4):
             pass
+
+
+async def test_an_unexpected_decoder_crash_becomes_a_source_error_not_a_hang(tmp_path, monkeypatch) -> None:
+    from livesum.source import file as file_source
+
+    def crashing_decoder(path, sample_rate, chunk_seconds):
+        yield AudioChunk(np.zeros(800, dtype=np.float32), 0.0, sample_rate)
+        raise MemoryError("no room for the next frame")
+
+    monkeypatch.setattr(file_source, "decode_file", crashing_decoder)
+    got = []
+    with pytest.raises(AudioSourceError, match="MemoryError"):
+        async with asyncio.timeout(30):  # a hang guard
+            async for chunk in file_source.stream_file(tmp_path / "any.wav", 16000, 0.05, 4):
+                got.append(chunk)
+    assert len(got) == 1

@@ -4,6 +4,7 @@ rolling summary as it is made."""
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
@@ -34,19 +35,20 @@ class ConsoleView:
                 self.progress.update(self.task, completed=position, position=stamp, description=detail or "transcribing")
             case Status(state="finished", detail=detail):
                 self.progress.stop()
-                self.console.print(f"[bold]done:[/bold] {detail}", highlight=False)
-            case Segment(final=True, start=start, text=text):
-                self.console.print(f"[dim]{timestamp(start, '.')[:-4]}[/dim] {text}", highlight=False)
+                self.console.print(f"[bold]done:[/bold] {escape(detail)}", highlight=False)
+            case Segment(final=True, start=start, text=text, speaker=speaker):
+                who = f"[bold]{escape(speaker)}:[/bold] " if speaker else ""
+                self.console.print(f"[dim]{timestamp(start, '.')[:-4]}[/dim] {who}{escape(text)}", highlight=False)
             case Summary(start=start, end=end, text=text, final=final):
                 label = "final summary" if final else "rolling summary"
                 span = f"{timestamp(start, '.')[:-4]}-{timestamp(end, '.')[:-4]}"
-                self.console.print(Panel(text, title=f"{label} {span}", border_style="cyan"), highlight=False)
+                self.console.print(Panel(escape(text), title=f"{label} {span}", border_style="cyan"), highlight=False)
             case Answer(question=question, text=text):
-                self.console.print(Panel(text, title=f"Q: {question}", border_style="green"), highlight=False)
+                self.console.print(Panel(escape(text), title=escape(f"Q: {question}"), border_style="green"), highlight=False)
             case Error(message=message, fatal=fatal):
-                self.console.print(f"[bold red]{'error' if fatal else 'warning'}:[/bold red] {message}", highlight=False)
+                self.console.print(f"[bold red]{'error' if fatal else 'warning'}:[/bold red] {escape(message)}", highlight=False)
             case Notes(title=title):
-                self.console.print(f"[bold]notes ready:[/bold] {title}", highlight=False)
+                self.console.print(f"[bold]notes ready:[/bold] {escape(title)}", highlight=False)
 
     def close(self) -> None:
         self.progress.stop()

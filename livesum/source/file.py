@@ -110,6 +110,8 @@ async def stream_file(path: Path, sample_rate: int, chunk_seconds: float, queue_
             put(_END)
         except AudioSourceError as error:
             put(error)
+        except Exception as error:  # anything else must still reach the pipeline, never hang it
+            put(AudioSourceError(f"{path}: decoding failed ({type(error).__name__}: {error})"))
 
     worker = threading.Thread(target=produce, name="livesum-decode", daemon=True)
     worker.start()
