@@ -1,0 +1,67 @@
+"""The LM scheduler: one thread for every model call, most urgent first, failures go to the caller."""
+
+import asyncio
+import threading
+
+import pytest
+
+from livesum.llm.scheduler import LmScheduler, Priority
+
+
+async def test_a_question_overtakes_queued_summaries_and_feeds() -> None:
+    scheduler = LmScheduler()
+    gate = threading.Event()
+    order: list[str] = []
+
+    def blocking_first() -> None:
+        gate.wait(timeout=30)
+        order.append("first")
+
+    def job(name: str) -> str:
+        order.append(name)
+        return name
+
+    first = asyncio.create_task(scheduler.run(Priority.SUMMARY, blocking_first))
+    await asyncio.sleep(0.05)  # let the worker pick it up and block
+    queued = [
+        asyncio.create_task(scheduler.run(Priority.SUMMARY, job, "summary")),
+        asyncio.create_task(scheduler.run(Priority.FEED, job, "feed 1")),
+        asyncio.create_task(scheduler.run(Priority.FEED, job, "feed 2")),
+        asyncio.create_task(scheduler.run(Priority.QUESTION, job, "question")),
+    ]
+    await asyncio.sleep(0.05)
+    gate.set()
+    await first
+    assert await asyncio.gather(*queued) == ["summary", "feed 1", "feed 2", "question"]
+    assert order == ["first", "question", "feed 1", "feed 2", "summary"]
+    scheduler.close()
+
+
+async def test_every_call_runs_on_the_one_worker_thread_and_errors_reach_the_caller() -> None:
+    scheduler = LmScheduler()
+    threads = await asyncio.gather(*(scheduler.run(Priority.FEED, threading.get_ident) for _ in range(5)))
+    assert len(set(threads)) == 1 and threads[0] != threading.get_ident()
+
+    def broken() -> None:
+        raise RuntimeError("CUDA out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        await scheduler.run(Priority.QUESTION, broken)
+    assert await scheduler.run(Priority.FEED, lambda: "still serving") == "still serving"
+    scheduler.close()
+
+
+async def test_a_caller_that_went_away_is_skipped() -> None:
+    scheduler = LmScheduler()
+    gate = threading.Event()
+    ran: list[str] = []
+    blocker = asyncio.create_task(scheduler.run(Priority.FEED, gate.wait, 30))
+    await asyncio.sleep(0.05)
+    abandoned = asyncio.create_task(scheduler.run(Priority.FEED, ran.append, "abandoned"))
+    await asyncio.sleep(0.05)
+    abandoned.cancel()
+    gate.set()
+    await blocker
+    await scheduler.run(Priority.FEED, ran.append, "kept")
+    assert ran == ["kept"]
+    scheduler.close()
