@@ -66,7 +66,7 @@ class AsrConfig(Section):
 class EngineConfig(Section):
     """The StreamingLLM cache: sinks + rolling window, and generation limits."""
 
-    n_sink: int = Field(4, ge=0, description="Attention-sink tokens kept at the start of the cache.")
+    n_sink: int = Field(4, ge=0, description="Least attention-sink tokens at the start of the cache; the whole prompt head (system prompt, turn opening) is always kept, so this matters only if it is longer.")
     window: int = Field(1024, ge=16, description="Recent tokens kept behind the sinks.")
     evict_chunk: int = Field(64, ge=1, description="Tokens evicted at once when the window is full.")
     prefill_chunk: int = Field(256, ge=1, description="Largest block of new tokens encoded in one forward.")
@@ -78,6 +78,8 @@ class EngineConfig(Section):
     pinned_summary_tokens: int = Field(128, ge=0, description="Room reserved for the pinned summary.")
     max_summary_tokens: int = Field(96, ge=1)
     max_answer_tokens: int = Field(64, ge=1)
+    max_question_tokens: int = Field(96, ge=1, description="A question longer than this (tokens) is cut to its first ones.")
+    fork_room: int = Field(512, ge=64, description="Cache slots reserved behind the window for a fork's prompt and answer; a longer fork is cut to fit (its prompt from the front, then its answer).")
     repetition_penalty: float = Field(1.2, ge=1.0, description="Greedy decoding of small models loops; >1 discourages reusing the answer's tokens.")
     no_repeat_ngram_size: int = Field(3, ge=0, description="Never repeat an n-gram of the answer; 0 = off.")
 

@@ -14,14 +14,19 @@ Prompt layout, from the tokenizer's chat template (any chat model) or plain text
     "\\n\\n" <instruction> <end of user turn + assistant start>                   a fork
 
 The instruction goes into the same user turn as the transcript rather than into a new one,
-because some templates (Gemma's) reject two user turns in a row. The first `n_sink` tokens of the
-head are the attention sinks; the rest of the head scrolls out with the transcript. With
+because some templates (Gemma's) reject two user turns in a row. The whole head is the attention
+sinks (at least `n_sink` tokens), so however long the stream, a fork sees a well-formed turn:
+system prompt, turn opening, recent transcript, instruction, turn end. With
 `pin_summary`, the latest summary is kept right behind the sinks, so a question about something
 evicted long ago can still be answered from it.
 
 The decode loop calls the model's forward directly with the cache and cache-slot positions,
 under `torch.inference_mode()`: `generate()` rebuilds logits processors, stopping criteria and
 cache checks on each call, which is pure overhead for greedy decoding of one sequence.
+
+Transcript text and questions are user text: they are encoded with special tokens split, so
+"<|im_end|>" typed or heard is plain characters, never a turn boundary. A fork never grows the
+cache: its prompt and answer are cut to fit the free room reserved at construction.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ SUMMARY_INSTRUCTION = "Summarize the meeting above in three short sentences: wha
 QUESTION_INSTRUCTION = "Answer this question about the transcript in one or two sentences: {question}"
 PINNED_OPEN = "\n[Summary of the earlier transcript: "
 PINNED_CLOSE = "]\n"
-FORK_ROOM = 128  # fork prompt tokens reserved beyond the longest configured answer
+FORK_ROOM = 128  # fork prompt tokens reserved at least beyond the longest configured answer
+MIN_FORK_ANSWER = 8  # a fork keeps room for at least this many answer tokens when its prompt is cut
 TRANSCRIPT_MARK = "@@LIVESUM_TRANSCRIPT@@"
 INSTRUCTION_MARK = "@@LIVESUM_INSTRUCTION@@"
 
@@ -84,15 +90,16 @@ class StreamingEngine:
         self._lock = threading.Lock()
         self._device = next(model.parameters()).device
         head, self._separator, self._tail = prompt_pieces(tokenizer, system_prompt or DEFAULT_SYSTEM_PROMPT)
-        head_ids = self._encode(head)
+        head_ids = self._encode(head, user=False)
         self._stop_ids = self._stop_tokens()
-        self._pin_open, self._pin_close = self._encode(PINNED_OPEN), self._encode(PINNED_CLOSE)
+        self._pin_open, self._pin_close = self._encode(PINNED_OPEN, user=False), self._encode(PINNED_CLOSE, user=False)
+        self._separator_ids, self._tail_ids = self._encode(self._separator, user=False), self._encode(self._tail, user=False)
         pinned_capacity = config.pinned_summary_tokens if config.pin_summary else 0
         if pinned_capacity and pinned_capacity <= len(self._pin_open) + len(self._pin_close):
             raise ValueError(f"pinned_summary_tokens={pinned_capacity} leaves no room for a summary")
-        room = max(config.max_summary_tokens, config.max_answer_tokens) + FORK_ROOM
+        room = max(config.fork_room, max(config.max_summary_tokens, config.max_answer_tokens) + FORK_ROOM)
         self.cache = SinkCache(
-            model, n_sink=min(config.n_sink, len(head_ids)), window=config.window,
+            model, n_sink=max(config.n_sink, len(head_ids)), window=config.window,
             evict_chunk=config.evict_chunk, pinned_capacity=pinned_capacity, room=room,
         )
         limit = getattr(model.config, "max_position_embeddings", None)
@@ -153,19 +160,26 @@ class StreamingEngine:
             return summary
 
     def ask(self, question: str, max_new_tokens: int | None = None) -> str:
+        """An answer about the transcript; the question is user text, cut to `max_question_tokens`."""
         with self._lock:
-            instruction = QUESTION_INSTRUCTION.format(question=question.strip())
-            return self._fork(instruction, max_new_tokens or self.config.max_answer_tokens)
+            return self._fork(self.question_instruction(question), max_new_tokens or self.config.max_answer_tokens)
 
     def complete(self, instruction: str, max_new_tokens: int) -> str:
         """Any instruction about the transcript (title, key points...), answered off a fork."""
         with self._lock:
             return self._fork(instruction, max_new_tokens)
 
+    def question_instruction(self, question: str) -> str:
+        """QUESTION_INSTRUCTION around the question cut to its first `max_question_tokens` tokens."""
+        ids = self._encode(question.strip())[:self.config.max_question_tokens]
+        return QUESTION_INSTRUCTION.format(question=self.tokenizer.decode(ids).strip())
+
     # -- internals (callers hold the lock) -----------------------------------------------------
 
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def _encode(self, text: str, user: bool = True) -> list[int]:
+        """Token ids; user text (transcript, questions, instructions) with special tokens split, so it
+        cannot open or close a turn. Only the template's own pieces keep their special tokens."""
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=user)["input_ids"]
 
     def _stop_tokens(self) -> set[int]:
         """EOS ids of the model and tokenizer, plus the template's end-of-turn token."""
@@ -173,7 +187,7 @@ class StreamingEngine:
         for source in (getattr(self.model, "generation_config", None), self.tokenizer):
             eos = getattr(source, "eos_token_id", None)
             stops.update(eos if isinstance(eos, Iterable) else [] if eos is None else [eos])
-        tail_ids = self._encode(self._tail)
+        tail_ids = self._encode(self._tail, user=False)
         if tail_ids and tail_ids[0] in set(self.tokenizer.all_special_ids):
             stops.add(tail_ids[0])
         return stops
@@ -195,11 +209,22 @@ class StreamingEngine:
             self.cache.make_room(len(chunk))
             self._forward(chunk)
 
+    def _fork_prompt(self, instruction: str, max_new_tokens: int) -> tuple[list[int], int]:
+        """(prompt ids, answer tokens) of a fork that fit the cache's free room: a too long
+        instruction loses its front (the ask is usually at the end), then the answer is capped."""
+        body = self._encode(self._separator + instruction.strip())
+        room = self.cache.free - len(self._tail_ids) - min(max_new_tokens, MIN_FORK_ANSWER)
+        if len(body) > room:
+            instruction_ids = self._encode(instruction.strip())
+            keep = max(room - len(self._separator_ids), 0)
+            body = self._separator_ids + (instruction_ids[len(instruction_ids) - keep:] if keep else [])
+        prompt = body + self._tail_ids
+        return prompt, max(min(max_new_tokens, self.cache.free - len(prompt)), 0)
+
     def _fork(self, instruction: str, max_new_tokens: int) -> str:
         """Instruction + greedy answer behind the live cache, then an exact rollback."""
-        prompt = self._encode(self._separator + instruction.strip() + self._tail)
+        prompt, max_new_tokens = self._fork_prompt(instruction, max_new_tokens)
         mark = self.cache.length
-        self.cache.reserve(mark + len(prompt) + max_new_tokens)
         try:
             answer = self._generate(prompt, max_new_tokens)
         finally:

@@ -2,7 +2,7 @@
 
 Layout of every layer's buffers (one preallocated block, slot index == RoPE position):
 
-    [0, n_sink)                  attention sinks: the first tokens of the prompt, never evicted
+    [0, n_sink)                  attention sinks: the prompt head (system prompt, turn opening), never evicted
     [n_sink, n_sink + pinned)    the pinned rolling summary (optional, re-encoded when it changes)
     [.., length)                 the rolling window of the most recent tokens
     [length, capacity)           free: room for the next prefill chunk and for a fork (prompt + answer)
@@ -29,9 +29,16 @@ next to attention itself (measured in docs/engine.md); keeping a second, rotated
 avoid it at 50% more key memory, which is the wrong trade for a cache meant to stay small.
 
 Eviction drops `evict_chunk` tokens at a time from the front of the window: one copy of the
-remaining window (pre-RoPE keys and values), then the writes continue at the new end. No `torch.cat`, no reallocation while streaming: the buffers are allocated once.
-A fork (summary, question) writes behind `length` and is rolled back by setting `length` back;
-the slots before it are never written during a fork, so the rollback is exact, bit for bit.
+remaining window (pre-RoPE keys and values), then the writes continue at the new end. No
+`torch.cat`, no reallocation ever: the buffers and RoPE tables are allocated once, at the
+capacity fixed at construction (a fork must fit the free room; the engine cuts it to fit), so a
+captured CUDA graph can keep pointing at them. A fork (summary, question) writes behind `length`
+and is rolled back by setting `length` back; the slots before it are never written during a
+fork, so the rollback is exact, bit for bit.
+
+Static mode (`set_static`, for CUDA graphs): writes go to a device tensor of slots and attention
+reads a fixed `read_length` (a bucket, not the whole capacity); the caller passes the masks of
+`attention_masks()`, one per layer type, so sliding-window layers keep their window there too.
 
 Supported: Llama (SmolLM2), Mistral, Qwen2, Qwen3, Gemma, Gemma2 and Gemma3 text models, all
 of which apply rotate-half RoPE over the whole head with `model.model.rotary_emb`. Sliding-window
@@ -78,22 +85,15 @@ class RotaryTable:
     """
 
     def __init__(self, rotary: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-                 dtype: torch.dtype, device: torch.device) -> None:
-        self.rotary, self.dtype, self.device = rotary, dtype, device
-        self.capacity = 0
-        self.cos = self.sin = self.unrotate_cos = self.unrotate_sin = torch.empty(0)
-
-    def ensure(self, capacity: int) -> None:
-        if capacity <= self.capacity:
-            return
-        positions = torch.arange(capacity, device=self.device)[None]
-        probe = torch.empty(0, dtype=self.dtype, device=self.device)
-        cos, sin = self.rotary(probe, positions)
+                 dtype: torch.dtype, device: torch.device, capacity: int) -> None:
+        """Tables for slots 0..capacity-1, computed once: they never grow (a graph may point at them)."""
+        self.dtype, self.device, self.capacity = dtype, device, capacity
+        positions = torch.arange(capacity, device=device)[None]
+        cos, sin = rotary(torch.empty(0, dtype=dtype, device=device), positions)
         self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()
         cos32, sin32 = self.cos.float(), self.sin.float()
         norm = cos32 * cos32 + sin32 * sin32
         self.unrotate_cos, self.unrotate_sin = cos32 / norm, sin32 / norm
-        self.capacity = capacity
 
     def rotate(self, pre_keys: torch.Tensor, start: int) -> torch.Tensor:
         """Keys rotated for slots start.. (the model's formula, in its dtype)."""
@@ -128,11 +128,12 @@ class SinkLayer(CacheLayerMixin):
         self.capacity, self.table = capacity, table
         self.length = 0
         self.static_slots: torch.Tensor | None = None
+        self.static_read = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
-        batch, heads, _, head_dim = key_states.shape
-        shape = (batch, heads, self.capacity, head_dim)
+        _, heads, _, head_dim = key_states.shape
+        shape = (1, heads, self.capacity, head_dim)
         self.keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.values = torch.zeros((*shape[:3], value_states.shape[-1]), dtype=self.dtype, device=self.device)
         self.is_initialized = True
@@ -144,14 +145,19 @@ class SinkLayer(CacheLayerMixin):
             slots = self.static_slots
             self.keys.index_copy_(2, slots, self.table.unrotate(key_states, slots))
             self.values.index_copy_(2, slots, value_states)
-            return self.rotated_keys(self.capacity), self.values
-        start, end = self.length, self.length + key_states.shape[-2]
+            return self.rotated_keys(self.static_read), self.values[:, :, :self.static_read]
+        end = self.write(key_states, value_states, self.length)
+        self.length = end
+        return self.rotated_keys(end), self.values[:, :, :end]
+
+    def write(self, key_states: torch.Tensor, value_states: torch.Tensor, start: int) -> int:
+        """Store keys the model rotated for slots start.. (un-rotated) and their values; returns the end."""
+        end = start + key_states.shape[-2]
         if end > self.capacity:
             raise CacheFullError(f"sink cache full: {end} entries needed, capacity {self.capacity}")
         self.keys[:, :, start:end] = self.table.unrotate(key_states, start)
         self.values[:, :, start:end] = value_states
-        self.length = end
-        return self.rotated_keys(end), self.values[:, :, :end]
+        return end
 
     def rotated_keys(self, end: int) -> torch.Tensor:
         """Keys of slots 0..end-1 rotated for those slots: what attention reads (a transient tensor)."""
@@ -178,20 +184,20 @@ class SinkLayer(CacheLayerMixin):
             buffer[:, :, target:target + count] = buffer[:, :, source:source + count].clone()
 
     @torch.inference_mode()
-    def grow(self, capacity: int) -> None:
-        """Reallocate for a larger capacity (only a fork longer than the reserved room does this)."""
-        if capacity <= self.capacity:
-            return
-        if self.is_initialized:
-            for name in ("keys", "values"):
-                old = getattr(self, name)
-                new = torch.zeros((*old.shape[:2], capacity, old.shape[-1]), dtype=old.dtype, device=old.device)
-                new[:, :, :self.length] = old[:, :, :self.length]
-                setattr(self, name, new)
-        self.capacity = capacity
+    def copy_out(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A copy of slots start..start+count-1 (a backup to restore after a failed re-encode)."""
+        if not self.is_initialized or count <= 0:
+            return None
+        return self.keys[:, :, start:start + count].clone(), self.values[:, :, start:start + count].clone()
+
+    @torch.inference_mode()
+    def copy_in(self, start: int, saved: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        if saved is not None:
+            count = saved[0].shape[-2]
+            self.keys[:, :, start:start + count], self.values[:, :, start:start + count] = saved
 
 
-def rotary_tables(model: PreTrainedModel) -> list[RotaryTable]:
+def rotary_tables(model: PreTrainedModel, capacity: int) -> list[RotaryTable]:
     """One RotaryTable per decoder layer (shared between layers of a type), or UnsupportedModelError."""
     config = model.config
     model_type = getattr(config, "model_type", None)
@@ -218,8 +224,38 @@ def rotary_tables(model: PreTrainedModel) -> list[RotaryTable]:
             function = lambda x, positions, kind=layer_type: rotary(x, positions, kind)  # noqa: E731
         else:
             function = rotary
-        tables[layer_type] = RotaryTable(function, parameter.dtype, parameter.device)
+        tables[layer_type] = RotaryTable(function, parameter.dtype, parameter.device, capacity)
     return [tables[kind if per_type else "all"] for kind in layer_types]
+
+
+def attention_masks(config, query_slots: torch.Tensor, visible: torch.Tensor, read_length: int,
+                    dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Additive 4D masks over cache slots for queries at `query_slots` [batch, q] of caches holding
+    `visible` [batch] entries (after this step's writes), reading `read_length` slots.
+
+    A query at slot p sees slots k <= p that hold entries (k < visible), and a sliding-window layer
+    only those with k > p - sliding_window: transformers' own rule, over cache slots. A model
+    with several layer types gets a dict keyed by type (its forward picks each layer's mask), one
+    with a single type a tensor. Additive (0 / dtype min) so eager and SDPA attention both take it.
+    Built from tensors only, so it can run inside a CUDA graph.
+    """
+    slots = torch.arange(read_length, device=query_slots.device)
+    query = query_slots[:, None, :, None]
+    allowed = (slots <= query) & (slots < visible[:, None, None, None])
+    window = getattr(config, "sliding_window", None)
+    layer_types = list(getattr(config, "layer_types", None) or [])
+    if not layer_types:  # Mistral: every layer slides when sliding_window is set
+        layer_types = ["sliding_attention" if window else "full_attention"]
+    minimum = torch.finfo(dtype).min
+
+    def additive(kind: str) -> torch.Tensor:
+        keep = allowed & (slots > query - window) if kind == "sliding_attention" and window else allowed
+        return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, minimum)
+
+    kinds = sorted(set(layer_types))
+    if len(kinds) == 1:
+        return additive(kinds[0])
+    return {kind: additive(kind) for kind in kinds}
 
 
 class SinkCache(Cache):
@@ -227,19 +263,18 @@ class SinkCache(Cache):
 
     The model must be called with `position_ids = positions(q)` (slots, see the module doc); the
     owner makes room with `make_room(q)` before ingesting and rolls forks back with `truncate()`.
+    Capacity is fixed at construction: nothing here ever reallocates.
     """
 
     def __init__(self, model: PreTrainedModel, *, n_sink: int, window: int, evict_chunk: int,
                  pinned_capacity: int = 0, room: int = 0) -> None:
         if window < 1 or evict_chunk < 1 or n_sink < 0 or pinned_capacity < 0 or room < 0:
             raise ValueError("sink cache sizes must be positive")
-        self.tables = rotary_tables(model)
+        capacity = n_sink + pinned_capacity + window + room
+        self.tables = rotary_tables(model, capacity)
         self.n_sink, self.window, self.evict_chunk = n_sink, window, evict_chunk
         self.pinned_capacity = pinned_capacity
         self.pinned = 0
-        capacity = n_sink + pinned_capacity + window + room
-        for table in set(self.tables):
-            table.ensure(capacity)
         super().__init__(layers=[SinkLayer(capacity, table) for table in self.tables])
 
     @property
@@ -249,6 +284,11 @@ class SinkCache(Cache):
     @property
     def capacity(self) -> int:
         return self.layers[0].capacity
+
+    @property
+    def free(self) -> int:
+        """Slots behind `length` still free: what a fork's prompt and answer must fit in."""
+        return self.capacity - self.length
 
     @property
     def live_limit(self) -> int:
@@ -267,15 +307,19 @@ class SinkCache(Cache):
         for layer in self.layers:
             layer.length = length
 
-    def set_static(self, slots: torch.Tensor | None) -> None:
-        """Static mode (for CUDA graphs): writes go to the device tensor `slots` and attention reads the
-        whole `capacity`, so shapes and addresses never change; the caller passes a 4D mask that hides
-        the free slots, and calls `advance()` after each step. `None` returns to the dynamic mode."""
+    def set_static(self, slots: torch.Tensor | None, read_length: int = 0) -> None:
+        """Static mode (for CUDA graphs): writes go to the device tensor `slots`, attention reads slots
+        0..read_length-1, so shapes and addresses never change; the caller passes the masks of
+        `attention_masks()` and calls `advance()` after each step. `None` returns to the dynamic mode."""
+        if slots is not None and not 0 < read_length <= self.capacity:
+            raise ValueError(f"static read length {read_length} outside 1..{self.capacity}")
         for layer in self.layers:
-            layer.static_slots = slots
+            layer.static_slots, layer.static_read = slots, read_length
 
     def advance(self, count: int) -> None:
         """Count `count` entries written in static mode (host-side bookkeeping a graph replay skips)."""
+        if self.length + count > self.capacity:
+            raise CacheFullError(f"sink cache full: {self.length + count} entries needed, capacity {self.capacity}")
         self._set_length(self.length + count)
 
     def make_room(self, count: int) -> int:
@@ -294,15 +338,6 @@ class SinkCache(Cache):
         self._set_length(self.length - evict)
         return evict
 
-    def reserve(self, total: int) -> None:
-        """Make sure `total` entries fit (a fork's prompt and answer); grows only past the reserved room."""
-        if total <= self.capacity:
-            return
-        for table in set(self.tables):
-            table.ensure(total)
-        for layer in self.layers:
-            layer.grow(total)
-
     def truncate(self, length: int) -> None:
         """Roll back to `length` entries (end of a fork): nothing is copied, later slots are just free."""
         if not self.n_sink + self.pinned <= length <= self.length:
@@ -315,7 +350,9 @@ class SinkCache(Cache):
         The window moves to start right after the new block (a plain copy of pre-RoPE keys); the
         write position is set right behind the sinks while `encode` runs, so the new block attends
         to the sinks only, then the length is restored over the moved window. Only the block is
-        encoded again, never the window.
+        encoded again, never the window. Exception-safe: if `encode` raises (or writes too few
+        tokens), the old block (backed up, at most `pinned_capacity` slots) and the window are put
+        back exactly as they were, and the error propagates.
         """
         if count > self.pinned_capacity:
             raise ValueError(f"pinned block of {count} tokens exceeds its {self.pinned_capacity} reserved")
@@ -323,11 +360,19 @@ class SinkCache(Cache):
             raise ValueError("nothing to pin behind: the sinks are not filled yet")
         window = self.window_length
         old_start, new_start = self.n_sink + self.pinned, self.n_sink + count
+        backups = [layer.copy_out(self.n_sink, self.pinned) for layer in self.layers]
         for layer in self.layers:
             layer.move(old_start, new_start, window)
         self._set_length(self.n_sink)
-        encode()
-        if self.length != new_start:
-            raise RuntimeError(f"pinned encode wrote {self.length - self.n_sink} tokens, expected {count}")
+        try:
+            encode()
+            if self.length != new_start:
+                raise RuntimeError(f"pinned encode wrote {self.length - self.n_sink} tokens, expected {count}")
+        except BaseException:
+            for layer, backup in zip(self.layers, backups):
+                layer.move(new_start, old_start, window)
+                layer.copy_in(self.n_sink, backup)
+            self._set_length(old_start + window)
+            raise
         self.pinned = count
         self._set_length(new_start + window)
