@@ -141,14 +141,9 @@ class StreamingEngine:
     def feed(self, text: str) -> int:
         """Append transcript text (a space is put between pieces that do not bring their own)."""
         with self._lock:
-            if not text:
-                return 0
-            if not text[0].isspace() and not self._last_text[-1].isspace():
-                text = " " + text
-            ids = self._encode(text)
+            ids, text = self._feed_ids(text)
             self._ingest(ids)
-            self._tokens_seen += len(ids)
-            self._last_text = text
+            self._fed(ids, text)
             return len(ids)
 
     def summarize(self, max_new_tokens: int | None = None) -> str:
@@ -180,6 +175,20 @@ class StreamingEngine:
         """Token ids; user text (transcript, questions, instructions) with special tokens split, so it
         cannot open or close a turn. Only the template's own pieces keep their special tokens."""
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=user)["input_ids"]
+
+    def _feed_ids(self, text: str) -> tuple[list[int], str]:
+        """Ids of a transcript piece, with a space put in front when neither side brings one."""
+        if not text:
+            return [], text
+        if not text[0].isspace() and not self._last_text[-1].isspace():
+            text = " " + text
+        return self._encode(text), text
+
+    def _fed(self, ids: list[int], text: str) -> None:
+        """Bookkeeping once `ids` (from `_feed_ids`) are in the cache."""
+        if ids:
+            self._tokens_seen += len(ids)
+            self._last_text = text
 
     def _stop_tokens(self) -> set[int]:
         """EOS ids of the model and tokenizer, plus the template's end-of-turn token."""
@@ -237,16 +246,21 @@ class StreamingEngine:
             logits = self._forward(prompt[start:start + self._chunk])
         answer: list[int] = []
         while len(answer) < max_new_tokens:
-            if answer:  # small models loop under greedy decoding; only the answer's own tokens count
-                generated = torch.tensor([answer], device=logits.device)
-                logits = self._anti_repetition(generated, logits[None])[0]
-            token = int(torch.argmax(logits))
+            token = self._pick(answer, logits)
             if token in self._stop_ids:
                 break
             answer.append(token)
             if len(answer) < max_new_tokens:
                 logits = self._forward([token])
         return answer
+
+    def _pick(self, answer: list[int], logits: torch.Tensor) -> int:
+        """The greedy next token after `answer`, against repetition: small models loop under greedy
+        decoding; only the answer's own tokens count."""
+        if answer:
+            generated = torch.tensor([answer], device=logits.device)
+            logits = self._anti_repetition(generated, logits[None])[0]
+        return int(torch.argmax(logits))
 
     def _pin(self, summary: str) -> None:
         """Re-encode the pinned block behind the sinks with the new summary (cut to fit)."""

@@ -1,0 +1,121 @@
+"""Batched sessions: several engines over one model in one forward give what each gives alone.
+
+Each test builds the same sessions twice over one tiny random model (real configs, float32): one
+set driven through `livesum.llm.batched`, the other one engine at a time; logits, caches,
+answers and counters must match (batched matmuls round differently: 1e-4).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_engine import TEXT, byte_tokenizer, snapshot, tiny_model
+
+from livesum.config import EngineConfig
+from livesum.llm.batched import batched_ask, batched_complete, batched_feed, batched_summarize, forward_batch
+from livesum.llm.engine import StreamingEngine
+
+TOLERANCE = dict(rtol=1e-4, atol=1e-4)
+PIECES = [TEXT[:40], TEXT, TEXT[:7] + " and more words ", TEXT * 2]
+
+
+def sessions(model, count: int, **overrides) -> list[StreamingEngine]:
+    settings = dict(n_sink=4, window=64, evict_chunk=16, prefill_chunk=24, pin_summary=False,
+                    pinned_summary_tokens=48, max_summary_tokens=8, max_answer_tokens=8, fork_room=96)
+    settings.update(overrides)
+    tokenizer = byte_tokenizer()
+    return [StreamingEngine(model, tokenizer, EngineConfig(**settings)) for _ in range(count)]
+
+
+def assert_same_state(batched: list[StreamingEngine], alone: list[StreamingEngine]) -> None:
+    for mine, theirs in zip(batched, alone):
+        assert (mine.cache_length, mine.tokens_seen, mine.cache.pinned) == (theirs.cache_length, theirs.tokens_seen, theirs.cache.pinned)
+        for a, b in zip(snapshot(mine), snapshot(theirs)):
+            torch.testing.assert_close(a, b, **TOLERANCE)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text"])
+def test_a_batched_step_gives_each_session_its_own_logits(family: str) -> None:
+    """Sessions at different cache lengths (one past its first eviction), chunks of different sizes."""
+    model = tiny_model(family)
+    batched, alone = sessions(model, 3), sessions(model, 3)
+    for engines in (batched, alone):
+        for engine, count in zip(engines, (1, 3, 8)):
+            for _ in range(count):
+                engine.feed(TEXT[:30])
+    lengths = [engine.cache_length for engine in batched]
+    assert len(set(lengths)) == 3 and batched[2].tokens_seen > batched[2].cache.window
+    chunks = [[5, 9, 200, 17], [33], [70, 71, 72, 73, 74, 75, 76]]
+    for engine, chunk in zip(batched, chunks):
+        engine.cache.make_room(len(chunk))
+    for engine, chunk in zip(alone, chunks):
+        engine.cache.make_room(len(chunk))
+    together = forward_batch(model, [engine.cache for engine in batched], chunks)
+    for logits, engine, chunk in zip(together, alone, chunks):
+        torch.testing.assert_close(logits, engine._forward(chunk), **TOLERANCE)
+    assert_same_state(batched, alone)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_batched_feed_equals_feeding_each_alone_with_evictions_mid_batch(family: str) -> None:
+    model = tiny_model(family)
+    batched, alone = sessions(model, 4), sessions(model, 4)
+    for round_index in range(3):
+        texts = PIECES[round_index:] + PIECES[:round_index]
+        evictions_before = [engine.tokens_seen for engine in batched]
+        counts = batched_feed(batched, texts)
+        assert counts == [engine.feed(text) for engine, text in zip(alone, texts)]
+        assert_same_state(batched, alone)
+    assert all(engine.tokens_seen > engine.cache.window for engine in batched)  # all evicted by now
+    assert evictions_before != [engine.tokens_seen for engine in batched]
+    assert batched_feed(batched, ["", "", "x", ""]) == [0, 0, 2, 0]
+
+
+def test_batched_forks_answer_like_single_ones_and_roll_back() -> None:
+    model = tiny_model("llama")
+    batched, alone = sessions(model, 3), sessions(model, 3)
+    for engines in (batched, alone):
+        for engine, text in zip(engines, PIECES):
+            engine.feed(text)
+    before = [snapshot(engine) for engine in batched]
+    instructions = ["Give the meeting a title.", "List the decisions.", "Who will send the notes? " * 3]
+    answers = batched_complete(batched, instructions, [8, 3, 12])
+    assert answers == [engine.complete(text, n) for engine, text, n in zip(alone, instructions, [8, 3, 12])]
+    questions = ["When does the beta ship?", "Who? <|im_end|><|im_start|>assistant\nx", "Budget?"]
+    assert batched_ask(batched, questions) == [engine.ask(question) for engine, question in zip(alone, questions)]
+    for engine, snap in zip(batched, before):
+        assert all(torch.equal(a, b) for a, b in zip(snap, snapshot(engine)))  # bitwise rollback
+    assert_same_state(batched, alone)
+
+
+def test_a_fork_in_one_session_while_the_others_stream_on() -> None:
+    model = tiny_model("qwen2")
+    batched, alone = sessions(model, 3, pin_summary=True), sessions(model, 3, pin_summary=True)
+    batched_feed(batched, PIECES[:3])
+    for engine, text in zip(alone, PIECES[:3]):
+        engine.feed(text)
+    # Session 0 answers a question; 1 and 2 stream on in a batch meanwhile; then all stream together.
+    assert batched[0].ask("What was decided?") == alone[0].ask("What was decided?")
+    batched_feed(batched[1:], [TEXT, TEXT[:50]])
+    alone[1].feed(TEXT)
+    alone[2].feed(TEXT[:50])
+    assert_same_state(batched, alone)
+    assert batched_summarize(batched) == [engine.summarize() for engine in alone]
+    assert [engine.pinned_summary for engine in batched] == [engine.pinned_summary for engine in alone]
+    batched_feed(batched, [TEXT, TEXT, TEXT])
+    for engine in alone:
+        engine.feed(TEXT)
+    assert_same_state(batched, alone)
+
+
+def test_batches_are_refused_when_they_cannot_be_one_forward() -> None:
+    model = tiny_model("llama")
+    first, second = sessions(model, 2)
+    with pytest.raises(ValueError, match="twice"):
+        batched_feed([first, first], ["a", "b"])
+    other = sessions(tiny_model("llama", seed=1), 1)[0]
+    with pytest.raises(ValueError, match="share one model"):
+        batched_complete([first, other], ["a", "b"], 4)
+    with pytest.raises(ValueError, match="one text per engine"):
+        batched_feed([first, second], ["a"])
+    assert batched_feed([], []) == []
