@@ -42,8 +42,7 @@ VAD_WARMUP_FRAMES = 16  # recent frames replayed before new ones: Silero's state
 PRE_ROLL_SECONDS = 0.3  # audio kept before speech onset, so the first consonant is not clipped
 MIN_SPEECH_SECONDS = 0.25  # an "utterance" with less speech than this (a click, a cough) is dropped unheard
 GAP_TOLERANCE_SECONDS = 0.05  # a jump in chunk start times beyond this (dropped audio) ends the utterance
-SAME_WORD_TOLERANCE = 0.1  # seconds: a hypothesis word starting this close before the commit point is the committed one again
-MAX_OVERLAP_WORDS = 5  # committed words Whisper may repeat at the start of a pass (the prompt bleeding in)
+MAX_OVERLAP_WORDS = 5  # committed words Whisper may say again at the start of a pass, its timestamps drifting
 SENTENCE_END = re.compile(r"[.!?…][\"')\]]*$")
 ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "st.", "prof.", "vs.", "e.g.", "i.e.", "etc.", "no.", "jr.", "sr."})
 # A pass that finalises without a second opinion sees the audio end abruptly; Whisper then tends to
@@ -328,10 +327,13 @@ class LocalAgreementTranscriber:
             audio = np.concatenate([audio, np.zeros(int(END_PAD_SECONDS * self.sample_rate), dtype=np.float32)])
         words = self.recognize(audio, self.buffer_start, self.prompt)
         buffer_end = self.buffer_start + self.buffered_seconds
-        words = [w for w in words if w.start >= self.committed_end - SAME_WORD_TOLERANCE and w.start < buffer_end]
-        # Whisper may say the last committed words again (time stamps drift); drop that overlap.
+        # Words mostly before the commit point were committed already.
+        words = [w for w in words if (w.start + w.end) / 2 >= self.committed_end and w.start < buffer_end]
+        # Whisper may say the last committed words again with drifted timestamps: drop that overlap, but
+        # only words starting before the commit point, so a real repetition ("that that") survives.
         recent = [w.key for w in self.committed[-MAX_OVERLAP_WORDS:]]
-        for size in range(min(len(recent), len(words)), 0, -1):
+        leading = next((i for i, w in enumerate(words) if w.start >= self.committed_end), len(words))
+        for size in range(min(len(recent), leading), 0, -1):
             if recent[-size:] == [w.key for w in words[:size]]:
                 words = words[size:]
                 break
