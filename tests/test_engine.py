@@ -28,7 +28,14 @@ from transformers import (
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from livesum.config import EngineConfig
-from livesum.llm.engine import DEFAULT_SYSTEM_PROMPT, QUESTION_INSTRUCTION, SUMMARY_INSTRUCTION, StreamingEngine, prompt_pieces
+from livesum.llm.engine import (
+    DEFAULT_SYSTEM_PROMPT,
+    QUESTION_INSTRUCTION,
+    SUMMARY_INSTRUCTION,
+    StreamingEngine,
+    banned_ngram_tokens,
+    prompt_pieces,
+)
 from livesum.llm.sink_cache import CacheFullError, SinkCache, UnsupportedModelError, attention_masks, rotate_half
 
 CHATML = (
@@ -226,6 +233,35 @@ def test_static_mode_decodes_like_the_dynamic_mode(family: str) -> None:
         torch.testing.assert_close(mine.keys[:, :, :mine.length], theirs.keys[:, :, :theirs.length])
     with pytest.raises(CacheFullError):
         static.advance(static.capacity)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text"])
+def test_the_static_decoder_answers_like_the_eager_loop(family: str) -> None:
+    """The engine's CUDA-graph path, run uncaptured on CPU: device-side penalty, n-gram ban and
+    argmax, bucketed reads short of the capacity, sliding layers sliding; same answers as eager,
+    same bitwise rollback, after evictions."""
+    eager, static = (tiny_engine(family, window=64, static_decode=mode, max_answer_tokens=24) for mode in ("off", "on"))
+    assert eager._static is None and static._static is not None and not static._static.capture
+    reads: list[int] = []
+    original = static.cache.set_static
+    static.cache.set_static = lambda slots, read_length=0: (reads.append(read_length), original(slots, read_length))[1]
+    for _ in range(3):
+        eager.feed(TEXT)
+        static.feed(TEXT)
+        before = snapshot(static)
+        assert static.ask("Who sends the notes?") == eager.ask("Who sends the notes?")
+        assert static.complete("Title?", 5) == eager.complete("Title?", 5)
+        assert all(torch.equal(a, b) for a, b in zip(before, snapshot(static)))
+    assert static.tokens_seen > 64 and reads and max(reads) < static.cache.capacity
+
+
+def test_banned_ngram_tokens_follow_the_transformers_rule() -> None:
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    answer = [5, 6, 7, 5, 6, 9, 5, 6]
+    scores = NoRepeatNGramLogitsProcessor(3)(torch.tensor([answer]), torch.zeros(1, 12))[0]
+    assert sorted(banned_ngram_tokens(answer, 3)) == torch.nonzero(scores.isinf()).flatten().tolist() == [7, 9]
+    assert banned_ngram_tokens([5], 3) == [] and banned_ngram_tokens(answer, 0) == []
 
 
 def test_keys_do_not_drift_in_bfloat16_over_many_shifts() -> None:

@@ -38,7 +38,7 @@ import torch
 from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, PreTrainedModel, RepetitionPenaltyLogitsProcessor
 
 from livesum.config import EngineConfig
-from livesum.llm.sink_cache import SinkCache
+from livesum.llm.sink_cache import SinkCache, attention_masks
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful assistant that follows a live meeting transcript, summarizes it and answers "
@@ -118,6 +118,8 @@ class StreamingEngine:
         self._pinned_summary: str | None = None
         self._last_text = head
         self._ingest(head_ids)
+        static = config.static_decode == "on" or (config.static_decode == "auto" and self._device.type == "cuda")
+        self._static = StaticDecoder(self) if static else None
 
     # -- public API (each call holds the lock) -------------------------------------------------
 
@@ -244,6 +246,8 @@ class StreamingEngine:
         logits = None
         for start in range(0, len(prompt), self._chunk):
             logits = self._forward(prompt[start:start + self._chunk])
+        if self._static is not None:
+            return self._static.decode(logits, max_new_tokens)
         answer: list[int] = []
         while len(answer) < max_new_tokens:
             token = self._pick(answer, logits)
@@ -268,3 +272,108 @@ class StreamingEngine:
         ids = self._pin_open + self._encode(summary)[:budget] + self._pin_close
         self.cache.replace_pinned(len(ids), lambda: self._forward(ids))
         self._pinned_summary = summary
+
+
+def banned_ngram_tokens(answer: list[int], size: int) -> list[int]:
+    """Tokens that would repeat an n-gram of `answer` (transformers' NoRepeatNGram rule, on the host)."""
+    if size <= 0 or len(answer) + 1 < size:
+        return []
+    prefix = tuple(answer[len(answer) + 1 - size:])
+    return [gram[-1] for gram in zip(*(answer[i:] for i in range(size))) if gram[:-1] == prefix]
+
+
+class StaticDecoder:
+    """Greedy fork decoding on static buffers: on CUDA, one decode step captured in a CUDA graph.
+
+    One step = write the token at a device-tensor slot, attend over a fixed `read_length` (the
+    fork's end rounded up to READ_BUCKET, never the whole fork room), repetition penalty and the
+    n-gram ban on device (a `seen` mask; banned tokens set from the host, which reads each token
+    anyway to stop at end of turn), argmax on device, slot + 1. Shapes and addresses never change
+    (the cache never reallocates), so the step is captured once per read length and replayed.
+    Off CUDA the same step runs uncaptured (how the tests check it against the eager path).
+    """
+
+    READ_BUCKET = 128
+
+    def __init__(self, engine: StreamingEngine) -> None:
+        self.engine, self.model, self.cache = engine, engine.model, engine.cache
+        device, vocab = engine._device, engine.model.get_output_embeddings().weight.shape[0]
+        self.capture = device.type == "cuda"
+        self.ids = torch.zeros((1, 1), dtype=torch.long, device=device)
+        self.slots = torch.zeros(1, dtype=torch.long, device=device)
+        self.seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+        self.banned = torch.zeros(vocab, dtype=torch.bool, device=device)
+        self.penalty = engine.config.repetition_penalty
+        self.ngram = engine.config.no_repeat_ngram_size
+        self.dtype = next(engine.model.parameters()).dtype
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.pool = torch.cuda.graph_pool_handle() if self.capture else None
+
+    @torch.inference_mode()
+    def _step(self, read_length: int) -> torch.Tensor:
+        """Decode the token in `ids` at slot `slots`; the next token (device), ids and slots moved on."""
+        self.seen.index_fill_(0, self.ids.view(-1), True)
+        masks = attention_masks(self.model.config, self.slots[None], self.slots + 1, read_length, self.dtype)
+        logits = self.model(input_ids=self.ids, position_ids=self.slots[None], attention_mask=masks,
+                            past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[0, -1].float()
+        if self.penalty != 1.0:
+            penalised = torch.where(logits < 0, logits * self.penalty, logits / self.penalty)
+            logits = torch.where(self.seen, penalised, logits)
+        token = logits.masked_fill(self.banned, float("-inf")).argmax().view(1, 1)
+        self.ids.copy_(token)
+        self.slots.add_(1)
+        return token
+
+    def _graph(self, read_length: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """The step captured for `read_length` (warmed up on a side stream; state restored after)."""
+        if read_length not in self.graphs:
+            saved = (self.ids.clone(), self.slots.clone(), self.seen.clone())
+            side = torch.cuda.Stream(self.ids.device)
+            side.wait_stream(torch.cuda.current_stream(self.ids.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # writes at the current slot only: free room, rewritten by the replay
+                    self.slots.copy_(saved[1])
+                    self._step(read_length)
+            torch.cuda.current_stream(self.ids.device).wait_stream(side)
+            for tensor, value in zip((self.ids, self.slots, self.seen), saved):
+                tensor.copy_(value)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                token = self._step(read_length)
+            self.graphs[read_length] = (graph, token)
+        return self.graphs[read_length]
+
+    def decode(self, logits: torch.Tensor, max_new_tokens: int) -> list[int]:
+        """The answer after a prefilled fork prompt whose last logits are `logits` (same as the eager loop)."""
+        engine, cache = self.engine, self.cache
+        answer: list[int] = []
+        if max_new_tokens <= 0:
+            return answer
+        token = engine._pick(answer, logits)
+        if token in engine._stop_ids:
+            return answer
+        answer.append(token)
+        read_length = min(cache.capacity, -(-(cache.length + max_new_tokens) // self.READ_BUCKET) * self.READ_BUCKET)
+        self.seen.zero_()
+        self.ids.fill_(token)
+        self.slots.fill_(cache.length)
+        cache.set_static(self.slots, read_length)
+        try:
+            while len(answer) < max_new_tokens:
+                self.banned.zero_()
+                banned = banned_ngram_tokens(answer, self.ngram)
+                if banned:
+                    self.banned[torch.tensor(banned, device=self.banned.device)] = True
+                cache.advance(1)  # checks capacity before the write
+                if self.capture:
+                    graph, next_token = self._graph(read_length)
+                    graph.replay()
+                else:
+                    next_token = self._step(read_length)
+                token = int(next_token)
+                if token in engine._stop_ids:
+                    break
+                answer.append(token)
+        finally:
+            cache.set_static(None)
+        return answer
