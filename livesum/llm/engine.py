@@ -119,7 +119,7 @@ class StreamingEngine:
         self._last_text = head
         self._ingest(head_ids)
         static = config.static_decode == "on" or (config.static_decode == "auto" and self._device.type == "cuda")
-        self._static = StaticDecoder(self) if static else None
+        self._static = StaticDecoder(model, self.cache, config.repetition_penalty, config.no_repeat_ngram_size) if static else None
 
     # -- public API (each call holds the lock) -------------------------------------------------
 
@@ -247,7 +247,10 @@ class StreamingEngine:
         for start in range(0, len(prompt), self._chunk):
             logits = self._forward(prompt[start:start + self._chunk])
         if self._static is not None:
-            return self._static.decode(logits, max_new_tokens)
+            token = self._pick([], logits)
+            if max_new_tokens <= 0 or token in self._stop_ids:
+                return []
+            return self._static.decode([token], max_new_tokens, self._stop_ids)
         answer: list[int] = []
         while len(answer) < max_new_tokens:
             token = self._pick(answer, logits)
@@ -295,17 +298,18 @@ class StaticDecoder:
 
     READ_BUCKET = 128
 
-    def __init__(self, engine: StreamingEngine) -> None:
-        self.engine, self.model, self.cache = engine, engine.model, engine.cache
-        device, vocab = engine._device, engine.model.get_output_embeddings().weight.shape[0]
+    def __init__(self, model: PreTrainedModel, cache: SinkCache, repetition_penalty: float = 1.0,
+                 no_repeat_ngram_size: int = 0) -> None:
+        self.model, self.cache = model, cache
+        device = next(model.parameters()).device
+        vocab = model.get_output_embeddings().weight.shape[0]
         self.capture = device.type == "cuda"
         self.ids = torch.zeros((1, 1), dtype=torch.long, device=device)
         self.slots = torch.zeros(1, dtype=torch.long, device=device)
         self.seen = torch.zeros(vocab, dtype=torch.bool, device=device)
         self.banned = torch.zeros(vocab, dtype=torch.bool, device=device)
-        self.penalty = engine.config.repetition_penalty
-        self.ngram = engine.config.no_repeat_ngram_size
-        self.dtype = next(engine.model.parameters()).dtype
+        self.penalty, self.ngram = repetition_penalty, no_repeat_ngram_size
+        self.dtype = next(model.parameters()).dtype
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
 
@@ -343,19 +347,15 @@ class StaticDecoder:
             self.graphs[read_length] = (graph, token)
         return self.graphs[read_length]
 
-    def decode(self, logits: torch.Tensor, max_new_tokens: int) -> list[int]:
-        """The answer after a prefilled fork prompt whose last logits are `logits` (same as the eager loop)."""
-        engine, cache = self.engine, self.cache
-        answer: list[int] = []
-        if max_new_tokens <= 0:
-            return answer
-        token = engine._pick(answer, logits)
-        if token in engine._stop_ids:
-            return answer
-        answer.append(token)
+    def decode(self, answer: list[int], max_new_tokens: int, stop_ids: set[int]) -> list[int]:
+        """`answer` (its first token(s) already picked, the last not yet in the cache) continued greedily
+        up to `max_new_tokens` or a stop token: the same tokens as the engine's eager loop."""
+        cache, answer = self.cache, list(answer)
         read_length = min(cache.capacity, -(-(cache.length + max_new_tokens) // self.READ_BUCKET) * self.READ_BUCKET)
         self.seen.zero_()
-        self.ids.fill_(token)
+        if len(answer) > 1:
+            self.seen[torch.tensor(answer[:-1], device=self.seen.device)] = True
+        self.ids.fill_(answer[-1])
         self.slots.fill_(cache.length)
         cache.set_static(self.slots, read_length)
         try:
@@ -371,7 +371,7 @@ class StaticDecoder:
                 else:
                     next_token = self._step(read_length)
                 token = int(next_token)
-                if token in engine._stop_ids:
+                if token in stop_ids:
                     break
                 answer.append(token)
         finally:
