@@ -393,6 +393,17 @@ class Pipeline:
             self.emit(Error(message=f"language model: {error}", source="llm"))
             return None
 
+    async def _feed(self, text: str) -> int | None:
+        """Transcript into the session's cache (batched with other sessions' feeds by the scheduler)."""
+        def account(seconds: float) -> None:
+            self.clock.seconds["llm"] += seconds
+
+        try:
+            return await self.scheduler.feed(self.engine, text, account)
+        except Exception as error:
+            self.emit(Error(message=f"language model: {error}", source="llm"))
+            return None
+
     async def _take_batch(self) -> tuple[list[Segment], bool, bool]:
         """(segments, summary requested, done). Live: everything queued, coalesced into one feed."""
         items = [await self._to_llm.get()]
@@ -409,7 +420,7 @@ class Pipeline:
             segments, requested, done = await self._take_batch()
             if self.engine is not None and segments:
                 text = "".join(self._line(segment) for segment in segments)
-                added = await self._lm(Priority.FEED, self.engine.feed, text)
+                added = await self._feed(text)
                 if added:
                     self.tokens_fed += added
                     tokens_since += added

@@ -65,3 +65,51 @@ async def test_a_caller_that_went_away_is_skipped() -> None:
     await scheduler.run(Priority.FEED, ran.append, "kept")
     assert ran == ["kept"]
     scheduler.close()
+
+
+class FakeModel:
+    pass
+
+
+class FeedRecorder:
+    """Only the scheduler's grouping is under test here; tests/test_batched.py checks batched_feed itself."""
+
+    def __init__(self, model: object, name: str, calls: list) -> None:
+        self.model, self.name, self.calls = model, name, calls
+
+    def feed(self, text: str) -> int:
+        self.calls.append(("alone", self.name))
+        return len(text)
+
+
+async def test_feeds_of_different_sessions_queued_together_go_in_one_batch(monkeypatch) -> None:
+    from livesum.llm import batched
+
+    calls: list = []
+
+    def fake_batched_feed(engines, texts):
+        calls.append(("batch", [engine.name for engine in engines]))
+        return [len(text) for text in texts]
+
+    monkeypatch.setattr(batched, "batched_feed", fake_batched_feed)
+    scheduler = LmScheduler()
+    gate = threading.Event()
+    model = FakeModel()
+    a, b, c = (FeedRecorder(model, name, calls) for name in "abc")
+    other_model = FeedRecorder(FakeModel(), "x", calls)
+    blocker = asyncio.create_task(scheduler.run(Priority.QUESTION, gate.wait, 30))
+    await asyncio.sleep(0.05)
+    feeds = [
+        asyncio.create_task(scheduler.feed(a, "one")),
+        asyncio.create_task(scheduler.feed(b, "three")),
+        asyncio.create_task(scheduler.feed(a, "again")),  # same session: must wait for the next round
+        asyncio.create_task(scheduler.feed(c, "xy")),
+    ]
+    await asyncio.sleep(0.05)
+    feeds.append(asyncio.create_task(scheduler.feed(other_model, "elsewhere")))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await blocker
+    assert await asyncio.gather(*feeds) == [3, 5, 5, 2, 9]
+    assert calls == [("batch", ["a", "b"]), ("batch", ["a", "c"]), ("alone", "x")]
+    scheduler.close()

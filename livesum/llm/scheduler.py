@@ -4,11 +4,15 @@ A causal LM on a CPU (or one GPU) does one thing at a time, and several streams 
 `LmScheduler` runs every model call of every session on its own worker thread, most urgent first
 (questions, then transcript feeds, then rolling summaries and notes), so a question is answered
 before a backlog of summaries, and the event loop never waits on the model.
+
+Transcript feeds of different sessions that wait together run as one batched forward
+(`livesum.llm.batched.batched_feed`): on a GPU one pass over the weights then serves them all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import queue
 import threading
@@ -36,7 +40,11 @@ class _Job:
     args: tuple[Any, ...] = field(compare=False)
     loop: asyncio.AbstractEventLoop = field(compare=False)
     future: asyncio.Future[Any] = field(compare=False)
+    feed: tuple[Any, str] | None = field(default=None, compare=False)  # (engine, text): batchable with other feeds
+    account: Callable[[float], None] | None = field(default=None, compare=False)  # told its share of busy seconds
 
+
+MAX_BATCH = 16  # sessions fed in one forward at most
 
 _STOP = _Job(priority=1 << 30, sequence=0, function=lambda: None, args=(), loop=None, future=None)  # type: ignore[arg-type]
 
@@ -60,6 +68,15 @@ class LmScheduler:
         self._jobs.put(_Job(int(priority), next(self._sequence), function, args, loop, future))
         return await future
 
+    async def feed(self, engine: Any, text: str, account: Callable[[float], None] | None = None) -> int:
+        """`engine.feed(text)` on the LM thread, batched with other sessions' feeds queued beside it."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._start()
+        job = _Job(int(Priority.FEED), next(self._sequence), engine.feed, (text,), loop, future, feed=(engine, text), account=account)
+        self._jobs.put(job)
+        return await future
+
     @property
     def pending(self) -> int:
         return self._jobs.qsize()
@@ -79,17 +96,54 @@ class LmScheduler:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not _STOP:
-            if job.future.cancelled() or job.loop.is_closed():
-                continue  # its caller went away: nobody wants the answer
+            if self._abandoned(job):
+                continue
+            jobs = [job, *self._feeds_beside(job)] if job.feed is not None else [job]
             began = time.perf_counter()
             try:
-                result = job.function(*job.args)
-            except BaseException as error:  # handed to the caller, never kills the worker
-                self._settle(job, error=error)
+                if len(jobs) > 1:
+                    from livesum.llm.batched import batched_feed
+
+                    results = batched_feed([j.feed[0] for j in jobs], [j.feed[1] for j in jobs])  # type: ignore[index]
+                else:
+                    results = [job.function(*job.args)]
+            except BaseException as error:  # handed to the callers, never kills the worker
+                for each in jobs:
+                    self._settle(each, error=error)
             else:
-                self._settle(job, result=result)
+                for each, result in zip(jobs, results):
+                    self._settle(each, result=result)
             finally:
-                self.busy_seconds += time.perf_counter() - began
+                elapsed = time.perf_counter() - began
+                self.busy_seconds += elapsed
+                for each in jobs:
+                    if each.account is not None:
+                        each.account(elapsed / len(jobs))
+
+    @staticmethod
+    def _abandoned(job: _Job) -> bool:
+        return job.future.cancelled() or job.loop.is_closed()
+
+    def _feeds_beside(self, first: _Job) -> list[_Job]:
+        """Feeds queued right behind `first` for other engines of the same model, up to MAX_BATCH."""
+        engine = first.feed[0]  # type: ignore[index]
+        taken: list[_Job] = []
+        with self._jobs.mutex:
+            heap = self._jobs.queue
+            while heap and len(taken) < MAX_BATCH - 1:
+                candidate = heap[0]
+                if candidate.feed is None:
+                    break
+                other = candidate.feed[0]
+                model = getattr(engine, "model", None)
+                if model is None or other is engine or getattr(other, "model", None) is not model:
+                    break  # one batch: distinct sessions over the one same model
+                if any(job.feed[0] is other for job in taken):  # type: ignore[index]
+                    break
+                heapq.heappop(heap)
+                if not self._abandoned(candidate):
+                    taken.append(candidate)
+        return taken
 
     @staticmethod
     def _settle(job: _Job, result: Any = None, error: BaseException | None = None) -> None:
