@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from livesum.asr.policy import Transcriber
 from livesum.config import Settings
 from livesum.events import Answer, Error, Event, Notes, Segment, Status, Summary
 from livesum.llm.minutes import MeetingMinutes
@@ -38,14 +39,6 @@ from livesum.llm.notes import whole_sentences
 from livesum.llm.scheduler import LmScheduler, Priority
 from livesum.outputs.files import EventSink
 from livesum.source.audio import AudioChunk, AudioSourceError
-
-
-class Transcriber(Protocol):
-    """One track's speech recognition (livesum.asr): blocking, called from a worker thread."""
-
-    def push(self, chunk: AudioChunk) -> list[Segment]: ...
-
-    def flush(self) -> list[Segment]: ...
 
 
 class LanguageEngine(Protocol):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from faster_whisper import WhisperModel
 
-from livesum.asr.transcriber import StreamingTranscriber, load_whisper
+from livesum.asr.policy import make_transcriber
+from livesum.asr.transcriber import load_whisper
 from livesum.config import Settings
 from livesum.outputs.console import ConsoleView
 from livesum.outputs.files import EventSink, file_sinks
@@ -45,10 +46,6 @@ def load_engine(settings: Settings) -> LanguageEngine | None:
 
 def transcriber_factory(whisper: WhisperModel, settings: Settings, *, live: bool) -> TranscriberFactory:
     """A new transcriber per track, all on the one shared Whisper model."""
-    try:
-        from livesum.asr.policy import make_transcriber
-    except ImportError:  # the streaming policy is not installed in this tree: batch only
-        return lambda track: StreamingTranscriber(whisper, settings.asr, settings.audio.sample_rate)
     return lambda track: make_transcriber(whisper, settings.asr, settings.audio.sample_rate, live=live)
 
 
