@@ -108,6 +108,19 @@ def test_a_fork_in_one_session_while_the_others_stream_on() -> None:
     assert_same_state(batched, alone)
 
 
+def test_sessions_with_different_settings_share_a_batch() -> None:
+    """Different windows, prefill chunks and fork rooms: different capacities and chunk rounds."""
+    model = tiny_model("gemma3_text")
+    settings = [dict(window=64, prefill_chunk=24), dict(window=96, prefill_chunk=40, fork_room=128)]
+    batched = [sessions(model, 1, **options)[0] for options in settings]
+    alone = [sessions(model, 1, **options)[0] for options in settings]
+    assert batched[0].cache.capacity != batched[1].cache.capacity
+    for texts in ([TEXT * 2, TEXT], [TEXT[:9], TEXT * 3]):
+        assert batched_feed(batched, texts) == [engine.feed(text) for engine, text in zip(alone, texts)]
+    assert_same_state(batched, alone)
+    assert batched_complete(batched, ["Title?", "Decisions?"], 6) == [engine.complete(text, 6) for engine, text in zip(alone, ["Title?", "Decisions?"])]
+
+
 def test_batches_are_refused_when_they_cannot_be_one_forward() -> None:
     model = tiny_model("llama")
     first, second = sessions(model, 2)
