@@ -34,7 +34,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from livesum.llm.engine import SUMMARY_INSTRUCTION, StreamingEngine
-from livesum.llm.sink_cache import SinkCache, SinkLayer, attention_masks
+from livesum.llm.sink_cache import CacheFullError, SinkCache, SinkLayer, attention_masks
 
 
 class _BatchLayer(CacheLayerMixin):
@@ -43,9 +43,11 @@ class _BatchLayer(CacheLayerMixin):
     is_sliding = False
     is_compileable = False
 
-    def __init__(self, layers: list[SinkLayer], starts: list[int], counts: list[int], read_length: int) -> None:
+    def __init__(self, layers: list[SinkLayer], starts: list[int], counts: list[int], slots: torch.Tensor,
+                 read_length: int) -> None:
         super().__init__()
         self.layers, self.starts, self.counts, self.read_length = layers, starts, counts, read_length
+        self.slots = slots
         self.table = max((layer.table for layer in layers), key=lambda table: table.capacity)
         self.is_initialized = True
 
@@ -53,16 +55,30 @@ class _BatchLayer(CacheLayerMixin):
         """Nothing to allocate: the sessions' layers own the buffers."""
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Un-rotate the batch's keys at once (each row for its slots), write each row's real tokens into
+        its session's buffers and gather every session's cache into one block: the copies go as two
+        multi-tensor kernels (`_foreach_copy_`), not one launch per session."""
         batch, heads, _, head_dim = key_states.shape
-        keys = key_states.new_zeros((batch, heads, self.read_length, head_dim))
-        values = value_states.new_zeros((batch, heads, self.read_length, value_states.shape[-1]))
+        pre_keys = self.table.unrotate(key_states, self.slots)
+        targets: list[torch.Tensor] = []
+        sources: list[torch.Tensor] = []
         for row, (layer, start, count) in enumerate(zip(self.layers, self.starts, self.counts)):
             if not layer.is_initialized:
                 layer.lazy_initialization(key_states[row:row + 1], value_states[row:row + 1])
-            end = layer.write(key_states[row:row + 1, :, :count], value_states[row:row + 1, :, :count], start)
-            layer.length = end
-            keys[row:row + 1, :, :end] = layer.keys[:, :, :end]
-            values[row:row + 1, :, :end] = layer.values[:, :, :end]
+            if start + count > layer.capacity:
+                raise CacheFullError(f"sink cache full: {start + count} entries needed, capacity {layer.capacity}")
+            targets += [layer.keys[:, :, start:start + count], layer.values[:, :, start:start + count]]
+            sources += [pre_keys[row:row + 1, :, :count], value_states[row:row + 1, :, :count]]
+            layer.length = start + count
+        torch._foreach_copy_(targets, sources)
+        keys = key_states.new_zeros((batch, heads, self.read_length, head_dim))
+        values = value_states.new_zeros((batch, heads, self.read_length, value_states.shape[-1]))
+        targets, sources = [], []
+        for row, layer in enumerate(self.layers):
+            end = layer.length
+            targets += [keys[row:row + 1, :, :end], values[row:row + 1, :, :end]]
+            sources += [layer.keys[:, :, :end], layer.values[:, :, :end]]
+        torch._foreach_copy_(targets, sources)
         return self.table.rotate(keys, 0), values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -94,7 +110,7 @@ def forward_batch(model, caches: Sequence[SinkCache], chunks: Sequence[list[int]
     read_length = int(visible.max())
     masks = attention_masks(model.config, slots, visible, read_length, next(model.parameters()).dtype)
     view = Cache(layers=[
-        _BatchLayer([cache.layers[index] for cache in caches], starts, counts, read_length)
+        _BatchLayer([cache.layers[index] for cache in caches], starts, counts, slots, read_length)
         for index in range(len(caches[0].layers))
     ])
     out = model(input_ids=input_ids, position_ids=slots, attention_mask=masks, past_key_values=view,

@@ -103,10 +103,13 @@ class RotaryTable:
     def unrotate(self, keys: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
         """The pre-RoPE keys behind keys the model rotated for slots start.. (computed in float32).
 
-        `start` may be a tensor of slots (static mode), so no host value is read inside a CUDA graph.
+        `start` may be a tensor of slots, [q] for one sequence (static mode: no host value is read
+        inside a CUDA graph) or [batch, q] for batched sessions, one row of slots per sequence.
         """
         if isinstance(start, torch.Tensor):
             cos, sin = self.unrotate_cos[start], self.unrotate_sin[start]
+            if start.dim() == 2:  # [batch, q, dim] -> [batch, 1, q, dim], across the heads
+                cos, sin = cos[:, None], sin[:, None]
         else:
             end = start + keys.shape[-2]
             cos, sin = self.unrotate_cos[start:end], self.unrotate_sin[start:end]
