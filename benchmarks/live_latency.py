@@ -138,6 +138,7 @@ async def live_run(settings: Settings, whisper, chunks: list[AudioChunk]) -> dic
         "finals": len(finals),
         "partials": len(partials),
         "whisper_passes": passes,
+        "busy_seconds": {stage: round(seconds, 1) for stage, seconds in result.stage_seconds.items()},
         "final_latency_median": percentile(final_latency, 50),
         "final_latency_p95": percentile(final_latency, 95),
         "final_latency_max": max(final_latency, default=None),
