@@ -1,7 +1,9 @@
 """The batch transcription policy (files): faster-whisper with its Silero VAD, ~24 s at a time.
 
 Throughput first; live sources use the streaming policy in livesum/asr/streaming.py instead, and
-livesum/asr/policy.py picks between them. Audio accumulates in a buffer. When the buffer holds `window_seconds` of audio, or speech has
+livesum/asr/policy.py picks between them.
+
+Audio accumulates in a buffer. When the buffer holds `window_seconds` of audio, or speech has
 been followed by a pause and the stream ends, the buffer is cut at the last pause and that part
 is transcribed into final segments; the rest stays for the next round, so words are never cut in
 half. Optional partial segments re-transcribe the open utterance for live captions.
