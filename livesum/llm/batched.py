@@ -100,6 +100,11 @@ def forward_batch(model, caches: Sequence[SinkCache], chunks: Sequence[list[int]
     if len(caches) != len(chunks) or not chunks or not all(chunks):
         raise ValueError("one non-empty chunk per cache")
     device = next(model.parameters()).device
+    if len(caches) == 1:  # the engine's own single-session path: no padding, gather or custom mask
+        cache, chunk = caches[0], chunks[0]
+        out = model(input_ids=torch.tensor([chunk], device=device), position_ids=cache.positions(len(chunk), device),
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return [out.logits[0, -1].float()]
     starts = [cache.length for cache in caches]
     counts = [len(chunk) for chunk in chunks]
     width = max(counts)
