@@ -204,12 +204,16 @@ def test_with_eviction_logits_equal_a_rotate_at_read_reference(family: str) -> N
     assert cache.length <= n_sink + window
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text", "mistral-sliding"])
 def test_static_mode_decodes_like_the_dynamic_mode(family: str) -> None:
     """The CUDA-graph path: writes at device-tensor slots, a fixed read length short of the capacity,
     per-layer-type masks (the sliding layers of Gemma2/3 slide: their window, 24, is shorter than the
-    cache), several steps."""
-    model = tiny_model(family)
+    cache; Mistral's single type slides everywhere), several steps."""
+    if family == "mistral-sliding":
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(MistralConfig(num_hidden_layers=2, sliding_window=24, **COMMON)).eval()
+    else:
+        model = tiny_model(family)
     ids = random_ids(40)
     dynamic, static = (SinkCache(model, n_sink=4, window=64, evict_chunk=16, room=32) for _ in range(2))
     stream_sink(model, dynamic, [ids])

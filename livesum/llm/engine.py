@@ -31,6 +31,7 @@ cache: its prompt and answer are cut to fit the free room reserved at constructi
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 
@@ -55,6 +56,8 @@ FORK_ROOM = 128  # fork prompt tokens reserved at least beyond the longest confi
 MIN_FORK_ANSWER = 8  # a fork keeps room for at least this many answer tokens when its prompt is cut
 TRANSCRIPT_MARK = "@@LIVESUM_TRANSCRIPT@@"
 INSTRUCTION_MARK = "@@LIVESUM_INSTRUCTION@@"
+
+log = logging.getLogger(__name__)
 
 
 def prompt_pieces(tokenizer, system_prompt: str) -> tuple[str, str, str]:
@@ -328,22 +331,32 @@ class StaticDecoder:
         self.slots.add_(1)
         return token
 
-    def _graph(self, read_length: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """The step captured for `read_length` (warmed up on a side stream; state restored after)."""
+    def _graph(self, read_length: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor] | None:
+        """The step captured for `read_length` (warmed up on a side stream; state restored after), or
+        None if capture fails: then this decoder runs uncaptured from now on (logged once), so a
+        driver or model that cannot be captured costs speed, never an answer."""
         if read_length not in self.graphs:
             saved = (self.ids.clone(), self.slots.clone(), self.seen.clone())
-            side = torch.cuda.Stream(self.ids.device)
-            side.wait_stream(torch.cuda.current_stream(self.ids.device))
-            with torch.cuda.stream(side):
-                for _ in range(2):  # writes at the current slot only: free room, rewritten by the replay
-                    self.slots.copy_(saved[1])
-                    self._step(read_length)
-            torch.cuda.current_stream(self.ids.device).wait_stream(side)
-            for tensor, value in zip((self.ids, self.slots, self.seen), saved):
-                tensor.copy_(value)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                token = self._step(read_length)
+            try:
+                side = torch.cuda.Stream(self.ids.device)
+                side.wait_stream(torch.cuda.current_stream(self.ids.device))
+                with torch.cuda.stream(side):
+                    for _ in range(2):  # writes at the current slot only: free room, rewritten by the replay
+                        self.slots.copy_(saved[1])
+                        self._step(read_length)
+                torch.cuda.current_stream(self.ids.device).wait_stream(side)
+                for tensor, value in zip((self.ids, self.slots, self.seen), saved):
+                    tensor.copy_(value)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self.pool):
+                    token = self._step(read_length)
+            except Exception as error:  # noqa: BLE001 - any capture failure falls back to the same step uncaptured
+                log.warning("CUDA graph capture failed (%s); decoding without graphs", error)
+                torch.cuda.synchronize(self.ids.device)
+                for tensor, value in zip((self.ids, self.slots, self.seen), saved):
+                    tensor.copy_(value)
+                self.capture = False
+                return None
             self.graphs[read_length] = (graph, token)
         return self.graphs[read_length]
 
@@ -365,9 +378,10 @@ class StaticDecoder:
                 if banned:
                     self.banned[torch.tensor(banned, device=self.banned.device)] = True
                 cache.advance(1)  # checks capacity before the write
-                if self.capture:
-                    graph, next_token = self._graph(read_length)
-                    graph.replay()
+                captured = self._graph(read_length) if self.capture else None
+                if captured is not None:
+                    captured[0].replay()
+                    next_token = captured[1]
                 else:
                     next_token = self._step(read_length)
                 token = int(next_token)
