@@ -29,7 +29,8 @@ def sessions(model, count: int, **overrides) -> list[StreamingEngine]:
 
 def assert_same_state(batched: list[StreamingEngine], alone: list[StreamingEngine]) -> None:
     for mine, theirs in zip(batched, alone):
-        assert (mine.cache_length, mine.tokens_seen, mine.cache.pinned) == (theirs.cache_length, theirs.tokens_seen, theirs.cache.pinned)
+        counters = lambda engine: (engine.cache_length, engine.tokens_seen, engine.cache.pinned)  # noqa: E731
+        assert counters(mine) == counters(theirs)
         for a, b in zip(snapshot(mine), snapshot(theirs)):
             torch.testing.assert_close(a, b, **TOLERANCE)
 
@@ -118,7 +119,8 @@ def test_sessions_with_different_settings_share_a_batch() -> None:
     for texts in ([TEXT * 2, TEXT], [TEXT[:9], TEXT * 3]):
         assert batched_feed(batched, texts) == [engine.feed(text) for engine, text in zip(alone, texts)]
     assert_same_state(batched, alone)
-    assert batched_complete(batched, ["Title?", "Decisions?"], 6) == [engine.complete(text, 6) for engine, text in zip(alone, ["Title?", "Decisions?"])]
+    instructions = ["Title?", "Decisions?"]
+    assert batched_complete(batched, instructions, 6) == [engine.complete(text, 6) for engine, text in zip(alone, instructions)]
 
 
 def test_batches_are_refused_when_they_cannot_be_one_forward() -> None:

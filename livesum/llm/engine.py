@@ -122,7 +122,8 @@ class StreamingEngine:
         self._last_text = head
         self._ingest(head_ids)
         static = config.static_decode == "on" or (config.static_decode == "auto" and self._device.type == "cuda")
-        self._static = StaticDecoder(model, self.cache, config.repetition_penalty, config.no_repeat_ngram_size) if static else None
+        self._static = (StaticDecoder(model, self.cache, config.repetition_penalty, config.no_repeat_ngram_size)
+                        if static else None)
 
     # -- public API (each call holds the lock) -------------------------------------------------
 
