@@ -152,6 +152,7 @@ async def live_run(settings: Settings, whisper, chunks: list[AudioChunk]) -> dic
         "summaries": sum(1 for e in collector.events if e.type == "summary"),
         "errors": [e.message for e in collector.events if e.type == "error"],
         "transcript": " ".join(s.text for s in finals),
+        "final_latencies": [[s.end, s.latency] for s in finals],  # (stream time, latency): where the tail comes from
     }
 
 
@@ -198,11 +199,11 @@ def main() -> None:
             report["wer_batch"] = round(wer(reference, batch), 4)
     if reference is not None:
         report["wer_streaming"] = round(wer(reference, report["transcript"]), 4)
-    transcript = report.pop("transcript")
+    transcript, series = report.pop("transcript"), report.pop("final_latencies")
     json.dump(report, sys.stdout, indent=2)
     print()
     if args.json:
-        args.json.write_text(json.dumps({**report, "transcript": transcript}, indent=2) + "\n")
+        args.json.write_text(json.dumps({**report, "transcript": transcript, "final_latencies": series}) + "\n")
 
 
 if __name__ == "__main__":
