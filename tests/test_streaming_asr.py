@@ -343,6 +343,30 @@ def test_bad_chunks_get_a_clear_error_and_the_stream_goes_on() -> None:
     assert final_words(events) == ["still", "here"]
 
 
+def test_dropped_audio_ends_the_utterance_and_a_restarted_clock_is_followed() -> None:
+    truth = timeline("first part here", 0.2) + timeline("after the gap", 10.2) + timeline("clock restarted", 0.2)
+    transcriber = streaming(ScriptedWhisper(truth[:6]))
+    speech = audio_with_speech(1.5, [(0.1, 1.4)])
+    events = []
+    for index in range(0, len(speech), 8000):  # 1.5 s of speech, then the source skips to 10 s
+        events += transcriber.push(AudioChunk(speech[index:index + 8000], index / RATE, RATE))
+    assert final_words(events) == []  # still open
+    events += transcriber.push(AudioChunk(speech[:8000], 10.0, RATE))
+    assert final_words(events) == ["first", "part", "here"]  # the gap closed the first utterance at once
+    events += run_from(transcriber, speech[8000:], 10.5)
+    assert final_words(events)[3:] == ["after", "the", "gap"]
+    transcriber.recognize = ScriptedWhisper(truth[6:])  # a new stream clock starting at 0 again
+    events += run_from(transcriber, speech, 0.0) + transcriber.flush()
+    assert final_words(events)[6:] == ["clock", "restarted"]
+
+
+def run_from(transcriber: LocalAgreementTranscriber, audio: np.ndarray, start: float) -> list[Segment]:
+    events: list[Segment] = []
+    for index in range(0, len(audio), 8000):
+        events += transcriber.push(AudioChunk(audio[index:index + 8000], start + index / RATE, RATE))
+    return events + transcriber.push(AudioChunk(np.zeros(16000, dtype=np.float32), start + len(audio) / RATE, RATE))
+
+
 @pytest.mark.slow
 def test_real_speech_with_tiny_en(model_cache) -> None:  # noqa: ANN001
     """samples/librivox.flac in 0.5 s chunks through tiny.en and Silero."""

@@ -41,7 +41,7 @@ VAD_FRAME = 512  # samples per Silero decision at 16 kHz (32 ms): the model's fi
 VAD_WARMUP_FRAMES = 16  # recent frames replayed before new ones: Silero's state starts cold each call
 PRE_ROLL_SECONDS = 0.3  # audio kept before speech onset, so the first consonant is not clipped
 MIN_SPEECH_SECONDS = 0.25  # an "utterance" with less speech than this (a click, a cough) is dropped unheard
-GAP_TOLERANCE_SECONDS = 0.05  # a jump in chunk start times beyond this (dropped audio) ends the utterance
+GAP_TOLERANCE_SECONDS = 0.05  # a jump in chunk start times beyond this (dropped audio, a clock reset) ends the utterance
 MAX_OVERLAP_WORDS = 5  # committed words Whisper may say again at the start of a pass, its timestamps drifting
 SENTENCE_END = re.compile(r"[.!?…][\"')\]]*$")
 ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "st.", "prof.", "vs.", "e.g.", "i.e.", "etc.", "no.", "jr.", "sr."})
@@ -222,10 +222,12 @@ class LocalAgreementTranscriber:
             raise ValueError(f"chunk at {chunk.sample_rate} Hz, transcriber expects {self.sample_rate} Hz")
         out: list[Segment] = []
         expected = None if self.next_time is None else self.next_time + len(self.pending) / self.sample_rate
-        if expected is not None and chunk.start > expected + GAP_TOLERANCE_SECONDS:
-            out += self._end_utterance()  # audio went missing: do not glue two stretches into one utterance
+        if expected is not None and abs(chunk.start - expected) > GAP_TOLERANCE_SECONDS:
+            # Audio went missing (or the source's clock restarted): do not glue two stretches together.
+            out += self._end_utterance()
             self.pending = np.zeros(0, dtype=np.float32)
             self.next_time = None
+            self.committed_end = min(self.committed_end, chunk.start)
         if self.next_time is None:
             self.next_time = chunk.start - len(self.pending) / self.sample_rate
         if chunk.captured_at is not None:
