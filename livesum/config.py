@@ -39,6 +39,11 @@ class StreamingAsrConfig(Section):
     max_buffer_seconds: float = Field(30.0, gt=2, le=30, description="Hard cut of the utterance buffer.")
     prompt_chars: int = Field(200, ge=0, le=1000, description="Committed text handed to Whisper as the prompt.")
     end_silence_ms: int = Field(600, ge=100, description="VAD silence that ends an utterance and flushes its tail as final.")
+    fit_encoder_window: bool = Field(
+        True,
+        description="Encode the buffer rounded up to 5 s instead of Whisper's fixed 30 s window: passes ~35% cheaper "
+        "on CPU, the same text on the librivox sample (docs/live.md).",
+    )
 
 
 class AsrConfig(Section):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import jiwer
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 from conftest import SPEECH_REFERENCE, SPEECH_SAMPLE
 
 from livesum.asr.policy import make_transcriber, resolve_policy
-from livesum.asr.streaming import PRE_ROLL_SECONDS, HypWord, LocalAgreementTranscriber, find_loop
+from livesum.asr.streaming import PRE_ROLL_SECONDS, HypWord, LocalAgreementTranscriber, encoder_window, find_loop
 from livesum.asr.transcriber import StreamingTranscriber
 from livesum.config import AsrConfig, StreamingAsrConfig
 from livesum.events import Segment
@@ -325,12 +326,16 @@ def test_an_hour_keeps_buffer_prompt_and_state_bounded() -> None:
     assert len(transcriber.context) <= 2 * config.prompt_chars
 
 
+def test_encoder_window_fits_the_buffer() -> None:
+    assert [encoder_window(s) for s in (0.5, 4.7, 4.9, 12.0, 29.0, 31.0)] == [5, 5, 10, 15, 30, 30]
+
+
 def test_policy_is_chosen_by_config() -> None:
     assert resolve_policy(AsrConfig(), live=True) == "streaming"
     assert resolve_policy(AsrConfig(), live=False) == "batch"
     assert resolve_policy(AsrConfig(policy="streaming"), live=False) == "streaming"
     assert resolve_policy(AsrConfig(policy="batch"), live=True) == "batch"
-    model = object()  # neither policy touches the model before audio arrives
+    model = SimpleNamespace(feature_extractor=object())  # neither policy runs the model before audio arrives
     assert isinstance(make_transcriber(model, AsrConfig(), RATE, live=True), LocalAgreementTranscriber)  # type: ignore[arg-type]
     assert isinstance(make_transcriber(model, AsrConfig(), RATE, live=False), StreamingTranscriber)  # type: ignore[arg-type]
 
@@ -398,6 +403,8 @@ def test_real_speech_with_tiny_en(model_cache) -> None:  # noqa: ANN001
     def norm(text: str) -> str:
         return " ".join(re.sub(r"[^\w' ]+", " ", text.lower().replace("-", " ")).split())
 
+    # The short encoder windows stayed on this transcriber's copy: the shared model still encodes 30 s.
+    assert model.feature_extractor.nb_max_frames == 3000
     error = jiwer.wer(norm(SPEECH_REFERENCE.read_text()), norm(" ".join(f.text for f in finals)))
     # Measured 0.028 (2 of 71 words) with tiny.en on this machine; the batch policy gets about the same.
     assert error <= 0.10

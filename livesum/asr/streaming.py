@@ -22,7 +22,9 @@ the code is our own. Blocking: call `push`/`flush` from a worker thread; one ins
 
 from __future__ import annotations
 
+import copy
 import itertools
+import math
 import re
 import time
 import uuid
@@ -37,6 +39,7 @@ from livesum.config import AsrConfig, StreamingAsrConfig
 from livesum.events import Segment, Word
 from livesum.source.audio import AudioChunk
 
+SAMPLE_RATE = 16000  # Silero and Whisper both work at 16 kHz
 VAD_FRAME = 512  # samples per Silero decision at 16 kHz (32 ms): the model's fixed window
 VAD_WARMUP_FRAMES = 16  # recent frames replayed before new ones: Silero's state starts cold each call
 PRE_ROLL_SECONDS = 0.3  # audio kept before speech onset, so the first consonant is not clipped
@@ -50,6 +53,7 @@ ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "st.", "prof.", "vs.", "
 # dropping near-zero-probability trailing words (that one had 0.0) keep it out.
 END_PAD_SECONDS = 0.3
 UNSURE_TAIL_PROBABILITY = 0.1
+ENCODER_WINDOW_STEP = 5  # seconds: few distinct window sizes, each a little longer than the buffer
 # Loop guard: an n-gram of 2..8 words repeated this many times in a row, or one word this many + 2.
 LOOP_REPEATS = 3
 LOOP_MAX_NGRAM = 8
@@ -128,8 +132,23 @@ class SileroFrames:
 SpeechDetector = Callable[[np.ndarray], np.ndarray]  # frames (a multiple of 512 samples) -> probability per frame
 
 
+def encoder_window(seconds: float) -> int:
+    """Whisper window for `seconds` of audio: rounded up to 5 s (a little room for the end), at most 30."""
+    return min(30, max(ENCODER_WINDOW_STEP, math.ceil((seconds + 0.2) / ENCODER_WINDOW_STEP) * ENCODER_WINDOW_STEP))
+
+
 def whisper_recognizer(model: WhisperModel, config: AsrConfig) -> Recognizer:
-    """The one place the streaming policy calls Whisper: word timestamps, no VAD (already done), no own context."""
+    """The one place the streaming policy calls Whisper: word timestamps, no VAD (already done), no own context.
+
+    With `fit_encoder_window`, the encoder sees only the buffer (rounded up) instead of a padded 30 s
+    window. faster-whisper's `chunk_length` does that by changing the model's feature extractor for
+    good, so this transcriber works on a shallow copy of the model with its own extractor: the weights
+    stay shared, and the batch policy and other streams on the same model keep their 30 s windows.
+    """
+    fit = config.streaming.fit_encoder_window
+    if fit:
+        model = copy.copy(model)
+        model.feature_extractor = copy.copy(model.feature_extractor)
 
     def recognize(audio: np.ndarray, offset: float, prompt: str) -> list[HypWord]:
         segments, _ = model.transcribe(
@@ -140,6 +159,7 @@ def whisper_recognizer(model: WhisperModel, config: AsrConfig) -> Recognizer:
             initial_prompt=prompt or None,
             vad_filter=False,
             condition_on_previous_text=False,
+            chunk_length=encoder_window(len(audio) / SAMPLE_RATE) if fit else None,
         )
         words: list[HypWord] = []
         for segment in segments:
@@ -173,7 +193,7 @@ class LocalAgreementTranscriber:
         language: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if sample_rate != 16000:
+        if sample_rate != SAMPLE_RATE:
             raise ValueError(f"the streaming policy needs 16 kHz audio (Silero, Whisper), got {sample_rate} Hz")
         self.recognize = recognize
         self.config = config
