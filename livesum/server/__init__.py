@@ -1,0 +1,1 @@
+"""`livesum serve`: websocket ingestion (native protocol and telephony/meeting adapters) on shared models."""

@@ -1,0 +1,71 @@
+"""Twilio Media Streams (`/twilio`): JSON text frames connected, start, media, dtmf, mark, stop.
+
+media.payload is base64 mu-law 8 kHz mono; media.track is 'inbound' or 'outbound' (both with
+`both_tracks`), media.timestamp milliseconds since the stream started. Twilio cannot put a query
+string on the stream URL, so the token comes from start.customParameters.token.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from livesum.server.adapters import Action, Adapter, AdapterError, Audio, Close, Open, b64, field_of, number
+from livesum.server.audio import Resampler, decode_alaw, decode_mulaw
+
+DECODERS = {"audio/x-mulaw": decode_mulaw, "audio/x-alaw": decode_alaw}
+
+
+class TwilioAdapter(Adapter):
+    name = "twilio"
+
+    def __init__(self, query: dict[str, str]) -> None:
+        super().__init__(query)
+        self.started = False
+        self.decode = decode_mulaw
+        self.rate = 8000
+        self.resamplers: dict[str, Resampler] = {}
+
+    def on_message(self, message: dict[str, Any]) -> list[Action]:
+        event = message.get("event")
+        if event == "connected" or event in ("dtmf", "mark"):
+            return []
+        if event == "start":
+            return self._start(message)
+        if event == "media":
+            return self._media(message)
+        if event == "stop":
+            return [Close()]
+        raise AdapterError(f"twilio: unknown event {str(event)[:40]!r}")
+
+    def _start(self, message: dict[str, Any]) -> list[Action]:
+        if self.started:
+            raise AdapterError("twilio: a second start on one stream")
+        start = field_of(message, "start", kind=dict)
+        media_format = field_of(start, "mediaFormat", kind=dict)
+        encoding = field_of(media_format, "encoding")
+        if encoding not in DECODERS:
+            raise AdapterError(f"twilio: unsupported mediaFormat.encoding {encoding[:40]!r}")
+        self.decode = DECODERS[encoding]
+        self.rate = int(number(media_format.get("sampleRate", 8000), "mediaFormat.sampleRate"))
+        if not 8000 <= self.rate <= 48000:
+            raise AdapterError(f"twilio: mediaFormat.sampleRate {self.rate} is out of range")
+        tracks = start.get("tracks") or ["inbound"]
+        parameters = start.get("customParameters") or {}
+        if not isinstance(tracks, list) or not isinstance(parameters, dict):
+            raise AdapterError("twilio: start.tracks must be a list and customParameters an object")
+        stream_id = message.get("streamSid") or start.get("streamSid") or uuid.uuid4().hex
+        speakers = {str(track): str(parameters.get(f"{track}_speaker", track)) for track in tracks}
+        self.started = True
+        token = parameters.get("token")
+        return [Open(str(stream_id), speakers, str(token) if token is not None else None)]
+
+    def _media(self, message: dict[str, Any]) -> list[Action]:
+        if not self.started:
+            raise AdapterError("twilio: media before start")
+        media = field_of(message, "media", kind=dict)
+        track = str(media.get("track", "inbound"))
+        samples = self.decode(b64(field_of(media, "payload")))
+        at = number(media["timestamp"], "media.timestamp") / 1000 if "timestamp" in media else None
+        resampler = self.resamplers.setdefault(track, Resampler(self.rate))
+        return [Audio(track, resampler(samples), at)]
