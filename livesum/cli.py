@@ -102,6 +102,59 @@ def file_command(
         raise fail(result.fatal_error + (f" (kept {len(result.segments)} segments in {out})" if result.segments else ""), EXIT_INPUT)
 
 
+@app.command("serve")
+def serve_command(
+    host: Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1; others need --token).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="TCP port (default 8765; 0 = any free port).")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="LIVESUM_TOKEN", help="Shared secret clients must present.")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Sessions write their files under DATA_DIR/<session>/.")] = None,
+    config: ConfigOption = None,
+    assignments: SetOption = None,
+) -> None:
+    """Websocket server: /v1/stream (native), /twilio, /telnyx, /recall, /vonage.
+
+    Models load once; each session costs its transcriber state plus its own KV cache:
+    2 * layers * kv_heads * head_dim * capacity * dtype bytes, e.g. SmolLM2-135M float32 with
+    the default window: 2*30*3*64*1636*4 = 72 MiB (cpu.toml's window 768: 63 MiB). See docs/server.md.
+    """
+    flags = {"server.host": host, "server.port": port, "server.token": token, "server.data_dir": data_dir}
+    try:
+        settings = settings_from(config, assignments, flags)
+    except ConfigError as error:
+        raise fail(str(error), EXIT_CONFIG) from None
+    from livesum.server.app import ServerStartupError, run_server
+
+    try:
+        asyncio.run(run_server(settings))
+    except ModelNotInstalled as error:
+        raise fail(str(error), EXIT_CONFIG) from None
+    except ServerStartupError as error:
+        raise fail(str(error), EXIT_CONFIG) from None
+    except OSError as error:
+        raise fail(f"cannot listen on {settings.server.host}:{settings.server.port}: {error.strerror or error}", EXIT_CONFIG) from None
+
+
+@app.command("send")
+def send_command(
+    path: Annotated[Path, typer.Argument(help="Audio file streamed as if live.")],
+    url: Annotated[str, typer.Option("--url", help="Server's native endpoint.")] = "ws://127.0.0.1:8765/v1/stream",
+    token: Annotated[str | None, typer.Option("--token", envvar="LIVESUM_TOKEN", help="The server's token.")] = None,
+    speed: Annotated[float, typer.Option("--speed", min=0, help="Times real time; 0 = as fast as possible.")] = 1.0,
+    ask: Annotated[list[str] | None, typer.Option("--ask", help="A question sent mid-stream (repeatable).")] = None,
+    session: Annotated[str | None, typer.Option("--session", help="Session id (default: random).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every server message as a JSON line.")] = False,
+) -> None:
+    """Stream a file to `livesum serve`, print the events, exit when the notes arrive."""
+    from livesum.server.client import SendError, printer, send_file
+
+    try:
+        asyncio.run(send_file(path, url, token=token, speed=speed, questions=ask or [], session=session, on_event=printer(as_json)))
+    except (SendError, AudioSourceError) as error:
+        raise fail(str(error), EXIT_INPUT) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", EXIT_INTERRUPTED) from None
+
+
 @app.command("schema")
 def schema_command(out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to a file instead of stdout.")] = None) -> None:
     """Print the JSON schema of the events (events.jsonl lines, websocket messages)."""
