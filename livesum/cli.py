@@ -155,6 +155,68 @@ def send_command(
         raise fail("interrupted", EXIT_INTERRUPTED) from None
 
 
+@app.command("devices")
+def devices_command() -> None:
+    """List the audio input devices (for `livesum mic --device`)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from livesum.source.mic import list_devices
+
+    try:
+        devices = list_devices()
+    except AudioSourceError as error:
+        raise fail(str(error), EXIT_INPUT) from None
+    if not devices:
+        raise fail("no input device found", EXIT_INPUT)
+    table = Table("index", "name", "default rate", "input channels", "default")
+    for device in devices:
+        table.add_row(str(device.index), device.name, f"{device.default_rate:.0f}", str(device.channels), "*" if device.is_default else "")
+    Console().print(table)
+
+
+@app.command("mic")
+def mic_command(
+    device: Annotated[str | None, typer.Option("--device", "-d", help="Input device: index or part of its name (see `livesum devices`).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the outputs; default notes/<date_time>/.")] = None,
+    config: ConfigOption = None,
+    assignments: SetOption = None,
+    asr_model: Annotated[str | None, typer.Option("--asr-model", help="'base', 'tiny.en' or a CTranslate2 dir.")] = None,
+    llm_model: Annotated[str | None, typer.Option("--llm-model", help="'smollm2-135m', 'qwen2.5-1.5b' or a model dir.")] = None,
+    no_llm: Annotated[bool, typer.Option("--no-llm", help="Transcribe only.")] = False,
+    summary_every: Annotated[float | None, typer.Option("--summary-every", help="Audio seconds between summaries.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain lines instead of the live view.")] = False,
+) -> None:
+    """Transcribe and summarize the microphone live; type a question + Enter any time; Ctrl-C writes the notes."""
+    flags = {
+        "capture.device": device,
+        "asr.model": asr_model,
+        "llm.model": llm_model,
+        "llm.enabled": False if no_llm else None,
+        "llm.summary_every_seconds": summary_every,
+    }
+    try:
+        settings = settings_from(config, assignments, flags)
+    except ConfigError as error:
+        raise fail(str(error), EXIT_CONFIG) from None
+    from livesum.live import default_out_dir, run_mic
+    from livesum.runner import StartupError
+
+    out = out or default_out_dir()
+    interactive = not quiet and settings.output.console and sys.stderr.isatty()
+    try:
+        result = asyncio.run(run_mic(out, settings, interactive=interactive))
+    except ModelNotInstalled as error:
+        raise fail(str(error), EXIT_CONFIG) from None
+    except (AudioSourceError, StartupError) as error:
+        raise fail(str(error), EXIT_INPUT) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; outputs so far are in " + str(out), EXIT_INTERRUPTED) from None
+    if result.fatal_error:
+        raise fail(result.fatal_error + f" (kept {len(result.segments)} segments in {out})", EXIT_INPUT)
+    typer.echo(f"outputs in {out}", err=True)
+
+
 @app.command("schema")
 def schema_command(out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to a file instead of stdout.")] = None) -> None:
     """Print the JSON schema of the events (events.jsonl lines, websocket messages)."""
