@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def espeak_pcm(text: str, tmp: Path) -> bytes:
 
 def server_settings(data_dir: Path, **server: object) -> Settings:
     overrides = {
-        "server": {"port": 0, "data_dir": str(data_dir), "resume_grace_seconds": 20, **server},
+        "server": {"port": 0, "data_dir": str(data_dir), "resume_grace_seconds": 20, "session_queue_seconds": 120, **server},
         "llm": {"summary_every_seconds": 600, "engine": {"max_summary_tokens": 32, "max_answer_tokens": 24}},
         "output": {"console": False, "progress_every_seconds": 2},
     }
@@ -93,9 +94,13 @@ def start(connection: ClientConnection, **fields: object) -> None:
     connection.send(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", **fields}))
 
 
-def send_audio(connection: ClientConnection, pcm: bytes) -> None:
+def send_audio(connection: ClientConnection, pcm: bytes, pace: float = 0.0) -> None:
+    """100 ms frames; `pace` 1.0 = real time, 0 = as fast as the socket takes them."""
+    began = time.monotonic()
     for offset in range(0, len(pcm), FRAME_BYTES):
         connection.send(pcm[offset: offset + FRAME_BYTES])
+        if pace:
+            time.sleep(max(0.0, began + (offset + FRAME_BYTES) / 32000 / pace - time.monotonic()))
 
 
 def read_until_notes(connection: ClientConnection, timeout: float = 600) -> list[Envelope]:
@@ -119,7 +124,7 @@ def test_native_stream_gives_transcript_summaries_answer_and_notes(server: Runni
         half = len(pcm) // 2 // FRAME_BYTES * FRAME_BYTES
         send_audio(connection, pcm[:half])
         connection.send(json.dumps({"type": "ask", "question": "Who is the young man?"}))
-        send_audio(connection, pcm[half:])
+        send_audio(connection, pcm[half:], pace=1.0)  # real time, so rolling summaries fall due mid-stream
         connection.send(json.dumps({"type": "stop"}))
         envelopes = read_until_notes(connection)
     assert [item.seq for item in envelopes] == list(range(1, len(envelopes) + 1))

@@ -33,7 +33,7 @@ BUDGET = "The quarterly budget review is moved to Thursday. Maria will send the 
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     overrides = {
         "server": {"port": 0, "data_dir": str(tmp_path_factory.mktemp("sessions")), "token": TOKEN, "max_sessions": 3,
-                   "resume_grace_seconds": 2, "idle_timeout_seconds": 30, "max_frame_bytes": 65536},
+                   "resume_grace_seconds": 2, "idle_timeout_seconds": 30, "session_queue_seconds": 120, "max_frame_bytes": 65536},
         "llm": {"enabled": False},
         "output": {"console": False},
     }
@@ -113,7 +113,8 @@ def test_twilio_both_tracks_are_two_speakers(server: RunningServer, budget_wav: 
         connection.send(json.dumps({"event": "stop", "sequenceNumber": str(number + 1), "streamSid": sid, "stop": {"accountSid": "AC1", "callSid": "CA1"}}))
     segments = finished_segments(server, sid)
     assert wer(SPEECH_REFERENCE.read_text(), text_of(segments, "Caller")) < TELEPHONE_WER, text_of(segments, "Caller")
-    assert "budget" in text_of(segments, "outbound").lower()
+    outbound = text_of(segments, "outbound").lower()  # espeak through 8 kHz mu-law: tiny.en hears most words
+    assert "quarterly" in outbound and "thursday" in outbound and "dashwood" not in outbound
     assert {s.speaker for s in segments} == {"Caller", "outbound"}
 
 
@@ -175,7 +176,7 @@ def test_recall_separate_audio_labels_each_participant(server: RunningServer, bu
         connection.send(json.dumps({"event": "transcript.data", "data": {"data": {"words": []}}}))
     segments = finished_segments(server, "bot-recall-1")
     assert wer(SPEECH_REFERENCE.read_text(), text_of(segments, "Alice")) < WIDEBAND_WER, text_of(segments, "Alice")
-    assert "budget" in text_of(segments, "Bob").lower() and "dashwood" not in text_of(segments, "Bob").lower()
+    assert "thursday" in text_of(segments, "Bob").lower() and "dashwood" not in text_of(segments, "Bob").lower()
     assert min(s.start for s in segments if s.speaker == "Bob") >= bob_starts - 1.0  # placed by timestamp.relative
 
 

@@ -393,9 +393,8 @@ class LivesumServer:
                         session.push(action.track, action.samples, action.at, action.speaker)
                     elif isinstance(action, Close) and session is not None:
                         session.end_audio()
-        except ConnectionClosed:
-            received = connection.close_rcvd
-            clean_close = received is not None and received.code in (1000, 1001)
+        except ConnectionClosed as closed:
+            clean_close = closed.rcvd is not None and closed.rcvd.code in (1000, 1001)
         finally:
             if session is not None:
                 for action in adapter.flush():
