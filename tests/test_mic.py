@@ -191,4 +191,4 @@ def test_livesum_mic_end_to_end(pulse: dict[str, str], tmp_path: Path) -> None:
     heard = " ".join(e["text"] for e in lines if e["type"] == "segment" and e["final"])
     error_rate = jiwer.wer(normalise(SPEECH_REFERENCE.read_text()), normalise(heard))
     print(f"livesum mic WER on the played LibriVox sample (tiny.en, streaming): {error_rate:.3f}")
-    assert error_rate < 0.15  # measured 0.0x here; tiny.en batch on the file is about the same
+    assert error_rate < 0.15  # measured 0.028 here (tiny.en, streaming policy, 2 cores)
