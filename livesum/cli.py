@@ -115,7 +115,8 @@ def serve_command(
 
     Models load once; each session costs its transcriber state plus its own KV cache:
     2 * layers * kv_heads * head_dim * capacity * dtype bytes, e.g. SmolLM2-135M float32 with
-    the default window: 2*30*3*64*1636*4 = 72 MiB (cpu.toml's window 768: 63 MiB). See docs/server.md.
+    the default window (1585 positions): 2*30*3*64*1585*4 bytes = 70 MiB; cpu.toml (window 768,
+    1329 positions): 58 MiB. See docs/server.md.
     """
     flags = {"server.host": host, "server.port": port, "server.token": token, "server.data_dir": data_dir}
     try:
