@@ -16,7 +16,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from conftest import REPO, SPEECH_REFERENCE, SPEECH_SAMPLE
+from conftest import REPO, SPEECH_REFERENCE, SPEECH_SAMPLE, run_cli
 from livesum.config import load_settings
 from livesum.events import Segment
 from livesum.server.protocol import Envelope
@@ -330,3 +330,18 @@ def test_fuzz_every_path_then_a_fresh_session_still_transcribes(server: RunningS
     assert sent >= 3000
     segments = stream_vonage(server, "after-fuzz")
     assert wer(SPEECH_REFERENCE.read_text(), text_of(segments)) < TELEPHONE_WER, text_of(segments)
+
+
+# -- the commands ----------------------------------------------------------------------------------------
+
+
+def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
+    result = run_cli("serve", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(tmp_path), timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("livesum: error: refusing to listen on 0.0.0.0 without a token")
+
+
+def test_send_with_a_wrong_token_fails_in_one_line(server: RunningServer) -> None:
+    result = run_cli("send", str(SPEECH_SAMPLE), "--url", server.url(), "--token", "wrong", "--speed", "0", timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "livesum: error: server refused the connection: HTTP 401 missing or wrong token"
