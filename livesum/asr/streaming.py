@@ -16,8 +16,7 @@ again. The rest is shown as a partial. Why each piece exists:
   other piece of state lives inside the buffer.
 - Whisper sometimes loops ("the the the ..."); an n-gram loop detector drops the loop and restarts.
 
-Design studied from ufal/whisper_streaming (LocalAgreement-2, its VAC controller) and WhisperLiveKit;
-the code is our own. Blocking: call `push`/`flush` from a worker thread; one instance per stream.
+Design studied from ufal/whisper_streaming (LocalAgreement-2, its VAC controller); the code is our own. Blocking: call `push`/`flush` from a worker thread; one instance per stream.
 """
 
 from __future__ import annotations
