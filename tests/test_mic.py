@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import jiwer
@@ -129,6 +130,28 @@ def test_unknown_device_is_a_one_line_error(pulse: dict[str, str], tmp_path: Pat
     assert not (tmp_path / "out").exists()  # failed before models or files
 
 
+@needs_pulse
+def test_a_device_that_disappears_ends_the_stream_with_an_error_after_its_audio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its own server, stopped mid-capture: what came is yielded, then a one-line AudioSourceError."""
+    from livesum.source.mic import MicSource
+
+    got: list[AudioChunk] = []
+    with ExitStack() as server:
+        for key, value in server.enter_context(pulseaudio_server(tmp_path / "pulse")).items():
+            monkeypatch.setenv(key, value)
+
+        async def listen() -> None:
+            async for chunk in MicSource(CaptureConfig(device="pulse")).chunks():
+                got.append(chunk)
+                if chunk.end >= 1.0:
+                    server.close()  # the device goes away (a second close does nothing)
+
+        with pytest.raises(AudioSourceError, match="microphone: .*stopped") as raised:
+            asyncio.run(asyncio.wait_for(listen(), timeout=30))
+    assert "\n" not in str(raised.value)
+    assert got and sum(c.duration for c in got) >= 1.0  # the audio before the loss was delivered
+
+
 def test_live_view_escapes_markup_and_replaces_partials() -> None:
     buffer = io.StringIO()
     view = LiveView(Console(file=buffer, width=100, force_terminal=False))
@@ -192,3 +215,26 @@ def test_livesum_mic_end_to_end(pulse: dict[str, str], tmp_path: Path) -> None:
     error_rate = jiwer.wer(normalise(SPEECH_REFERENCE.read_text()), normalise(heard))
     print(f"livesum mic WER on the played LibriVox sample (tiny.en, streaming): {error_rate:.3f}")
     assert error_rate < 0.15  # measured 0.028 here (tiny.en, streaming policy, 2 cores)
+
+
+@needs_pulse
+@pytest.mark.slow
+def test_sigterm_ends_livesum_mic_cleanly_with_notes(pulse: dict[str, str], tmp_path: Path) -> None:
+    """SIGTERM (a service manager stopping it) is a graceful end, like Ctrl-C; --quiet prints plain lines."""
+    out = tmp_path / "notes"
+    command = [sys.executable, "-m", "livesum.cli", "mic", "--device", "pulse", "--out", str(out), "--asr-model", "tiny.en", "--no-llm", "--quiet"]
+    mic = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **pulse}, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "events.jsonl").exists() or '"started"' not in (out / "events.jsonl").read_text():
+            assert mic.poll() is None and time.monotonic() < deadline, mic.stderr.read() if mic.stderr else ""
+            time.sleep(0.3)
+        mic.send_signal(signal.SIGTERM)
+        _, stderr = mic.communicate(timeout=120)
+    finally:
+        if mic.poll() is None:
+            mic.kill()
+    assert mic.returncode == 0, stderr
+    assert "listening" in stderr and "done:" in stderr
+    assert (out / "notes.md").exists() and (out / "transcript.txt").exists()
+    assert json.loads((out / "events.jsonl").read_text().splitlines()[-1])["state"] == "finished"
