@@ -8,12 +8,15 @@ take seconds.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +165,25 @@ def language_model_dir(name: str, cache_dir: Path) -> Path:
     return target_dir
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' warnings and bars, and the GGUF loader's own tqdm (it ignores transformers' switch)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_loader
+    from transformers.utils import logging as transformers_logging
+
+    verbosity, bar = transformers_logging.get_verbosity(), getattr(gguf_loader, "tqdm", None)
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    if bar is not None:
+        gguf_loader.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bar is not None:
+            gguf_loader.tqdm = bar
+
+
 def _convert_gguf(spec: GgufPackage, target_dir: Path) -> None:
     """Dequantise a GGUF once into safetensors (the slow path: tens of seconds, then never again)."""
     import torch
@@ -177,8 +199,9 @@ def _convert_gguf(spec: GgufPackage, target_dir: Path) -> None:
         gguf_dir, gguf_name = staging / "gguf", spec.gguf_name
         gguf_dir.mkdir()
         _concatenate(parts, gguf_dir / gguf_name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.bfloat16)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+    with _quiet_transformers():  # a user sees "loading models", not a tensor count and a dtype lecture
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.bfloat16)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
     # save_pretrained refuses a model that still believes it is quantised (MODELS.md).
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
