@@ -3,56 +3,290 @@
 The pipeline hands every final segment and every rolling summary to one `MeetingMinutes` per
 stream, and asks it for the `Notes` at the end. All methods are blocking; the pipeline runs the
 ones that take the engine on the LM thread.
+
+Why this shape: people agree on things implicitly ("Tom, could you give them a ring?" / "Sure"),
+so decisions and action items come from the model, asked for JSON off a fork of the live cache.
+A small model invents, so an item is kept only when its evidence quote is found in the transcript
+(rapidfuzz) and its owner is a name said in the meeting or a speaker label. The window forgets,
+so extraction runs at every rolling summary and its items are merged into a running list here,
+and the final summary and title are made from the earlier rolling summaries (map-reduce over
+summaries, never over the raw history).
 """
 
 from __future__ import annotations
 
-from livesum.config import Settings
-from livesum.events import Answer, Notes, Segment, Summary
-from livesum.llm.notes import bullet_lines, extract_action_items, extract_decisions, first_line, whole_sentences
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import Literal, Protocol
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from rapidfuzz import fuzz
+
+from livesum.config import Settings
+from livesum.events import ActionItem, Answer, Decision, Notes, Segment, Summary
+from livesum.llm.notes import bullet_lines, first_line, whole_sentences
+
+EXTRACT_INSTRUCTION = (
+    "List the decisions the meeting above reached and the tasks people took on, as a JSON array. "
+    'One object per item: {"kind": "decision" or "action", "text": "what, in a few words", '
+    '"owner": "first name of who will do it, or null", "due": "when, as said, or null", '
+    '"evidence": "the exact words from the transcript"}. '
+    "Only items the transcript states; an empty array [] if there are none. Reply with the JSON only."
+)
 TITLE_INSTRUCTION = "Give this meeting a short title of at most eight words. Reply with the title only."
 KEY_POINTS_INSTRUCTION = "List the three to five most important points of this meeting, one short line each, starting with '- '."
+EARLIER_SUMMARIES_INTRO = "Earlier parts of this meeting, summarized in order:\n"
+FINAL_SUMMARY_INSTRUCTION = (
+    "Together with the transcript above, summarize the whole meeting in three to five short sentences: "
+    "what was discussed and what was decided."
+)
 DEFAULT_TITLE = "Meeting notes"
+EXTRACT_MAX_TOKENS = 200  # a handful of compact JSON objects; a cut-off tail is still parsed
+EVIDENCE_MIN_SCORE = 80.0  # rapidfuzz partial_ratio (0-100) of the evidence against the transcript
+EVIDENCE_MIN_WORDS = 2  # "yes" is evidence of nothing
+SAME_ITEM_SCORE = 72.0  # token_set_ratio above which two items are one (a duplicate or a change of mind)
+ECHO_SCORE = 70.0  # a key point this close to the instruction is the instruction echoed back
+MAX_CONTEXT_SUMMARIES = 6  # earlier summaries given to the final forks (the latest ones)
+
+# Capitalized words that are not people, so never owners.
+NOT_NAMES = {
+    "I", "We", "You", "He", "She", "They", "It", "That", "This", "There", "What", "Which", "Who", "When",
+    "Everyone", "Everybody", "Someone", "Somebody", "Nobody", "None", "Null", "Team", "The", "All", "Unknown",
+    "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "Okay", "Yes", "No", "So",
+    "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+    "November", "December", "Sure", "Actually", "Good", "Great", "Well", "Right", "Thanks", "Yeah", "Morning",
+    "Hi", "Hello", "Oh", "Also", "And", "But", "Anyway", "Fine", "Perfect", "Maybe", "Then", "Now",
+}
+OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)
+CAPITALIZED = re.compile(r"\b[A-Z][a-z]+\b")
+MID_SENTENCE_NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+)\b")
+# "Tom, could you..." at a sentence start: a name is addressed.
+ADDRESSED = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z]+), (?:could|can|would|will|do|are|please)\b")
+
+
+class Engine(Protocol):
+    """What minutes need of a StreamingEngine."""
+
+    def complete(self, instruction: str, max_new_tokens: int) -> str: ...
+    def summarize(self, max_new_tokens: int | None = None) -> str: ...
+
+
+class ExtractedItem(BaseModel):
+    """One object of the model's JSON, validated; anything malformed is dropped, not repaired."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    kind: Literal["decision", "action"]
+    text: str = Field(min_length=3)
+    owner: str | None = None
+    due: str | None = None
+    evidence: str = Field(min_length=3)
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _kind(cls, value: object) -> object:
+        """'Decision', 'action item', 'task' all mean what they say."""
+        word = str(value).strip().lower()
+        if word.startswith("decision"):
+            return "decision"
+        if word.startswith(("action", "task", "todo", "to-do")):
+            return "action"
+        return value
+
+    @field_validator("owner", "due", mode="before")
+    @classmethod
+    def _optional(cls, value: object) -> object:
+        """null, "", "none", "N/A" and lists of one all come back from small models."""
+        if isinstance(value, list):
+            value = value[0] if len(value) == 1 else None
+        if value is None or str(value).strip().lower() in {"", "none", "null", "n/a", "unknown", "tbd", "-"}:
+            return None
+        return str(value)
+
+
+def parse_items(output: str) -> list[ExtractedItem]:
+    """Model output -> the items in it. Tolerant: code fences, prose around the JSON, single
+    quotes, a trailing comma, an array cut off by the token limit (its whole objects are kept)."""
+    items: list[ExtractedItem] = []
+    for raw in OBJECT.findall(output):
+        data = _loads(raw)
+        if not isinstance(data, dict):
+            continue
+        try:
+            items.append(ExtractedItem.model_validate(data))
+        except ValidationError:
+            continue
+    return items
+
+
+def _loads(raw: str) -> object:
+    """json.loads, then again with trailing commas dropped and single quotes made double."""
+    for attempt in (raw, re.sub(r",\s*}", "}", raw)):
+        try:
+            return json.loads(attempt)
+        except json.JSONDecodeError:
+            pass
+    try:
+        return json.loads(re.sub(r",\s*}", "}", raw.replace("'", '"')))
+    except json.JSONDecodeError:
+        return None
+
+
+def names_in(segments: Iterable[Segment], speakers: Iterable[str] = ()) -> set[str]:
+    """People a meeting names: capitalized words said mid-sentence or addressed at a sentence start
+    ("Tom, could you..."), plus speaker labels. Whisper capitalizes names and sentence starts only."""
+    found = {name.strip() for name in speakers if name and name.strip()}
+    for segment in segments:
+        text = segment.text
+        found.update(MID_SENTENCE_NAME.findall(text))
+        found.update(ADDRESSED.findall(text))
+        if segment.speaker:
+            found.add(segment.speaker)
+    return {name for name in found if name not in NOT_NAMES}
+
+
+def _owner_name(owner: str | None, names: set[str]) -> tuple[bool, str | None]:
+    """(valid, name): no owner is valid (unassigned); an owner must be a name said in the meeting."""
+    if owner is None:
+        return True, None
+    lowered = {name.lower(): name for name in names}
+    for word in CAPITALIZED.findall(owner) or owner.split():
+        if word.lower() in lowered:
+            return True, lowered[word.lower()]
+    return False, None
+
+
+def locate(evidence: str, segments: Sequence[Segment]) -> float | None:
+    """Stream time of the evidence: the start of the segment holding it (a quote may run over up to
+    three segments), or None when no stretch of the transcript matches well enough."""
+    if len(evidence.split()) < EVIDENCE_MIN_WORDS:
+        return None
+    needle = evidence.lower()
+    best_score, best_index = 0.0, -1
+    for index in range(len(segments)):
+        stretch = " ".join(s.text for s in segments[index : index + 3]).lower()
+        score = fuzz.partial_ratio(needle, stretch)
+        if score > best_score:
+            best_score, best_index = score, index
+    if best_score < EVIDENCE_MIN_SCORE:
+        return None
+    # The quote may straddle segments; its time is that of the segment holding most of it.
+    stretch = segments[best_index : best_index + 3]
+    return max(stretch, key=lambda s: fuzz.partial_ratio(needle, s.text.lower())).start
+
+
+def ground(items: Iterable[ExtractedItem], segments: Sequence[Segment], names: set[str]) -> list[Decision | ActionItem]:
+    """Keep the items whose evidence was said and whose owner is a person of the meeting."""
+    kept: list[Decision | ActionItem] = []
+    for item in items:
+        at = locate(item.evidence, segments)
+        valid_owner, owner = _owner_name(item.owner, names)
+        if at is None or not valid_owner:
+            continue
+        if item.kind == "decision":
+            kept.append(Decision(text=item.text, evidence=item.evidence, at=at))
+        else:
+            kept.append(ActionItem(text=item.text, owner=owner, due=item.due, evidence=item.evidence, at=at))
+    return kept
+
+
+def same_item(a: Decision | ActionItem, b: Decision | ActionItem) -> bool:
+    """One item said twice, or a change of mind about it: same kind, most words in common."""
+    return type(a) is type(b) and fuzz.token_set_ratio(a.text.lower(), b.text.lower()) >= SAME_ITEM_SCORE
+
+
+def merge(running: list[Decision | ActionItem], new: Iterable[Decision | ActionItem]) -> list[Decision | ActionItem]:
+    """New items into the running list: a near-duplicate updates the earlier item in place (the later
+    wording wins, a missing owner or due date is kept from before), anything else is appended."""
+    merged = list(running)
+    for item in new:
+        for index, earlier in enumerate(merged):
+            if same_item(earlier, item):
+                if (earlier.at or 0.0) > (item.at or 0.0):
+                    break  # an older statement re-extracted from the window: the newer one stands
+                if isinstance(item, ActionItem) and isinstance(earlier, ActionItem):
+                    item = item.model_copy(update={"owner": item.owner or earlier.owner, "due": item.due or earlier.due})
+                merged[index] = item
+                break
+        else:
+            merged.append(item)
+    return merged
+
+
+def not_echo(points: list[str], instruction: str) -> list[str]:
+    """Key points minus lines that repeat the instruction ("The three most important points...")."""
+    return [point for point in points if fuzz.partial_ratio(point.lower(), instruction.lower()) < ECHO_SCORE]
 
 
 class MeetingMinutes:
-    """Segments and rolling summaries of one stream, and the notes made from them at its end."""
+    """Segments, rolling summaries and extracted items of one stream, and the notes made at its end."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, speakers: Iterable[str] = ()) -> None:
         self.settings = settings
+        self.speakers = [name for name in speakers if name]
         self.segments: list[Segment] = []
         self.summaries: list[Summary] = []
+        self.items: list[Decision | ActionItem] = []
         self.segments_at_last_summary = -1
+        self.segments_at_last_extraction = 0
 
     def on_segment(self, segment: Segment) -> None:
-        if segment.final:
+        if segment.final and segment.text.strip():
             self.segments.append(segment)
 
-    def on_rolling_summary(self, engine, summary: Summary) -> None:
+    def on_rolling_summary(self, engine: Engine | None, summary: Summary) -> None:
+        """Keep the summary as text; extract the items of the stretch the window holds and merge them."""
         self.summaries.append(summary)
         self.segments_at_last_summary = len(self.segments)
+        if engine is not None:
+            self.extract(engine, since=summary.start)
 
-    def final_summary(self, engine) -> str:
-        """The latest rolling summary when nothing was said since it, else a new fork."""
-        if self.summaries and self.segments_at_last_summary == len(self.segments):
-            return self.summaries[-1].text
+    def extract(self, engine: Engine, since: float = 0.0) -> None:
+        """One extraction fork, grounded in the segments from `since` on (what the window holds)."""
+        if len(self.segments) == self.segments_at_last_extraction:
+            return
+        self.segments_at_last_extraction = len(self.segments)
+        window = [segment for segment in self.segments if segment.end >= since] or self.segments
+        found = ground(parse_items(engine.complete(EXTRACT_INSTRUCTION, EXTRACT_MAX_TOKENS)), window, self.names())
+        self.items = merge(self.items, found)
+
+    def names(self) -> set[str]:
+        return names_in(self.segments, self.speakers)
+
+    def earlier_context(self) -> str:
+        """The rolling summaries before the latest, as text for a fork (the window holds the latest)."""
+        earlier = [s.text.strip() for s in self.summaries[:-1] if s.text.strip()][-MAX_CONTEXT_SUMMARIES:]
+        return EARLIER_SUMMARIES_INTRO + "".join(f"- {text}\n" for text in earlier) if earlier else ""
+
+    def final_summary(self, engine: Engine | None) -> str:
+        """Over the whole meeting: a fork given the earlier summaries when the window has moved on,
+        the latest rolling summary when nothing was said since it."""
+        context = self.earlier_context()
         if engine is None or not self.segments:
             return self.summaries[-1].text if self.summaries else ""
-        return whole_sentences(engine.summarize(self.settings.llm.engine.max_summary_tokens))
+        if not context and self.summaries and self.segments_at_last_summary == len(self.segments):
+            return self.summaries[-1].text
+        if not context:
+            return whole_sentences(engine.summarize(self.settings.llm.engine.max_summary_tokens))
+        return whole_sentences(engine.complete(context + FINAL_SUMMARY_INSTRUCTION, self.settings.llm.engine.max_summary_tokens * 2))
 
-    def final_notes(self, engine, answers: list[Answer], end: float) -> Notes:
-        title, key_points, summary = DEFAULT_TITLE, [], self.final_summary(engine)
+    def final_notes(self, engine: Engine | None, answers: list[Answer], end: float) -> Notes:
+        title, key_points = DEFAULT_TITLE, []
         if engine is not None and self.segments:
-            title = first_line(engine.complete(TITLE_INSTRUCTION, 24), DEFAULT_TITLE)
+            self.extract(engine, since=self.summaries[-1].start if self.summaries else 0.0)
+        summary = self.final_summary(engine)
+        if engine is not None and self.segments:
+            context = self.earlier_context()
+            title = first_line(engine.complete(context + TITLE_INSTRUCTION, 24), DEFAULT_TITLE)
             max_tokens = self.settings.llm.engine.max_answer_tokens
-            key_points = bullet_lines(engine.complete(KEY_POINTS_INSTRUCTION, max_tokens * 2))
+            key_points = not_echo(bullet_lines(engine.complete(context + KEY_POINTS_INSTRUCTION, max_tokens * 2)), KEY_POINTS_INSTRUCTION)
         return Notes(
             title=title,
             summary=summary,
             key_points=key_points,
-            decisions=extract_decisions(self.segments),
-            action_items=extract_action_items(self.segments),
+            decisions=[item for item in self.items if isinstance(item, Decision)],
+            action_items=[item for item in self.items if isinstance(item, ActionItem)],
             answers=answers,
             duration=end,
         )

@@ -32,6 +32,8 @@ NOT_NAMES = {
     "Everyone", "Everybody", "Someone", "Somebody", "Nobody", "One", "Then", "So", "And", "But", "Next",
 }
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# A sentence ends at . ! ? followed by a space: "version 2.0" and "e.g." mid-word are not ends.
+SENTENCE_STOP = re.compile(r"[.!?][\"')]*(?=\s)")
 
 
 def sentences(segments: Iterable[Segment]) -> list[tuple[str, float]]:
@@ -129,8 +131,8 @@ def whole_sentences(text: str) -> str:
     text = text.strip()
     if not text or text[-1] in ".!?\"')":
         return text
-    cut = max(text.rfind(mark) for mark in ".!?")
-    return text[: cut + 1] if cut > 0 else text
+    ends = [match.end() for match in SENTENCE_STOP.finditer(text)]
+    return text[: ends[-1]].strip() if ends else text
 
 
 def first_line(text: str, fallback: str, max_words: int = 12) -> str:

@@ -1,0 +1,157 @@
+"""Notes extraction without a model: parsing model-like JSON, grounding items in the transcript,
+merging rolling extractions, titles and key points. The model's side is covered by the slow tests."""
+
+from livesum.config import Settings
+from livesum.events import ActionItem, Decision, Segment, Summary
+from livesum.llm.minutes import (
+    EXTRACT_INSTRUCTION,
+    KEY_POINTS_INSTRUCTION,
+    MeetingMinutes,
+    ground,
+    locate,
+    merge,
+    names_in,
+    not_echo,
+    parse_items,
+)
+from livesum.llm.notes import whole_sentences
+
+TRANSCRIPT = [
+    "Morning everyone, how was the weekend? Good, we went hiking near the lake.",
+    "So about the supplier, the quote came in at twelve thousand euros.",
+    "That's too much for this quarter. Let's stay with the current one for now.",
+    "Tom, could you give them a ring tomorrow and tell them?",
+    "Sure, I'll call them first thing in the morning.",
+    "And the training day, I think the fourteenth of March works for everyone.",
+    "Actually, the fourteenth clashes with the audit, let's move it to the twenty first.",
+]
+
+
+def segments(lines: list[str] = TRANSCRIPT) -> list[Segment]:
+    return [Segment(final=True, start=10.0 * i, end=10.0 * i + 9, text=line) for i, line in enumerate(lines)]
+
+
+def test_parse_takes_fenced_json_with_prose_around_it() -> None:
+    output = """Here are the items:
+```json
+[{"kind": "decision", "text": "Stay with the current supplier", "owner": null, "due": null,
+  "evidence": "Let's stay with the current one for now"},
+ {"kind": "Action item", "text": "Call the new supplier", "owner": "Tom", "due": "tomorrow",
+  "evidence": "Tom, could you give them a ring tomorrow"}]
+```"""
+    items = parse_items(output)
+    assert [item.kind for item in items] == ["decision", "action"]
+    assert items[1].owner == "Tom" and items[1].due == "tomorrow"
+
+
+def test_parse_keeps_the_whole_objects_of_a_cut_off_array_and_drops_malformed_ones() -> None:
+    output = (
+        "[{'kind': 'action', 'text': 'Call the supplier', 'owner': 'Tom', 'evidence': 'give them a ring',},"
+        ' {"kind": "opinion", "text": "nice weekend", "evidence": "how was the weekend"},'
+        ' {"kind": "decision", "text": "no evidence here"},'
+        ' {"kind": "decision", "text": "Move the training day", "owner": "none", "evidence": "let\'s move it to the tw'
+    )
+    items = parse_items(output)
+    assert len(items) == 1
+    assert items[0].owner == "Tom" and items[0].kind == "action"
+
+
+def test_parse_of_plain_prose_is_empty() -> None:
+    assert parse_items("The meeting discussed the supplier and the training day.") == []
+    assert parse_items("[]") == []
+
+
+def test_names_are_people_addressed_or_labelled_not_sentence_starts_or_days() -> None:
+    names = names_in(segments() + [Segment(final=True, start=80, end=81, text="See you Friday, Anna.", speaker="Ben")])
+    assert {"Tom", "Anna", "Ben"} <= names
+    assert not names & {"So", "That", "Sure", "Actually", "Friday", "Morning"}
+
+
+def test_items_are_kept_only_when_said_and_owned_by_a_person_of_the_meeting() -> None:
+    items = parse_items(
+        '[{"kind": "action", "text": "Call the supplier", "owner": "Tom", "evidence": "Tom, could you give them a ring tomorrow"},'
+        ' {"kind": "action", "text": "Book a venue", "owner": "Sarah", "evidence": "I\'ll call them first thing"},'
+        ' {"kind": "decision", "text": "Budget of 50,000", "evidence": "we agreed a budget of fifty thousand pounds"},'
+        ' {"kind": "decision", "text": "Stay with the current supplier", "evidence": "lets stay with the current one"}]'
+    )
+    said = segments()
+    kept = ground(items, said, names_in(said))
+    assert [item.text for item in kept] == ["Call the supplier", "Stay with the current supplier"]
+    assert isinstance(kept[0], ActionItem) and kept[0].owner == "Tom" and kept[0].at == 30.0
+    assert isinstance(kept[1], Decision) and kept[1].at == 20.0
+
+
+def test_locate_needs_more_than_one_word() -> None:
+    assert locate("Sure", segments()) is None
+    assert locate("the quote came in at twelve thousand", segments()) == 10.0
+
+
+def test_merge_dedupes_and_a_change_of_mind_updates_the_item() -> None:
+    first = [
+        Decision(text="Hold the training day on the fourteenth of March", at=50.0),
+        ActionItem(text="Call the supplier", owner="Tom", due="tomorrow", at=30.0),
+    ]
+    again = [
+        ActionItem(text="Call the supplier tomorrow", owner=None, at=40.0),
+        Decision(text="Hold the training day on the twenty first of March", at=60.0),
+        Decision(text="Stay with the current supplier", at=20.0),
+    ]
+    merged = merge(first, again)
+    assert len(merged) == 3
+    assert merged[0].text.endswith("twenty first of March")
+    assert isinstance(merged[1], ActionItem) and merged[1].owner == "Tom" and merged[1].due == "tomorrow"
+    # The same window extracted again later: an older statement never overrides a newer one.
+    assert merge(merged, [Decision(text="Hold the training day on the fourteenth of March", at=50.0)]) == merged
+
+
+def test_key_points_that_echo_the_instruction_are_dropped() -> None:
+    points = ["The three to five most important points of this meeting, one short line each.", "Training moved to 21 March"]
+    assert not_echo(points, KEY_POINTS_INSTRUCTION) == ["Training moved to 21 March"]
+
+
+def test_whole_sentences_keeps_decimal_numbers() -> None:
+    assert whole_sentences("version 2.0 next") == "version 2.0 next"
+    assert whole_sentences("We ship 2.0 on Friday. The beta testers' login") == "We ship 2.0 on Friday."
+
+
+class ScriptedEngine:
+    """Replies like a model would, per instruction; records what it was asked."""
+
+    def __init__(self, extractions: list[str]) -> None:
+        self.extractions = extractions
+        self.asked: list[str] = []
+
+    def complete(self, instruction: str, max_new_tokens: int) -> str:
+        self.asked.append(instruction)
+        if instruction == EXTRACT_INSTRUCTION:
+            return self.extractions.pop(0) if self.extractions else "[]"
+        if "title" in instruction:
+            return '"Supplier and training day"\nMore text'
+        if instruction.endswith(KEY_POINTS_INSTRUCTION):
+            return "- The three to five most important points of this meeting\n- Supplier stays\n- Training on 21 March"
+        return "They kept the supplier. Training moves to the 21st. And then"
+
+    def summarize(self, max_new_tokens: int | None = None) -> str:
+        return "Rolling."
+
+
+def test_minutes_merge_rolling_extractions_and_map_reduce_the_final_summary() -> None:
+    minutes = MeetingMinutes(Settings())
+    engine = ScriptedEngine([
+        '[{"kind": "decision", "text": "Training day on the fourteenth of March", "evidence": "the fourteenth of March works for everyone"}]',
+        '[{"kind": "decision", "text": "Training day on the twenty first of March", "evidence": "let\'s move it to the twenty first"},'
+        ' {"kind": "action", "text": "Call the supplier", "owner": "Tom", "due": "tomorrow", "evidence": "I\'ll call them first thing"}]',
+    ])
+    for segment in segments()[:6]:
+        minutes.on_segment(segment)
+    minutes.on_rolling_summary(engine, Summary(start=0, end=60, text="They talked about the supplier."))
+    minutes.on_segment(segments()[6])
+    minutes.on_rolling_summary(engine, Summary(start=30, end=70, text="The training day moved."))
+    notes = minutes.final_notes(engine, [], 70.0)
+    assert [d.text for d in notes.decisions] == ["Training day on the twenty first of March"]
+    assert [(a.owner, a.due) for a in notes.action_items] == [("Tom", "tomorrow")]
+    assert notes.title == "Supplier and training day"
+    assert notes.key_points == ["Supplier stays", "Training on 21 March"]
+    assert notes.summary == "They kept the supplier. Training moves to the 21st."
+    # The final forks carry the earlier summaries as text, never the raw history.
+    assert any("They talked about the supplier." in asked and "twenty first" not in asked for asked in engine.asked)
