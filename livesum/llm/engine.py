@@ -49,7 +49,10 @@ TRANSCRIPT_INTRO = "Here is the live transcript of a meeting, as it is spoken:\n
 # Wording measured on SmolLM2-135M: "summarize the transcript" made it talk about the transcript
 # ("The live transcript is now available..."); naming the meeting and what to cover made it summarize.
 SUMMARY_INSTRUCTION = "Summarize the meeting above in three short sentences: what was discussed and what was decided."
-QUESTION_INSTRUCTION = "Answer this question about the transcript in one or two sentences: {question}"
+QUESTION_INSTRUCTION = (
+    "Answer this question about the meeting in one or two sentences, using only what the transcript says; "
+    "if the transcript does not say, reply \"Not mentioned in the meeting.\" Question: {question}"
+)
 PINNED_OPEN = "\n[Summary of the earlier transcript: "
 PINNED_CLOSE = "]\n"
 FORK_ROOM = 128  # fork prompt tokens reserved at least beyond the longest configured answer
