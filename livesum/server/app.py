@@ -50,7 +50,7 @@ CLOSE_PROTOCOL = 4400  # the first message was not a valid start/resume, or too 
 CLOSE_UNAUTHORIZED = 4401  # in-band token wrong or missing
 CLOSE_UNKNOWN_SESSION = 4404  # resume of a session that is not there (finished, expired, never started)
 CLOSE_IDLE = 4408  # nothing received for idle_timeout_seconds
-CLOSE_SESSION_TAKEN = 4409  # the session id is in use by a live connection
+CLOSE_SESSION_TAKEN = 4409  # `start` with the id of a live session; or this connection was taken over by a resume
 MAX_BAD_BEFORE_OPEN = 50  # garbage frames tolerated before an adapter stream has opened its session
 
 
@@ -329,9 +329,7 @@ class LivesumServer:
         session = self.sessions.get(session_id)
         if session is None or session.finished.is_set() or session_id not in self._decoders:
             raise _closing(f"no session {session_id} to resume (finished, expired or never started)", CLOSE_UNKNOWN_SESSION)
-        if session.attached:
-            raise _closing(f"session {session_id} is connected elsewhere", CLOSE_SESSION_TAKEN)
-        session.attach(connection, last_seq=resume.last_seq)
+        session.attach(connection, last_seq=resume.last_seq)  # takes over from a connection not yet seen dead
         decoder, track = self._decoders[session_id]
         return session, decoder, track
 
@@ -404,7 +402,7 @@ class LivesumServer:
                         session.end_audio()
                 if clean_close and getattr(adapter, "ends_on_close", False):
                     session.end_audio()
-                session.detach(None)
+                session.detach(connection)
 
     async def _open_adapter_session(self, connection: ServerConnection, adapter: Adapter, action: Open, authorized: bool) -> Session | None:
         expected = self.settings.server.token
@@ -414,16 +412,13 @@ class LivesumServer:
         session_id = safe_session_id(adapter.query.get("session") or action.session_id)
         existing = self.sessions.get(session_id)
         if existing is not None and not existing.finished.is_set():
-            if existing.attached:
-                await connection.close(CLOSE_SESSION_TAKEN, f"session {session_id} is connected elsewhere")
-                return None
-            existing.attach(None)  # the same call reconnected within the grace period: audio continues
+            existing.attach(connection, send_events=False)  # the same call reconnected: audio continues
             return existing
         if self._full():
             await connection.close(CLOSE_FULL, "server full; try again later")
             return None
         session = await self.open_session(session_id, self.settings, action.speakers or None)
-        session.attach(None)
+        session.attach(connection, send_events=False)
         return session
 
 

@@ -33,6 +33,7 @@ REPLAY_EVENTS = 2000  # kept in memory for resume; older ones are read back from
 SEND_QUEUE = 1024  # messages a connection may have unsent before it counts as too slow
 REPORT_DROPS_EVERY = 1.0  # seconds between "dropped audio" reports (a flood must not flood events)
 CLOSE_TOO_SLOW = 4429
+CLOSE_TAKEN_OVER = 4409
 
 
 class Subscriber:
@@ -99,7 +100,7 @@ class Session:
         self.seq = 0
         self.replay: deque[tuple[int, str]] = deque(maxlen=REPLAY_EVENTS)
         self.subscriber: Subscriber | None = None
-        self.attached = False
+        self.owner: ServerConnection | None = None  # the connection streaming into this session now
         self.ended = False  # no more audio will come (stop, or grace expired)
         self.finished = asyncio.Event()
         self._on_finished = on_finished
@@ -210,18 +211,29 @@ class Session:
 
     # -- connections -----------------------------------------------------------------------------
 
-    def attach(self, connection: ServerConnection | None, last_seq: int | None = None) -> None:
-        """A connection takes the session; with `last_seq`, every later event is replayed first."""
+    def attach(self, connection: ServerConnection, last_seq: int | None = None, *, send_events: bool = True) -> None:
+        """`connection` takes the session (a previous one is closed: a client that comes back first
+        wins over a dead socket the server has not noticed yet); with `last_seq`, every later event
+        is replayed first. Adapters pass `send_events=False`: the vendors do not read our events."""
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
-        self.attached = True
-        if connection is None:  # adapters: the vendor does not read our events
+        previous, self.owner = self.owner, connection
+        if previous is not None and previous is not connection:
+            if self.subscriber is not None:
+                self.subscriber.task.cancel()
+                self.subscriber = None
+            asyncio.create_task(previous.close(CLOSE_TAKEN_OVER, "another connection resumed this session"))
+        if not send_events:
             return
         backlog = self._backlog(last_seq) if last_seq is not None else []
         self.subscriber = Subscriber(connection, SEND_QUEUE + len(backlog))
         for text in backlog:
             self.subscriber.offer(text)
+
+    @property
+    def attached(self) -> bool:
+        return self.owner is not None
 
     def _backlog(self, last_seq: int) -> list[str]:
         kept = [text for seq, text in self.replay if seq > last_seq]
@@ -246,13 +258,16 @@ class Session:
             log.warning("session %s: cannot replay from %s: %s", self.id, path, error)
         return texts
 
-    def detach(self, connection: ServerConnection | None) -> None:
-        """The connection is gone without `stop`: wait `resume_grace_seconds` for a reconnect."""
-        if self.subscriber is not None and self.subscriber.connection is connection:
+    def detach(self, connection: ServerConnection) -> None:
+        """`connection` is gone without `stop`: wait `resume_grace_seconds` for a reconnect.
+        A connection that no longer owns the session (taken over) changes nothing."""
+        if connection is not self.owner:
+            return
+        self.owner = None
+        if self.subscriber is not None:
             self.subscriber.task.cancel()
             self.subscriber = None
-        self.attached = False
-        if self.ended or self.finished.is_set():
+        if self.ended or self.finished.is_set() or self._grace is not None:
             return
         self._grace = asyncio.create_task(self._expire(self.settings.server.resume_grace_seconds))
 
