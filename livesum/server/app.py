@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from faster_whisper import WhisperModel
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -41,7 +41,9 @@ from livesum.events import Error
 log = logging.getLogger(__name__)
 
 NATIVE_PATH = "/v1/stream"
-ADAPTERS: dict[str, type[Adapter]] = {"/twilio": TwilioAdapter, "/telnyx": TelnyxAdapter, "/recall": RecallAdapter, "/vonage": VonageAdapter}
+ADAPTERS: dict[str, type[Adapter]] = {
+    "/twilio": TwilioAdapter, "/telnyx": TelnyxAdapter, "/recall": RecallAdapter, "/vonage": VonageAdapter,
+}
 IN_BAND_TOKEN = {"/twilio", "/vonage"}  # protocols that carry the token in their first messages
 
 # Close codes (1xxx from RFC 6455, 4xxx ours; docs/server.md lists them).

@@ -103,7 +103,8 @@ async def send_file(
                 await socket.send(Stop().model_dump_json())
             await receiver
     except InvalidStatus as error:
-        raise SendError(f"server refused the connection: HTTP {error.response.status_code} {error.response.body.decode(errors='replace').strip()}") from None
+        reason = error.response.body.decode(errors="replace").strip()
+        raise SendError(f"server refused the connection: HTTP {error.response.status_code} {reason}") from None
     except (OSError, TimeoutError) as error:
         raise SendError(f"cannot connect to {url}: {error}") from None
     except ConnectionClosed as error:
