@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""How right are the notes on naturally phrased meetings? (issue 9)
+
+For each meeting script under samples/meetings/ it synthesizes the audio (samples/make_meeting.py),
+runs `livesum file` on it as a user would, with every annotated question as --ask, and scores the
+notes against the script's annotations:
+
+* decisions and action items, recall and precision: an expected item matches a listed one of the
+  same kind when all its keywords occur in the listed text or evidence (letters and digits only,
+  so "iced tea" = "icedtea"), or when rapidfuzz token_set_ratio of the two texts is >= 60;
+  matching is one to one, greedy in the script's order;
+* owners: of the matched action items, the share whose owner is the annotated one;
+* questions: an answerable one is right when some accepted alternative's keywords all occur in the
+  answer; an unanswerable one is right when the answer says so ("not mentioned", "does not say"...);
+* invented facts: numbers (as digits) and proper names (capitalized mid-sentence) in the title,
+  summary, key points, items and answers that occur nowhere in the run's transcript;
+* speed: LLM busy seconds / audio seconds and the run's peak RSS, both from its finished Status event.
+
+Speed on the shared 2-core machine is noisy (other jobs run beside it): compare ratios of runs
+made close together, not absolute numbers.
+
+    python benchmarks/notes_quality.py                                  # all meetings, default profile
+    python benchmarks/notes_quality.py cafe_supplier --llm-model qwen2.5-1.5b --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rapidfuzz import fuzz
+
+REPO = Path(__file__).resolve().parent.parent
+MEETINGS = REPO / "samples" / "meetings"
+TEXT_MATCH_SCORE = 60.0
+NOT_MENTIONED = re.compile(
+    r"not (?:been )?(?:mentioned|said|discussed|stated|specified|covered|given)|no (?:mention|information)|"
+    r"(?:does|did)(?: not|n't) (?:say|mention|specify)|wasn't (?:mentioned|discussed)|isn't mentioned|unknown",
+    re.IGNORECASE,
+)
+SMALL_NUMBERS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+    "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
+    "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50,
+    "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100, "thousand": 1000,
+    "first": 1, "second": 2, "third": 3, "fifth": 5, "twelfth": 12, "fifteenth": 15, "fourteenth": 14,
+}
+
+
+def squash(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+@dataclass
+class Score:
+    meeting: str
+    audio_seconds: float = 0.0
+    decisions: tuple[int, int, int] = (0, 0, 0)  # matched, expected, listed
+    actions: tuple[int, int, int] = (0, 0, 0)
+    owners: tuple[int, int] = (0, 0)  # right, matched action items
+    questions: tuple[int, int] = (0, 0)  # right, asked
+    invented: list[str] = field(default_factory=list)
+    llm_busy_seconds: float | None = None
+    peak_rss_mib: float | None = None
+    answers: list[tuple[str, str, bool]] = field(default_factory=list)
+
+
+def match_items(expected: list[dict], listed: list[dict]) -> list[tuple[dict, dict]]:
+    """One-to-one greedy matching of annotated items to listed ones (see the module docstring)."""
+    free = list(listed)
+    pairs = []
+    for item in expected:
+        for candidate in free:
+            said = squash(candidate["text"] + " " + (candidate.get("evidence") or ""))
+            if all(squash(k) in said for k in item["keywords"]) or fuzz.token_set_ratio(
+                item["text"].lower(), candidate["text"].lower()
+            ) >= TEXT_MATCH_SCORE:
+                pairs.append((item, candidate))
+                free.remove(candidate)
+                break
+    return pairs
+
+
+def answer_right(question: dict, answer: str) -> bool:
+    if not question.get("answerable", True):
+        return bool(NOT_MENTIONED.search(answer))
+    said = squash(answer)
+    return any(all(squash(k) in said for k in alternative) for alternative in question["accept"])
+
+
+def numbers_in(text: str) -> set[str]:
+    found = {str(int(n.replace(",", ""))) for n in re.findall(r"\d[\d,]*", text) if n.replace(",", "").isdigit()}
+    found |= {str(SMALL_NUMBERS[w]) for w in re.findall(r"[a-z]+", text.lower()) if w in SMALL_NUMBERS}
+    return found
+
+
+def names_in(text: str) -> set[str]:
+    return set(re.findall(r"(?<![.!?:\n]\s)(?<!^)(?<=\s)([A-Z][a-z]{2,})\b", text))
+
+
+def invented_facts(outputs: list[str], transcript: str) -> list[str]:
+    """Numbers and names in the outputs that the transcript never has."""
+    known_numbers, known_words = numbers_in(transcript), set(squash_words(transcript))
+    invented = []
+    for text in outputs:
+        invented += [n for n in re.findall(r"\d[\d,.]*\d|\d", text) if str(_as_int(n)) not in known_numbers]
+        invented += [name for name in names_in(text) if name.lower() not in known_words]
+    return sorted(set(invented))
+
+
+def squash_words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def _as_int(number: str) -> int | str:
+    digits = number.replace(",", "")
+    return int(digits) if digits.isdigit() else digits
+
+
+def run_meeting(script_path: Path, work: Path, cli_args: list[str]) -> Score:
+    script = tomllib.loads(script_path.read_text())
+    name = script_path.stem
+    audio = work / f"{name}.wav"
+    if not audio.exists():
+        subprocess.run([sys.executable, str(REPO / "samples" / "make_meeting.py"), "--script", str(script_path),
+                        "--out", str(audio)], check=True, capture_output=True)
+    out = work / f"{name}.notes"
+    questions = script.get("questions", [])
+    command = ["livesum", "file", str(audio), "--out", str(out), "-q", *cli_args]
+    for question in questions:
+        command += ["--ask", question["question"]]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{name}: livesum failed: {done.stderr.strip()[-500:]}")
+    notes = next(json.loads(line) for line in (out / "events.jsonl").read_text().splitlines() if '"type":"notes"' in line.replace(" ", ""))
+    transcript = (out / "transcript.txt").read_text()
+    score = Score(meeting=name, audio_seconds=notes["duration"])
+    matched = match_items(script.get("decisions", []), notes["decisions"])
+    score.decisions = (len(matched), len(script.get("decisions", [])), len(notes["decisions"]))
+    matched = match_items(script.get("action_items", []), notes["action_items"])
+    score.actions = (len(matched), len(script.get("action_items", [])), len(notes["action_items"]))
+    score.owners = (sum((c.get("owner") or "").lower() == e["owner"].lower() for e, c in matched), len(matched))
+    answers = {a["question"]: a["text"] for a in notes["answers"]}
+    for question in questions:
+        answer = answers.get(question["question"], "")
+        score.answers.append((question["question"], answer, answer_right(question, answer)))
+    score.questions = (sum(right for _, _, right in score.answers), len(questions))
+    outputs = [notes["title"], notes["summary"], *notes["key_points"], *answers.values()]
+    outputs += [i["text"] for i in notes["decisions"] + notes["action_items"]]
+    score.invented = invented_facts(outputs, transcript)
+    finished = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines() if '"finished"' in line]
+    busy = re.search(r"\bllm ([\d.]+) s", finished[-1]["detail"] if finished else "")
+    score.llm_busy_seconds = float(busy.group(1)) if busy else None
+    rss = re.search(r"peak RSS (\d+) MiB", finished[-1]["detail"] if finished else "")
+    score.peak_rss_mib = float(rss.group(1)) if rss else None
+    return score
+
+
+def ratio(part: int, whole: int) -> str:
+    return f"{part}/{whole} ({100 * part / whole:.0f}%)" if whole else "-"
+
+
+def table(scores: list[Score]) -> str:
+    rows = ["| meeting | audio s | decisions recall | decisions precision | actions recall | actions precision | owners | questions | invented | LLM busy / audio | peak RSS MiB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    total = Score(meeting="total")
+    for s in scores:
+        busy = f"{s.llm_busy_seconds / s.audio_seconds:.2f}" if s.llm_busy_seconds is not None and s.audio_seconds else "-"
+        rows.append(f"| {s.meeting} | {s.audio_seconds:.0f} | {ratio(s.decisions[0], s.decisions[1])} | {ratio(s.decisions[0], s.decisions[2])} | "
+                    f"{ratio(s.actions[0], s.actions[1])} | {ratio(s.actions[0], s.actions[2])} | {ratio(*s.owners)} | "
+                    f"{ratio(*s.questions)} | {', '.join(s.invented) or 0} | {busy} | {f'{s.peak_rss_mib:.0f}' if s.peak_rss_mib else '-'} |")
+        total.decisions = tuple(a + b for a, b in zip(total.decisions, s.decisions))
+        total.actions = tuple(a + b for a, b in zip(total.actions, s.actions))
+        total.owners = tuple(a + b for a, b in zip(total.owners, s.owners))
+        total.questions = tuple(a + b for a, b in zip(total.questions, s.questions))
+        total.invented += s.invented
+    rows.append(f"| **total** | {sum(s.audio_seconds for s in scores):.0f} | {ratio(total.decisions[0], total.decisions[1])} | "
+                f"{ratio(total.decisions[0], total.decisions[2])} | {ratio(total.actions[0], total.actions[1])} | "
+                f"{ratio(total.actions[0], total.actions[2])} | {ratio(*total.owners)} | {ratio(*total.questions)} | "
+                f"{len(total.invented)} | | |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("meetings", nargs="*", help="script names under samples/meetings (default: all)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/livesum-notes-quality"), help="audio and notes go here")
+    parser.add_argument("--json", type=Path, help="also write the scores as JSON")
+    args, cli_args = parser.parse_known_args(argv)  # the rest goes to `livesum file` (--llm-model, --set, -c)
+    args.work.mkdir(parents=True, exist_ok=True)
+    names = args.meetings or sorted(p.stem for p in MEETINGS.glob("*.toml"))
+    scores = [run_meeting(MEETINGS / f"{name}.toml", args.work, cli_args) for name in names]
+    for score in scores:
+        for question, answer, right in score.answers:
+            print(f"[{score.meeting}] {'ok ' if right else 'BAD'} {question} -> {answer!r}", file=sys.stderr)
+    print(table(scores))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(s) for s in scores], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
