@@ -1,67 +1,89 @@
-"""End to end on the synthesized meeting: its notes must carry the decisions and action items
-that its script contains. Real espeak-ng speech, real Whisper, real SmolLM2, the CLI as a user
-runs it. The longest test of the suite (a 20+ minute meeting), so it is marked slow."""
+"""End to end on synthesized meetings (real espeak-ng speech, real Whisper, real SmolLM2, the CLI as
+a user runs it). These check behaviour that must hold whatever the model writes: every listed
+decision and action item rests on words that were said, every owner is a person of the meeting,
+every question gets an answer, key points do not echo the instruction, and the rolling summaries of
+a meeting longer than the window cover it in order. How *right* the notes are is measured by
+benchmarks/notes_quality.py (its incident_review meeting is held out of the tests)."""
 
 import json
-import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, SAMPLES, run_cli
-from livesum.events import Notes, Summary, parse_event
+from livesum.events import Notes, Segment, Summary, parse_event
+from livesum.llm.minutes import KEY_POINTS_INSTRUCTION, locate, names_in, not_echo
+
+NATURAL_MEETING = SAMPLES / "meetings" / "garden_committee.toml"
+
+
+def synthesize(script: Path, audio: Path) -> None:
+    made = subprocess.run([sys.executable, str(SAMPLES / "make_meeting.py"), "--script", str(script), "--out", str(audio)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert made.returncode == 0, made.stderr
+
+
+def events_of(out: Path) -> list:
+    return [parse_event(line) for line in (out / "events.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
-def meeting_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def natural_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    work = tmp_path_factory.mktemp("natural")
+    audio = work / "garden.wav"
+    synthesize(NATURAL_MEETING, audio)
+    script = tomllib.loads(NATURAL_MEETING.read_text())
+    asks = [arg for question in script["questions"] for arg in ("--ask", question["question"])]
+    out = work / "notes"
+    result = run_cli("file", str(audio), "--out", str(out), "-q", "--config", str(REPO / "configs" / "cpu.toml"), *asks, timeout=900)
+    assert result.returncode == 0, result.stderr
+    return out, script
+
+
+@pytest.mark.slow
+def test_natural_meeting_items_rest_on_what_was_said(natural_run: tuple[Path, dict]) -> None:
+    out, _ = natural_run
+    events = events_of(out)
+    segments = [e for e in events if isinstance(e, Segment) and e.final]
+    notes = next(e for e in events if isinstance(e, Notes))
+    people = names_in(segments)
+    for item in [*notes.decisions, *notes.action_items]:
+        assert item.evidence and locate(item.evidence, segments) is not None, f"not said: {item}"
+        assert item.at is not None and 0 <= item.at <= notes.duration
+    for item in notes.action_items:
+        assert item.owner is None or item.owner in people, f"owner {item.owner!r} is nobody in the meeting {people}"
+
+
+@pytest.mark.slow
+def test_natural_meeting_notes_answer_every_question_and_do_not_echo(natural_run: tuple[Path, dict]) -> None:
+    out, script = natural_run
+    notes = next(e for e in events_of(out) if isinstance(e, Notes))
+    assert [a.question for a in notes.answers] == [q["question"] for q in script["questions"]]
+    assert all(a.text.strip() for a in notes.answers)
+    assert notes.title.strip() and len(notes.title.split()) <= 12
+    assert notes.summary.strip()
+    assert notes.key_points == not_echo(notes.key_points, KEY_POINTS_INSTRUCTION)
+    assert "## Decisions" in (out / "notes.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 22-minute sample meeting: most of it is evicted from the LM window before the end."""
     work = tmp_path_factory.mktemp("meeting")
     audio = work / "meeting.wav"
-    made = subprocess.run([sys.executable, str(SAMPLES / "make_meeting.py"), "--out", str(audio)], capture_output=True, text=True, cwd=REPO)
-    assert made.returncode == 0, made.stderr
+    synthesize(SAMPLES / "meeting_script.toml", audio)
     out = work / "notes"
-    result = run_cli(
-        "file", str(audio), "--out", str(out), "-q",
-        "--ask", "What did the team decide about the launch date?",
-        timeout=1800,
-    )
+    result = run_cli("file", str(audio), "--out", str(out), "-q", "--ask", "What did the team decide about the launch date?", timeout=1800)
     assert result.returncode == 0, result.stderr
-    # What the audio contains, written by make_meeting.py from the script's marked turns.
-    return out, json.loads((work / "meeting.expected.json").read_text())
-
-
-def squash(text: str) -> str:
-    """Letters and digits only: "feed back" and "feedback" are the same words to a reader."""
-    return re.sub(r"[^a-z0-9]", "", text.lower())
-
-
-def mentions(section: str, keywords: list[str]) -> bool:
-    """Some single bullet of the section holds every keyword."""
-    bullets = [squash(line) for line in section.splitlines() if line.startswith("- ")]
-    return any(all(squash(keyword) in bullet for keyword in keywords) for bullet in bullets)
+    return out
 
 
 @pytest.mark.slow
-def test_notes_list_every_decision(meeting_run: tuple[Path, dict]) -> None:
-    out, script = meeting_run
-    section = (out / "notes.md").read_text().split("## Decisions")[1].split("## Action items")[0]
-    missing = [d["text"] for d in script["decisions"] if not mentions(section, d["keywords"])]
-    assert not missing, f"decisions missing from notes.md: {missing}\n{section}"
-
-
-@pytest.mark.slow
-def test_notes_list_every_action_item_with_its_owner(meeting_run: tuple[Path, dict]) -> None:
-    out, script = meeting_run
-    section = (out / "notes.md").read_text().split("## Action items")[1].split("## Questions")[0]
-    missing = [a["text"] for a in script["action_items"] if not mentions(section, [a["owner"], *a["keywords"]])]
-    assert not missing, f"action items missing from notes.md: {missing}\n{section}"
-
-
-@pytest.mark.slow
-def test_rolling_summaries_cover_the_meeting_in_order(meeting_run: tuple[Path, dict]) -> None:
-    out, _ = meeting_run
-    events = [parse_event(line) for line in (out / "events.jsonl").read_text().splitlines()]
+def test_rolling_summaries_cover_a_long_meeting_in_order(long_run: Path) -> None:
+    events = events_of(long_run)
     summaries = [e for e in events if isinstance(e, Summary)]
     assert len(summaries) >= 10  # 22 minutes at one summary per 120 s of audio, plus the final one
     assert all(s.text.strip() for s in summaries)
@@ -71,3 +93,7 @@ def test_rolling_summaries_cover_the_meeting_in_order(meeting_run: tuple[Path, d
     assert len(notes) == 1 and notes[0].duration > 20 * 60
     assert notes[0].title and notes[0].summary
     assert notes[0].answers and notes[0].answers[0].text
+    # Items extracted at rolling summaries long before the end are still in the notes, and all were said.
+    segments = [e for e in events if isinstance(e, Segment) and e.final]
+    items = [*notes[0].decisions, *notes[0].action_items]
+    assert all(item.evidence and locate(item.evidence, segments) is not None for item in items)
