@@ -345,3 +345,10 @@ def test_send_with_a_wrong_token_fails_in_one_line(server: RunningServer) -> Non
     result = run_cli("send", str(SPEECH_SAMPLE), "--url", server.url(), "--token", "wrong", "--speed", "0", timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip() == "livesum: error: server refused the connection: HTTP 401 missing or wrong token"
+
+
+def test_published_protocol_schemas_are_current() -> None:
+    from livesum.server.protocol import client_schema, schema_text, server_schema
+
+    assert (REPO / "docs" / "server-client.schema.json").read_text() == schema_text(client_schema())
+    assert (REPO / "docs" / "server-events.schema.json").read_text() == schema_text(server_schema())
