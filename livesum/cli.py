@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -14,6 +15,9 @@ from livesum.config import ConfigError, Settings, load_settings, parse_value
 from livesum.events import event_json_schema_text
 from livesum.models import ModelNotInstalled, install_embedded_models
 from livesum.source.audio import AudioSourceError
+
+if TYPE_CHECKING:
+    from livesum.pipeline import RunResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Live transcription into rolling summaries and meeting notes, offline.")
 models_app = typer.Typer(no_args_is_help=True, help="The embedded models.")
@@ -30,6 +34,10 @@ def fail(message: str, code: int) -> typer.Exit:
 
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="A TOML profile, e.g. configs/cpu.toml.")]
+AsrModelOption = Annotated[str | None, typer.Option("--asr-model", help="'base', 'tiny.en' or a CTranslate2 dir.")]
+LlmModelOption = Annotated[str | None, typer.Option("--llm-model", help="'smollm2-135m', 'qwen2.5-1.5b' or a model dir.")]
+NoLlmOption = Annotated[bool, typer.Option("--no-llm", help="Transcribe only.")]
+SummaryEveryOption = Annotated[float | None, typer.Option("--summary-every", help="Audio seconds between summaries.")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override any key: --set llm.engine.window=2048, --set 'output.formats=[\"md\"]' (repeatable).")]
 
 
@@ -46,6 +54,33 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[parts[-1]] = parse_value(value.strip())
     return tree
+
+
+def model_flags(asr_model: str | None, llm_model: str | None, no_llm: bool, summary_every: float | None) -> dict[str, Any]:
+    """The flags `file` and `mic` share, as dotted config keys (None = not given)."""
+    return {
+        "asr.model": asr_model,
+        "llm.model": llm_model,
+        "llm.enabled": False if no_llm else None,
+        "llm.summary_every_seconds": summary_every,
+    }
+
+
+def run_stream(stream: Coroutine[Any, Any, RunResult], out: Path) -> RunResult:
+    """Run a file or mic stream; the errors a user can cause become one line and an exit code."""
+    from livesum.runner import StartupError  # heavy imports only once the arguments are sound
+
+    try:
+        result = asyncio.run(stream)
+    except ModelNotInstalled as error:
+        raise fail(str(error), EXIT_CONFIG) from None
+    except (AudioSourceError, StartupError) as error:
+        raise fail(str(error), EXIT_INPUT) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; outputs so far are in " + str(out), EXIT_INTERRUPTED) from None
+    if result.fatal_error:
+        raise fail(result.fatal_error + (f" (kept {len(result.segments)} segments in {out})" if result.segments else ""), EXIT_INPUT)
+    return result
 
 
 def settings_from(config: Path | None, assignments: list[str] | None, flags: dict[str, Any]) -> Settings:
@@ -68,38 +103,23 @@ def file_command(
     ask: Annotated[list[str] | None, typer.Option("--ask", help="A question answered at the end (repeatable).")] = None,
     config: ConfigOption = None,
     assignments: SetOption = None,
-    asr_model: Annotated[str | None, typer.Option("--asr-model", help="'base', 'tiny.en' or a CTranslate2 dir.")] = None,
-    llm_model: Annotated[str | None, typer.Option("--llm-model", help="'smollm2-135m', 'qwen2.5-1.5b' or a model dir.")] = None,
-    no_llm: Annotated[bool, typer.Option("--no-llm", help="Transcribe only.")] = False,
-    summary_every: Annotated[float | None, typer.Option("--summary-every", help="Audio seconds between summaries.")] = None,
+    asr_model: AsrModelOption = None,
+    llm_model: LlmModelOption = None,
+    no_llm: NoLlmOption = False,
+    summary_every: SummaryEveryOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or scrolling transcript.")] = False,
 ) -> None:
     """Transcribe a recording into transcript.txt/.srt/.vtt, events.jsonl and notes.md."""
-    flags = {
-        "asr.model": asr_model,
-        "llm.model": llm_model,
-        "llm.enabled": False if no_llm else None,
-        "llm.summary_every_seconds": summary_every,
-        "output.console": False if quiet else None,
-    }
+    flags = {**model_flags(asr_model, llm_model, no_llm, summary_every), "output.console": False if quiet else None}
     try:
         settings = settings_from(config, assignments, flags)
     except ConfigError as error:
         raise fail(str(error), EXIT_CONFIG) from None
-    from livesum.runner import StartupError, run_file  # heavy imports only once the arguments are sound
+    from livesum.runner import run_file
 
-    try:
-        result = asyncio.run(run_file(path, out, settings, ask or []))
-    except ModelNotInstalled as error:
-        raise fail(str(error), EXIT_CONFIG) from None
-    except (AudioSourceError, StartupError) as error:
-        raise fail(str(error), EXIT_INPUT) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted; outputs so far are in " + str(out), EXIT_INTERRUPTED) from None
-    if result.interrupted:
+    result = run_stream(run_file(path, out, settings, ask or []), out)
+    if result.interrupted:  # Ctrl-C on a file stopped it short: say so, though the notes were written
         raise fail(f"interrupted after {result.audio_seconds:.1f} s of audio; transcript and notes so far are in {out}", EXIT_INTERRUPTED)
-    if result.fatal_error:
-        raise fail(result.fatal_error + (f" (kept {len(result.segments)} segments in {out})" if result.segments else ""), EXIT_INPUT)
 
 
 @app.command("serve")
@@ -182,39 +202,23 @@ def mic_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the outputs; default notes/<date_time>/.")] = None,
     config: ConfigOption = None,
     assignments: SetOption = None,
-    asr_model: Annotated[str | None, typer.Option("--asr-model", help="'base', 'tiny.en' or a CTranslate2 dir.")] = None,
-    llm_model: Annotated[str | None, typer.Option("--llm-model", help="'smollm2-135m', 'qwen2.5-1.5b' or a model dir.")] = None,
-    no_llm: Annotated[bool, typer.Option("--no-llm", help="Transcribe only.")] = False,
-    summary_every: Annotated[float | None, typer.Option("--summary-every", help="Audio seconds between summaries.")] = None,
+    asr_model: AsrModelOption = None,
+    llm_model: LlmModelOption = None,
+    no_llm: NoLlmOption = False,
+    summary_every: SummaryEveryOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain lines instead of the live view.")] = False,
 ) -> None:
     """Transcribe and summarize the microphone live; type a question + Enter any time; Ctrl-C writes the notes."""
-    flags = {
-        "capture.device": device,
-        "asr.model": asr_model,
-        "llm.model": llm_model,
-        "llm.enabled": False if no_llm else None,
-        "llm.summary_every_seconds": summary_every,
-    }
+    flags = {**model_flags(asr_model, llm_model, no_llm, summary_every), "capture.device": device}
     try:
         settings = settings_from(config, assignments, flags)
     except ConfigError as error:
         raise fail(str(error), EXIT_CONFIG) from None
     from livesum.live import default_out_dir, run_mic
-    from livesum.runner import StartupError
 
     out = out or default_out_dir()
     interactive = not quiet and settings.output.console and sys.stderr.isatty()
-    try:
-        result = asyncio.run(run_mic(out, settings, interactive=interactive))
-    except ModelNotInstalled as error:
-        raise fail(str(error), EXIT_CONFIG) from None
-    except (AudioSourceError, StartupError) as error:
-        raise fail(str(error), EXIT_INPUT) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted; outputs so far are in " + str(out), EXIT_INTERRUPTED) from None
-    if result.fatal_error:
-        raise fail(result.fatal_error + f" (kept {len(result.segments)} segments in {out})", EXIT_INPUT)
+    run_stream(run_mic(out, settings, interactive=interactive), out)
     typer.echo(f"outputs in {out}", err=True)
 
 
