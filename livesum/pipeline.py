@@ -21,15 +21,12 @@ was heard is never lost.
 from __future__ import annotations
 
 import asyncio
-import math
 import resource
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-import numpy as np
 
 from livesum.asr.policy import Transcriber
 from livesum.config import Settings
@@ -38,7 +35,7 @@ from livesum.llm.minutes import MeetingMinutes
 from livesum.llm.notes import whole_sentences
 from livesum.llm.scheduler import LmScheduler, Priority
 from livesum.outputs.files import EventSink
-from livesum.source.audio import AudioChunk, AudioSourceError
+from livesum.source.audio import AudioChunk, AudioSourceError, level_dbfs
 
 
 class LanguageEngine(Protocol):
@@ -114,12 +111,6 @@ class StageFailure(Exception):
 _DONE = object()
 _SUMMARY_REQUEST = object()
 TRUNCATION_TOLERANCE = 1.0  # seconds of audio missing before the header's duration counts as a truncation
-SILENCE_DB = -100.0
-
-
-def level_dbfs(samples: np.ndarray) -> float:
-    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0
-    return 20 * math.log10(rms) if rms > 1e-5 else SILENCE_DB
 
 
 class Pipeline:

@@ -74,7 +74,8 @@ def test_list_devices_sees_the_pulse_input(pulse: dict[str, str]) -> None:
 
 @needs_pulse
 def test_captured_tone_has_its_frequency_and_level_at_16k(pulse: dict[str, str], tmp_path: Path) -> None:
-    from livesum.source.mic import MicSource, level_dbfs
+    from livesum.source.audio import level_dbfs
+    from livesum.source.mic import MicSource
 
     source = MicSource(CaptureConfig(device="pulse"))
     source.open()

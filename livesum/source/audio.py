@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+SILENCE_DB = -100.0  # what a level meter shows for digital silence
 
 
 class AudioSourceError(RuntimeError):
@@ -28,3 +31,9 @@ class AudioChunk:
     @property
     def end(self) -> float:
         return self.start + self.duration
+
+
+def level_dbfs(samples: np.ndarray) -> float:
+    """RMS level in dBFS (a full-scale square wave is 0), for the live status line."""
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0
+    return 20 * math.log10(rms) if rms > 1e-5 else SILENCE_DB

@@ -9,7 +9,6 @@ with `soxr.ResampleStream` and yields `AudioChunk`s stamped with their capture t
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 import time
 from collections import deque
@@ -23,7 +22,6 @@ from livesum.config import CaptureConfig
 from livesum.source.audio import AudioChunk, AudioSourceError
 
 DroppedCallback = Callable[[float, str], None]
-SILENCE_DB = -100.0
 
 
 @dataclass(frozen=True)
@@ -77,11 +75,6 @@ def find_device(wanted: str | None) -> InputDevice:
     return match[0]
 
 
-def level_dbfs(samples: np.ndarray) -> float:
-    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0
-    return 20 * math.log10(rms) if rms > 1e-5 else SILENCE_DB
-
-
 class MicSource:
     """One open input stream. `open()` fails fast (before models load); `chunks()` yields the audio."""
 
@@ -93,7 +86,6 @@ class MicSource:
         self.device_rate = 0
         self.channels = 0
         self.dropped_seconds = 0.0  # all audio dropped so far (reported through on_dropped as it happens)
-        self.level_db = SILENCE_DB  # of the latest drained audio
         self._blocks: deque[tuple[np.ndarray, float]] = deque()  # (mono block at device rate, time.time() of its last sample)
         self._buffered = 0
         self._capacity = 0
@@ -195,7 +187,6 @@ class MicSource:
                 ended = self._ended or (None if self._stream.active else "the input stream stopped")
                 if blocks:
                     raw = np.concatenate([b for b, _ in blocks])
-                    self.level_db = level_dbfs(raw)
                     samples = resampler.resample_chunk(raw, last=ended is not None)
                     if len(samples):
                         chunk = AudioChunk(samples.astype(np.float32, copy=False), position, self.sample_rate, captured_at=blocks[-1][1])
