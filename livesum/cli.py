@@ -84,16 +84,20 @@ def run_stream(stream: Coroutine[Any, Any, RunResult], out: Path) -> RunResult:
 
 
 def settings_from(config: Path | None, assignments: list[str] | None, flags: dict[str, Any]) -> Settings:
-    overrides = parse_assignments(assignments or [])
-    for dotted, value in flags.items():
-        if value is None:
-            continue
-        node = overrides
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return load_settings(config, overrides)
+    """The layered settings with `flags` (dotted keys, None = not given) on top; a bad config exits 2."""
+    try:
+        overrides = parse_assignments(assignments or [])
+        for dotted, value in flags.items():
+            if value is None:
+                continue
+            node = overrides
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return load_settings(config, overrides)
+    except ConfigError as error:
+        raise fail(str(error), EXIT_CONFIG) from None
 
 
 @app.command("file")
@@ -111,10 +115,7 @@ def file_command(
 ) -> None:
     """Transcribe a recording into transcript.txt/.srt/.vtt, events.jsonl and notes.md."""
     flags = {**model_flags(asr_model, llm_model, no_llm, summary_every), "output.console": False if quiet else None}
-    try:
-        settings = settings_from(config, assignments, flags)
-    except ConfigError as error:
-        raise fail(str(error), EXIT_CONFIG) from None
+    settings = settings_from(config, assignments, flags)
     from livesum.runner import run_file
 
     result = run_stream(run_file(path, out, settings, ask or []), out)
@@ -139,10 +140,7 @@ def serve_command(
     1329 positions): 58 MiB. See docs/server.md.
     """
     flags = {"server.host": host, "server.port": port, "server.token": token, "server.data_dir": data_dir}
-    try:
-        settings = settings_from(config, assignments, flags)
-    except ConfigError as error:
-        raise fail(str(error), EXIT_CONFIG) from None
+    settings = settings_from(config, assignments, flags)
     from livesum.server.app import ServerStartupError, run_server
 
     try:
@@ -210,10 +208,7 @@ def mic_command(
 ) -> None:
     """Transcribe and summarize the microphone live; type a question + Enter any time; Ctrl-C writes the notes."""
     flags = {**model_flags(asr_model, llm_model, no_llm, summary_every), "capture.device": device}
-    try:
-        settings = settings_from(config, assignments, flags)
-    except ConfigError as error:
-        raise fail(str(error), EXIT_CONFIG) from None
+    settings = settings_from(config, assignments, flags)
     from livesum.live import default_out_dir, run_mic
 
     out = out or default_out_dir()
@@ -235,10 +230,7 @@ def schema_command(out: Annotated[Path | None, typer.Option("--out", "-o", help=
 @app.command("config")
 def config_command(config: ConfigOption = None, assignments: SetOption = None) -> None:
     """Print the effective settings (defaults < config file < environment < --set) as JSON."""
-    try:
-        settings = settings_from(config, assignments, {})
-    except ConfigError as error:
-        raise fail(str(error), EXIT_CONFIG) from None
+    settings = settings_from(config, assignments, {})
     typer.echo(settings.model_dump_json(indent=2))
 
 
@@ -255,13 +247,13 @@ def models_prepare(config: ConfigOption = None, assignments: SetOption = None) -
     """Join / convert the configured models into the cache now (first run does it otherwise)."""
     from livesum.models import language_model_dir, whisper_model_dir
 
+    settings = settings_from(config, assignments, {})
+    cache = settings.resolved_cache_dir()
     try:
-        settings = settings_from(config, assignments, {})
-        cache = settings.resolved_cache_dir()
         typer.echo(f"asr: {whisper_model_dir(settings.asr.model, cache)}")
         if settings.llm.enabled:
             typer.echo(f"llm: {language_model_dir(settings.llm.model, cache)}")
-    except (ConfigError, ModelNotInstalled) as error:
+    except ModelNotInstalled as error:
         raise fail(str(error), EXIT_CONFIG) from None
 
 
