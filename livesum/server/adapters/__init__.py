@@ -11,10 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from livesum.server.audio import Resampler
 
 
 class AdapterError(ValueError):
@@ -103,3 +106,33 @@ def number(value: Any, name: str) -> float:
     if not np.isfinite(result) or result < 0:
         raise AdapterError(f"{name} is out of range")
     return result
+
+
+class CallLegAudio:
+    """What Twilio and Telnyx share: base64 G.711 payloads per call leg (media.track), stamped in
+    milliseconds (media.timestamp), in the encoding and rate their start message announced."""
+
+    def __init__(self, vendor: str, decoders: dict[str, Callable[[bytes], np.ndarray]]) -> None:
+        self.vendor, self.decoders = vendor, decoders
+        self.decode = next(iter(decoders.values()))
+        self.rate = 8000
+        self.resamplers: dict[str, Resampler] = {}
+
+    def configure(self, media_format: dict[str, Any], name: str, encoding_key: str, rate_key: str) -> None:
+        """Take the format of `start`'s `name` object (mediaFormat / media_format)."""
+        encoding = field_of(media_format, encoding_key)
+        if encoding not in self.decoders:
+            raise AdapterError(f"{self.vendor}: unsupported {name}.{encoding_key} {encoding[:40]!r} ({' or '.join(self.decoders)})")
+        self.decode = self.decoders[encoding]
+        self.rate = int(number(media_format.get(rate_key, 8000), f"{name}.{rate_key}"))
+        if not 8000 <= self.rate <= 48000:
+            raise AdapterError(f"{self.vendor}: {name}.{rate_key} {self.rate} is out of range")
+
+    def audio(self, message: dict[str, Any]) -> list[Action]:
+        """A `media` message as one track's 16 kHz audio at its stream time."""
+        media = field_of(message, "media", kind=dict)
+        track = str(media.get("track", "inbound"))
+        samples = self.decode(b64(field_of(media, "payload")))
+        at = number(media["timestamp"], "media.timestamp") / 1000 if "timestamp" in media else None
+        resampler = self.resamplers.setdefault(track, Resampler(self.rate))
+        return [Audio(track, resampler(samples), at)]

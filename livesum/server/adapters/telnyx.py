@@ -12,8 +12,8 @@ import itertools
 import uuid
 from typing import Any
 
-from livesum.server.adapters import Action, Adapter, AdapterError, Audio, Close, Open, b64, field_of, number
-from livesum.server.audio import Resampler, decode_alaw, decode_mulaw
+from livesum.server.adapters import Action, Adapter, AdapterError, CallLegAudio, Close, Open, field_of, number
+from livesum.server.audio import decode_alaw, decode_mulaw
 
 DECODERS = {"PCMU": decode_mulaw, "PCMA": decode_alaw}
 REORDER_WINDOW = 50  # messages held back waiting for a missing one (1 s of 20 ms frames)
@@ -25,9 +25,7 @@ class TelnyxAdapter(Adapter):
     def __init__(self, query: dict[str, str]) -> None:
         super().__init__(query)
         self.started = False
-        self.decode = decode_mulaw
-        self.rate = 8000
-        self.resamplers: dict[str, Resampler] = {}
+        self.legs = CallLegAudio("telnyx", DECODERS)
         self.held: list[tuple[int, int, dict[str, Any]]] = []  # (sequence_number, arrival, message)
         self.arrival = itertools.count()
         self.next_seq: int | None = None
@@ -86,22 +84,10 @@ class TelnyxAdapter(Adapter):
         if self.started:
             raise AdapterError("telnyx: a second start on one stream")
         start = field_of(message, "start", kind=dict)
-        media_format = field_of(start, "media_format", kind=dict)
-        encoding = field_of(media_format, "encoding")
-        if encoding not in DECODERS:
-            raise AdapterError(f"telnyx: unsupported media_format.encoding {encoding[:40]!r} (PCMU or PCMA)")
-        self.decode = DECODERS[encoding]
-        self.rate = int(number(media_format.get("sample_rate", 8000), "media_format.sample_rate"))
-        if not 8000 <= self.rate <= 48000:
-            raise AdapterError(f"telnyx: media_format.sample_rate {self.rate} is out of range")
+        self.legs.configure(field_of(start, "media_format", kind=dict), "media_format", "encoding", "sample_rate")
         stream_id = message.get("stream_id") or uuid.uuid4().hex
         self.started = True
         return [Open(str(stream_id), {"inbound": "inbound", "outbound": "outbound"})]
 
     def _media(self, message: dict[str, Any]) -> list[Action]:
-        media = field_of(message, "media", kind=dict)
-        track = str(media.get("track", "inbound"))
-        samples = self.decode(b64(field_of(media, "payload")))
-        at = number(media["timestamp"], "media.timestamp") / 1000 if "timestamp" in media else None
-        resampler = self.resamplers.setdefault(track, Resampler(self.rate))
-        return [Audio(track, resampler(samples), at)]
+        return self.legs.audio(message)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from livesum.server.adapters import Action, Adapter, AdapterError, Audio, Close, Open, b64, field_of, number
-from livesum.server.audio import Resampler, decode_alaw, decode_mulaw
+from livesum.server.adapters import Action, Adapter, AdapterError, CallLegAudio, Close, Open, field_of
+from livesum.server.audio import decode_alaw, decode_mulaw
 
 DECODERS = {"audio/x-mulaw": decode_mulaw, "audio/x-alaw": decode_alaw}
 
@@ -22,9 +22,7 @@ class TwilioAdapter(Adapter):
     def __init__(self, query: dict[str, str]) -> None:
         super().__init__(query)
         self.started = False
-        self.decode = decode_mulaw
-        self.rate = 8000
-        self.resamplers: dict[str, Resampler] = {}
+        self.legs = CallLegAudio("twilio", DECODERS)
 
     def on_message(self, message: dict[str, Any]) -> list[Action]:
         event = message.get("event")
@@ -42,14 +40,7 @@ class TwilioAdapter(Adapter):
         if self.started:
             raise AdapterError("twilio: a second start on one stream")
         start = field_of(message, "start", kind=dict)
-        media_format = field_of(start, "mediaFormat", kind=dict)
-        encoding = field_of(media_format, "encoding")
-        if encoding not in DECODERS:
-            raise AdapterError(f"twilio: unsupported mediaFormat.encoding {encoding[:40]!r}")
-        self.decode = DECODERS[encoding]
-        self.rate = int(number(media_format.get("sampleRate", 8000), "mediaFormat.sampleRate"))
-        if not 8000 <= self.rate <= 48000:
-            raise AdapterError(f"twilio: mediaFormat.sampleRate {self.rate} is out of range")
+        self.legs.configure(field_of(start, "mediaFormat", kind=dict), "mediaFormat", "encoding", "sampleRate")
         tracks = start.get("tracks") or ["inbound"]
         parameters = start.get("customParameters") or {}
         if not isinstance(tracks, list) or not isinstance(parameters, dict):
@@ -63,9 +54,4 @@ class TwilioAdapter(Adapter):
     def _media(self, message: dict[str, Any]) -> list[Action]:
         if not self.started:
             raise AdapterError("twilio: media before start")
-        media = field_of(message, "media", kind=dict)
-        track = str(media.get("track", "inbound"))
-        samples = self.decode(b64(field_of(media, "payload")))
-        at = number(media["timestamp"], "media.timestamp") / 1000 if "timestamp" in media else None
-        resampler = self.resamplers.setdefault(track, Resampler(self.rate))
-        return [Audio(track, resampler(samples), at)]
+        return self.legs.audio(message)
