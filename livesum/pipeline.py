@@ -24,7 +24,7 @@ import asyncio
 import resource
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -150,7 +150,6 @@ class Pipeline:
         self._to_llm: asyncio.Queue[object] = asyncio.Queue(maxsize=0 if live else settings.audio.queue_chunks)
         self._stopping = asyncio.Event()
         self._summary_pending = False
-        self._running = False
 
     # -- control from outside (CLI, server) ------------------------------------------------------
 
@@ -210,7 +209,6 @@ class Pipeline:
         self, chunks: AsyncIterator[AudioChunk], duration: float | None = None, questions: Iterable[str] = ()
     ) -> RunResult:
         began = time.perf_counter()
-        self._running = True
         self.emit(Status(state="started", duration=duration))
         cancelled = False
         try:
@@ -242,7 +240,6 @@ class Pipeline:
                     pass
             if self._owns_scheduler:
                 self.scheduler.close()
-            self._running = False
         if cancelled:
             raise asyncio.CancelledError
         return self.result
@@ -369,39 +366,39 @@ class Pipeline:
 
     # -- LLM stage -----------------------------------------------------------------------------------
 
-    async def _lm(self, priority: Priority, function: Callable[..., Any], *args: Any) -> Any:
-        """A model call on the LM thread; a failure becomes a non-fatal error and None."""
+    async def _guarded(self, call: Awaitable[Any]) -> Any:
+        """A model call's result; a failure becomes a non-fatal error and None."""
         try:
-            return await self.scheduler.run(priority, self.clock.timed("llm", function), *args)
+            return await call
         except Exception as error:  # the transcript goes on without the model
             self.emit(Error(message=f"language model: {error}", source="llm"))
             return None
+
+    async def _lm(self, priority: Priority, function: Callable[..., Any], *args: Any) -> Any:
+        """A model call on the LM thread, timed as LLM busy time."""
+        return await self._guarded(self.scheduler.run(priority, self.clock.timed("llm", function), *args))
 
     async def _feed(self, text: str) -> int | None:
         """Transcript into the session's cache (batched with other sessions' feeds by the scheduler)."""
         def account(seconds: float) -> None:
             self.clock.seconds["llm"] += seconds
 
-        try:
-            return await self.scheduler.feed(self.engine, text, account)
-        except Exception as error:
-            self.emit(Error(message=f"language model: {error}", source="llm"))
-            return None
+        return await self._guarded(self.scheduler.feed(self.engine, text, account))
 
-    async def _take_batch(self) -> tuple[list[Segment], bool, bool]:
-        """(segments, summary requested, done). Live: everything queued, coalesced into one feed."""
+    async def _take_batch(self) -> tuple[list[Segment], bool]:
+        """(segments, done). Live: everything queued, coalesced into one feed. A summary request in
+        the queue only wakes the stage: `_summary_pending` says whether one is owed."""
         items = [await self._to_llm.get()]
         if self.live:
             while not self._to_llm.empty() and items[-1] is not _DONE:
                 items.append(self._to_llm.get_nowait())
-        segments = [item for item in items if isinstance(item, Segment)]
-        return segments, any(item is _SUMMARY_REQUEST for item in items), any(item is _DONE for item in items)
+        return [item for item in items if isinstance(item, Segment)], any(item is _DONE for item in items)
 
     async def _llm_stage(self) -> None:
         llm = self.settings.llm
         last_summary_at, tokens_since, done = 0.0, 0, False
         while not done:
-            segments, requested, done = await self._take_batch()
+            segments, done = await self._take_batch()
             if self.engine is not None and segments:
                 text = "".join(self._line(segment) for segment in segments)
                 added = await self._feed(text)
@@ -415,7 +412,7 @@ class Pipeline:
             at = segments[-1].end if segments else self.result.audio_seconds
             due_by_time = bool(segments) and at - last_summary_at >= llm.summary_every_seconds
             due_by_tokens = bool(llm.summary_every_tokens) and tokens_since >= llm.summary_every_tokens
-            if (due_by_time or due_by_tokens or requested or self._summary_pending) and not done:
+            if (due_by_time or due_by_tokens or self._summary_pending) and not done:
                 await self._summarize(at)
                 last_summary_at, tokens_since = at, 0
 

@@ -231,3 +231,23 @@ def test_console_shows_bracketed_speech_literally() -> None:
     view.handle(Summary(start=0, end=2, text="They laughed [applause]."))
     shown = buffer.getvalue()
     assert "[laughter] okay [/ that was odd" in shown and "[applause]" in shown
+
+
+async def test_a_requested_summary_is_made_once_even_when_it_waits_behind_a_feed(tmp_path: Path) -> None:
+    settings = Settings.model_validate({"llm": {"summary_every_seconds": 1000}})
+    engine = RecordingEngine(feed_delay=0.2)  # the request arrives while a feed is running
+    pipeline = Pipeline(settings, OneSegmentPerChunk(), engine, file_sinks(tmp_path, ["jsonl"]), live=True)
+    running = asyncio.create_task(pipeline.run(endless_chunks()))
+    while not engine.fed:
+        await asyncio.sleep(0.01)
+    assert pipeline.request_summary()
+    assert not pipeline.request_summary()  # one is pending already: skipped
+    while engine.summaries < 1:
+        await asyncio.sleep(0.01)
+    feeds_after_summary = len(engine.fed) + 2  # let the stage take the queued request and more text
+    while len(engine.fed) < feeds_after_summary:
+        await asyncio.sleep(0.01)
+    pipeline.stop()
+    await running
+    rolling = [e for e in read_events(tmp_path) if e.type == "summary" and not e.final]
+    assert len(rolling) == 1
