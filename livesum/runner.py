@@ -7,6 +7,7 @@ import signal
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 from faster_whisper import WhisperModel
 
@@ -23,25 +24,34 @@ class StartupError(RuntimeError):
     """The run cannot start (a model the engine refuses, an output folder that cannot be written); one line."""
 
 
-def load_engine(settings: Settings) -> LanguageEngine | None:
-    """The StreamingLLM engine on the configured model, or None when the LLM is switched off."""
+def load_language(settings: Settings) -> tuple[Any, Any] | None:
+    """(model, tokenizer) of the configured LM, loaded once and shared by every session; None when off."""
     if not settings.llm.enabled:
         return None
     import torch
 
-    from livesum.llm.engine import StreamingEngine
-    from livesum.llm.sink_cache import UnsupportedModelError
     from livesum.models import load_language_model
 
     if settings.llm.threads:
         torch.set_num_threads(settings.llm.threads)
-    model, tokenizer = load_language_model(
-        settings.llm.model, settings.resolved_cache_dir(), settings.llm.device, settings.llm.dtype
-    )
+    return load_language_model(settings.llm.model, settings.resolved_cache_dir(), settings.llm.device, settings.llm.dtype)
+
+
+def new_engine(settings: Settings, model: Any, tokenizer: Any) -> LanguageEngine:
+    """A StreamingEngine (its own sink cache) on a loaded model; a refusal is a one-line StartupError."""
+    from livesum.llm.engine import StreamingEngine
+    from livesum.llm.sink_cache import UnsupportedModelError
+
     try:
         return StreamingEngine(model, tokenizer, settings.llm.engine)
     except (UnsupportedModelError, ValueError) as error:
         raise StartupError(f"language model {settings.llm.model}: {error}") from None
+
+
+def load_engine(settings: Settings) -> LanguageEngine | None:
+    """The StreamingLLM engine on the configured model, or None when the LLM is switched off."""
+    loaded = load_language(settings)
+    return None if loaded is None else new_engine(settings, *loaded)
 
 
 def transcriber_factory(whisper: WhisperModel, settings: Settings, *, live: bool) -> TranscriberFactory:

@@ -86,17 +86,11 @@ def load_shared_models(settings: Settings) -> SharedModels:
     """Whisper and the LM, once per server (blocking; call from a thread)."""
     from livesum.asr.transcriber import load_whisper
 
+    from livesum.runner import load_language
+
     whisper = load_whisper(settings.asr, settings.resolved_cache_dir())
-    if not settings.llm.enabled:
-        return SharedModels(whisper)
-    import torch
-
-    from livesum.models import load_language_model
-
-    if settings.llm.threads:
-        torch.set_num_threads(settings.llm.threads)
-    model, tokenizer = load_language_model(settings.llm.model, settings.resolved_cache_dir(), settings.llm.device, settings.llm.dtype)
-    return SharedModels(whisper, model, tokenizer)
+    loaded = load_language(settings)
+    return SharedModels(whisper) if loaded is None else SharedModels(whisper, *loaded)
 
 
 def kv_cache_bytes(model: Any, capacity: int) -> int:
@@ -250,15 +244,11 @@ class LivesumServer:
             raise ProtocolError(str(error)) from None
 
     async def open_session(self, session_id: str, settings: Settings, speakers: dict[str, str] | None) -> Session:
-        from livesum.runner import transcriber_factory
+        from livesum.runner import new_engine, transcriber_factory
 
         engine = None
         if self.models.language_model is not None:
-            from livesum.llm.engine import StreamingEngine
-
-            engine = await self.scheduler.run(
-                Priority.QUESTION, StreamingEngine, self.models.language_model, self.models.tokenizer, settings.llm.engine
-            )
+            engine = await self.scheduler.run(Priority.QUESTION, new_engine, settings, self.models.language_model, self.models.tokenizer)
             if self.kv_bytes is None:
                 self.kv_bytes = kv_cache_bytes(self.models.language_model, engine.cache.capacity)
                 log.info("KV cache per session: %.1f MiB (%d positions)", self.kv_bytes / 2**20, engine.cache.capacity)
