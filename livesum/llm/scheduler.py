@@ -58,7 +58,6 @@ class LmScheduler:
         self._name = name
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self.busy_seconds = 0.0
 
     async def run(self, priority: Priority, function: Callable[..., Any], *args: Any) -> Any:
         """`function(*args)` on the LM thread; its result or exception comes back here."""
@@ -76,10 +75,6 @@ class LmScheduler:
         job = _Job(int(Priority.FEED), next(self._sequence), engine.feed, (text,), loop, future, feed=(engine, text), account=account)
         self._jobs.put(job)
         return await future
-
-    @property
-    def pending(self) -> int:
-        return self._jobs.qsize()
 
     def close(self) -> None:
         """Let the worker finish the queued jobs and stop."""
@@ -115,7 +110,6 @@ class LmScheduler:
                     self._settle(each, result=result)
             finally:
                 elapsed = time.perf_counter() - began
-                self.busy_seconds += elapsed
                 for each in jobs:
                     if each.account is not None:
                         each.account(elapsed / len(jobs))
