@@ -32,6 +32,7 @@ from livesum.llm.engine import (
     DEFAULT_SYSTEM_PROMPT,
     QUESTION_INSTRUCTION,
     SUMMARY_INSTRUCTION,
+    STRUCTURED_LOOP_NGRAM,
     StreamingEngine,
     banned_ngram_tokens,
     prompt_pieces,
@@ -331,6 +332,25 @@ def test_forks_roll_back_bitwise(family: str) -> None:
     assert engine.ask("When does the beta ship?") == answer  # greedy and unchanged stream: same answer
     assert all(isinstance(text, str) for text in (summary, title))
     assert engine.pinned_summary is None
+
+
+def test_structured_output_is_decoded_without_the_prose_penalties_but_whole_loops_are_banned() -> None:
+    """JSON repeats keys and quotes: a structured fork answers as an engine without penalties would,
+    while no run of STRUCTURED_LOOP_NGRAM tokens ever comes back (a model copying one object over)."""
+    penalized = tiny_engine(repetition_penalty=1.5, no_repeat_ngram_size=2, static_decode="off")
+    plain = tiny_engine(repetition_penalty=1.0, no_repeat_ngram_size=0, static_decode="off")
+    for engine in (penalized, plain):
+        engine.feed(TEXT)
+    short = STRUCTURED_LOOP_NGRAM - 1
+    assert penalized.complete("List the items as JSON.", short, structured=True) == plain.complete("List the items as JSON.", short)
+    answers: list[list[int]] = []
+    decode = penalized.tokenizer.decode
+    penalized.tokenizer.decode = lambda ids, **kwargs: (answers.append(list(ids)), decode(ids, **kwargs))[1]
+    penalized.complete("List the items as JSON.", 200, structured=True)
+    ids = answers[-1]
+    assert len(ids) == 200
+    runs = [tuple(ids[i:i + STRUCTURED_LOOP_NGRAM]) for i in range(len(ids) - STRUCTURED_LOOP_NGRAM + 1)]
+    assert len(runs) == len(set(runs))
 
 
 def test_fork_longer_than_the_free_room_is_cut_to_fit_and_nothing_reallocates() -> None:

@@ -56,6 +56,7 @@ QUESTION_INSTRUCTION = (
 PINNED_OPEN = "\n[Summary of the earlier transcript: "
 PINNED_CLOSE = "]\n"
 FORK_ROOM = 128  # fork prompt tokens reserved at least beyond the longest configured answer
+STRUCTURED_LOOP_NGRAM = 24  # longer than one JSON object's fixed keys and quotes, shorter than an object
 MIN_FORK_ANSWER = 8  # a fork keeps room for at least this many answer tokens when its prompt is cut
 TRANSCRIPT_MARK = "@@LIVESUM_TRANSCRIPT@@"
 INSTRUCTION_MARK = "@@LIVESUM_INSTRUCTION@@"
@@ -120,6 +121,7 @@ class StreamingEngine:
             self._anti_repetition.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
         if config.no_repeat_ngram_size:
             self._anti_repetition.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+        self._loop_guard = LogitsProcessorList([NoRepeatNGramLogitsProcessor(STRUCTURED_LOOP_NGRAM)])
         self._tokens_seen = 0
         self._pinned_summary: str | None = None
         self._last_text = head
@@ -168,10 +170,13 @@ class StreamingEngine:
         with self._lock:
             return self._fork(self.question_instruction(question), max_new_tokens or self.config.max_answer_tokens)
 
-    def complete(self, instruction: str, max_new_tokens: int) -> str:
-        """Any instruction about the transcript (title, key points...), answered off a fork."""
+    def complete(self, instruction: str, max_new_tokens: int, *, structured: bool = False) -> str:
+        """Any instruction about the transcript (title, key points...), answered off a fork.
+        `structured=True` for JSON: it repeats its keys and quotes by design, and the prose penalties
+        turned a 1.5B model's JSON into single quotes, bare keys and renamed fields; only a repeated
+        run of STRUCTURED_LOOP_NGRAM tokens (a whole object again) is banned."""
         with self._lock:
-            return self._fork(instruction, max_new_tokens)
+            return self._fork(instruction, max_new_tokens, structured)
 
     def question_instruction(self, question: str) -> str:
         """QUESTION_INSTRUCTION around the question cut to its first `max_question_tokens` tokens."""
@@ -239,28 +244,28 @@ class StreamingEngine:
         prompt = body + self._tail_ids
         return prompt, max(min(max_new_tokens, self.cache.free - len(prompt)), 0)
 
-    def _fork(self, instruction: str, max_new_tokens: int) -> str:
+    def _fork(self, instruction: str, max_new_tokens: int, structured: bool = False) -> str:
         """Instruction + greedy answer behind the live cache, then an exact rollback."""
         prompt, max_new_tokens = self._fork_prompt(instruction, max_new_tokens)
         mark = self.cache.length
         try:
-            answer = self._generate(prompt, max_new_tokens)
+            answer = self._generate(prompt, max_new_tokens, structured)
         finally:
             self.cache.truncate(mark)
         return self.tokenizer.decode(answer, skip_special_tokens=True).strip()
 
-    def _generate(self, prompt: list[int], max_new_tokens: int) -> list[int]:
+    def _generate(self, prompt: list[int], max_new_tokens: int, structured: bool = False) -> list[int]:
         logits = None
         for start in range(0, len(prompt), self._chunk):
             logits = self._forward(prompt[start:start + self._chunk])
-        if self._static is not None:
+        if self._static is not None and not structured:  # its graphs have the prose penalties baked in
             token = self._pick([], logits)
             if max_new_tokens <= 0 or token in self._stop_ids:
                 return []
             return self._static.decode([token], max_new_tokens, self._stop_ids)
         answer: list[int] = []
         while len(answer) < max_new_tokens:
-            token = self._pick(answer, logits)
+            token = self._pick(answer, logits, self._loop_guard if structured else self._anti_repetition)
             if token in self._stop_ids:
                 break
             answer.append(token)
@@ -268,12 +273,12 @@ class StreamingEngine:
                 logits = self._forward([token])
         return answer
 
-    def _pick(self, answer: list[int], logits: torch.Tensor) -> int:
+    def _pick(self, answer: list[int], logits: torch.Tensor, processors: LogitsProcessorList | None = None) -> int:
         """The greedy next token after `answer`, against repetition: small models loop under greedy
         decoding; only the answer's own tokens count."""
         if answer:
             generated = torch.tensor([answer], device=logits.device)
-            logits = self._anti_repetition(generated, logits[None])[0]
+            logits = (self._anti_repetition if processors is None else processors)(generated, logits[None])[0]
         return int(torch.argmax(logits))
 
     def _pin(self, summary: str) -> None:
