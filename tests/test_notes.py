@@ -4,11 +4,13 @@ merging rolling extractions, titles and key points. The model's side is covered 
 from livesum.config import Settings
 from livesum.events import ActionItem, Decision, Segment, Summary
 from livesum.llm.minutes import (
-    EXTRACT_INSTRUCTION,
+    ACTIONS_INSTRUCTION,
+    DECISIONS_INSTRUCTION,
     KEY_POINTS_INSTRUCTION,
     MeetingMinutes,
     ground,
     locate,
+    locate_said,
     merge,
     names_in,
     not_echo,
@@ -48,12 +50,18 @@ def test_parse_keeps_the_whole_objects_of_a_cut_off_array_and_drops_malformed_on
     output = (
         "[{'kind': 'action', 'text': 'Call the supplier', 'owner': 'Tom', 'evidence': 'give them a ring',},"
         ' {"kind": "opinion", "text": "nice weekend", "evidence": "how was the weekend"},'
-        ' {"kind": "decision", "text": "no evidence here"},'
+        ' {"kind": "decision"},'
         ' {"kind": "decision", "text": "Move the training day", "owner": "none", "evidence": "let\'s move it to the tw'
     )
     items = parse_items(output)
     assert len(items) == 1
     assert items[0].owner == "Tom" and items[0].kind == "action"
+
+
+def test_a_fork_asked_for_one_kind_gives_items_of_that_kind() -> None:
+    items = parse_items('[{"owner": "Tom", "text": "Call the supplier", "due": "tomorrow", "evidence": "give them a ring"}]', "action")
+    assert [(item.kind, item.owner) for item in items] == [("action", "Tom")]
+    assert parse_items('[{"kind": "decision", "text": "Stay with the supplier"}]', "action")[0].kind == "decision"
 
 
 def test_parse_of_plain_prose_is_empty() -> None:
@@ -79,6 +87,19 @@ def test_items_are_kept_only_when_said_and_owned_by_a_person_of_the_meeting() ->
     assert [item.text for item in kept] == ["Call the supplier", "Stay with the current supplier"]
     assert isinstance(kept[0], ActionItem) and kept[0].owner == "Tom" and kept[0].at == 30.0
     assert isinstance(kept[1], Decision) and kept[1].at == 20.0
+
+
+def test_a_paraphrased_quote_is_grounded_by_the_item_words_being_said_together() -> None:
+    said = segments()
+    items = parse_items(
+        '[{"kind": "decision", "text": "Move the training day to the twenty first", "evidence": "They agreed to move it."},'
+        ' {"kind": "decision", "text": "Hire a second barista", "evidence": "They agreed to hire."},'
+        ' {"kind": "decision", "text": "Training day with the supplier", "evidence": "Both were discussed."}]'
+    )
+    kept = ground(items, said, names_in(said))
+    assert [item.text for item in kept] == ["Move the training day to the twenty first"]
+    assert kept[0].at == 60.0 and kept[0].evidence == TRANSCRIPT[6]  # the evidence is what was actually said
+    assert locate_said("the supplier", said) is None  # one content word proves nothing
 
 
 def test_locate_needs_more_than_one_word() -> None:
@@ -117,14 +138,16 @@ def test_whole_sentences_keeps_decimal_numbers() -> None:
 class ScriptedEngine:
     """Replies like a model would, per instruction; records what it was asked."""
 
-    def __init__(self, extractions: list[str]) -> None:
-        self.extractions = extractions
+    def __init__(self, decisions: list[str], actions: list[str]) -> None:
+        self.replies = {DECISIONS_INSTRUCTION: decisions, ACTIONS_INSTRUCTION: actions}
         self.asked: list[str] = []
 
-    def complete(self, instruction: str, max_new_tokens: int) -> str:
+    def complete(self, instruction: str, max_new_tokens: int, *, structured: bool = False) -> str:
         self.asked.append(instruction)
-        if instruction == EXTRACT_INSTRUCTION:
-            return self.extractions.pop(0) if self.extractions else "[]"
+        if instruction in self.replies:
+            assert structured, "JSON is asked for without the prose penalties"
+            replies = self.replies[instruction]
+            return replies.pop(0) if replies else "[]"
         if "title" in instruction:
             return '"Supplier and training day"\nMore text'
         if instruction.endswith(KEY_POINTS_INSTRUCTION):
@@ -137,11 +160,13 @@ class ScriptedEngine:
 
 def test_minutes_merge_rolling_extractions_and_map_reduce_the_final_summary() -> None:
     minutes = MeetingMinutes(Settings())
-    engine = ScriptedEngine([
-        '[{"kind": "decision", "text": "Training day on the fourteenth of March", "evidence": "the fourteenth of March works for everyone"}]',
-        '[{"kind": "decision", "text": "Training day on the twenty first of March", "evidence": "let\'s move it to the twenty first"},'
-        ' {"kind": "action", "text": "Call the supplier", "owner": "Tom", "due": "tomorrow", "evidence": "I\'ll call them first thing"}]',
-    ])
+    engine = ScriptedEngine(
+        decisions=[
+            '[{"text": "Training day on the fourteenth of March", "evidence": "the fourteenth of March works for everyone"}]',
+            '[{"text": "Training day on the twenty first of March", "evidence": "let\'s move it to the twenty first"}]',
+        ],
+        actions=['[]', '[{"text": "Call the supplier", "owner": "Tom", "due": "tomorrow", "evidence": "I\'ll call them first thing"}]'],
+    )
     for segment in segments()[:6]:
         minutes.on_segment(segment)
     minutes.on_rolling_summary(engine, Summary(start=0, end=60, text="They talked about the supplier."))

@@ -68,8 +68,8 @@ class CountingEngine:
     def ask(self, question: str, max_new_tokens: int | None = None) -> str:
         return "April."
 
-    def complete(self, instruction: str, max_new_tokens: int) -> str:
-        return "- Ship the app in April\n- Hire a designer for onboarding"
+    def complete(self, instruction: str, max_new_tokens: int, *, structured: bool = False) -> str:
+        return "[]" if structured else "- Ship the app in April\n- Hire a designer for onboarding"
 
 
 class OneSegmentPerChunk(BreaksOnSecondChunk):

@@ -27,13 +27,27 @@ from livesum.config import Settings
 from livesum.events import ActionItem, Answer, Decision, Notes, Segment, Summary
 from livesum.llm.notes import bullet_lines, first_line, whole_sentences
 
-EXTRACT_INSTRUCTION = (
-    "List the decisions the meeting above reached and the tasks people took on, as a JSON array. "
-    'One object per item: {"kind": "decision" or "action", "text": "what, in a few words", '
-    '"owner": "first name of who will do it, or null", "due": "when, as said, or null", '
-    '"evidence": "the exact words from the transcript"}. '
-    "Only items the transcript states; an empty array [] if there are none. Reply with the JSON only."
+# Two focused forks, not one: asked for decisions and tasks in one array, Qwen2.5-Coder-1.5B listed one
+# kind and stopped, or copied one object until the token limit. Tasks are asked for as "follow-up tasks"
+# with first-person examples: asked for "tasks someone agreed or offered to do" it often answered [].
+# Wording chosen on cafe_supplier and garden_committee only (docs/notes-quality.md).
+DECISIONS_INSTRUCTION = (
+    "List what the people in the meeting above settled on: for each topic, the choice they ended up with "
+    '(they rarely say "we decided"; agreeing is enough). If they changed their mind, give only the final '
+    "choice. Leave out ideas that were dropped.\n"
+    "Reply with a JSON array, one object per line, nothing else, in this form:\n"
+    '[{"text": "the choice in a few words", "evidence": "the words of the transcript that say it"}]\n'
+    "[] if there are none."
 )
+ACTIONS_INSTRUCTION = (
+    "List the follow-up tasks from the meeting above: everything someone said they will do "
+    '("I\'ll send it round", "leave that with me", "sure, I can do that") or agreed to do when asked. '
+    "Leave out things people only might do.\n"
+    "Reply with a JSON array, one object per line, nothing else, in this form:\n"
+    '[{"owner": "first name or null", "text": "the task in a few words", "due": "when, as said, or null", '
+    '"evidence": "the words of the transcript that say it"}]'
+)
+EXTRACTIONS: tuple[tuple[str, str], ...] = (("decision", DECISIONS_INSTRUCTION), ("action", ACTIONS_INSTRUCTION))
 TITLE_INSTRUCTION = "Give this meeting a short title of at most eight words. Reply with the title only."
 KEY_POINTS_INSTRUCTION = "List the three to five most important points of this meeting, one short line each, starting with '- '."
 EARLIER_SUMMARIES_INTRO = "Earlier parts of this meeting, summarized in order:\n"
@@ -42,9 +56,16 @@ FINAL_SUMMARY_INSTRUCTION = (
     "what was discussed and what was decided."
 )
 DEFAULT_TITLE = "Meeting notes"
-EXTRACT_MAX_TOKENS = 200  # a handful of compact JSON objects; a cut-off tail is still parsed
+EXTRACT_MAX_TOKENS = 240  # five or so one-line JSON objects; a cut-off tail is still parsed
 EVIDENCE_MIN_SCORE = 80.0  # rapidfuzz partial_ratio (0-100) of the evidence against the transcript
 EVIDENCE_MIN_WORDS = 2  # "yes" is evidence of nothing
+TEXT_MIN_WORDS_SAID = 0.7  # without a quote found, this share of the item's content words must have been said
+CONTENT_WORD = re.compile(r"[a-z0-9']{4,}")
+FUNCTION_WORDS = {
+    "will", "would", "should", "could", "shall", "about", "with", "from", "that", "this", "they", "them", "their",
+    "there", "then", "than", "have", "been", "were", "what", "when", "which", "into", "onto", "also", "just",
+    "group", "team", "meeting", "decided", "agreed", "some", "more", "each", "every", "after", "before",
+}
 SAME_ITEM_SCORE = 72.0  # token_set_ratio above which two items are one (a duplicate or a change of mind)
 ECHO_SCORE = 70.0  # a key point this close to the instruction is the instruction echoed back
 MAX_CONTEXT_SUMMARIES = 6  # earlier summaries given to the final forks (the latest ones)
@@ -68,7 +89,7 @@ ADDRESSED = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z]+), (?:could|can|would|will|do
 class Engine(Protocol):
     """What minutes need of a StreamingEngine."""
 
-    def complete(self, instruction: str, max_new_tokens: int) -> str: ...
+    def complete(self, instruction: str, max_new_tokens: int, *, structured: bool = False) -> str: ...
     def summarize(self, max_new_tokens: int | None = None) -> str: ...
 
 
@@ -81,7 +102,7 @@ class ExtractedItem(BaseModel):
     text: str = Field(min_length=3)
     owner: str | None = None
     due: str | None = None
-    evidence: str = Field(min_length=3)
+    evidence: str = ""
 
     @field_validator("kind", mode="before")
     @classmethod
@@ -105,14 +126,17 @@ class ExtractedItem(BaseModel):
         return str(value)
 
 
-def parse_items(output: str) -> list[ExtractedItem]:
-    """Model output -> the items in it. Tolerant: code fences, prose around the JSON, single
-    quotes, a trailing comma, an array cut off by the token limit (its whole objects are kept)."""
+def parse_items(output: str, kind: str | None = None) -> list[ExtractedItem]:
+    """Model output -> the items in it (of `kind` when the fork asked for one kind only). Tolerant:
+    code fences, prose around the JSON, single quotes, a trailing comma, an array cut off by the
+    token limit (its whole objects are kept)."""
     items: list[ExtractedItem] = []
     for raw in OBJECT.findall(output):
         data = _loads(raw)
         if not isinstance(data, dict):
             continue
+        if kind is not None:
+            data.setdefault("kind", kind)
         try:
             items.append(ExtractedItem.model_validate(data))
         except ValidationError:
@@ -176,11 +200,40 @@ def locate(evidence: str, segments: Sequence[Segment]) -> float | None:
     return max(stretch, key=lambda s: fuzz.partial_ratio(needle, s.text.lower())).start
 
 
+def content_words(text: str) -> list[str]:
+    return [word for word in CONTENT_WORD.findall(text.lower()) if word not in FUNCTION_WORDS]
+
+
+def locate_said(text: str, segments: Sequence[Segment]) -> tuple[float, str] | None:
+    """(stream time, what was said) of the stretch of up to three segments that holds most of the
+    item's content words, when at least TEXT_MIN_WORDS_SAID of them (and two or more) were said there.
+    For an item whose quote is paraphrased: its own words must still have been spoken."""
+    wanted = set(content_words(text))
+    if len(wanted) < 2:
+        return None
+    best: tuple[float, int] = (0.0, -1)
+    for index in range(len(segments)):
+        said = " ".join(s.text for s in segments[index : index + 3])
+        heard = set(content_words(said))
+        share = sum(1 for word in wanted if word in heard or any(fuzz.ratio(word, h) >= 85 for h in heard)) / len(wanted)
+        if share > best[0]:
+            best = (share, index)
+    share, index = best
+    if share < TEXT_MIN_WORDS_SAID:
+        return None
+    stretch = segments[index : index + 3]
+    holder = max(stretch, key=lambda s: len(wanted & set(content_words(s.text))))
+    return holder.start, holder.text.strip()
+
+
 def ground(items: Iterable[ExtractedItem], segments: Sequence[Segment], names: set[str]) -> list[Decision | ActionItem]:
-    """Keep the items whose evidence was said and whose owner is a person of the meeting."""
+    """Keep the items whose evidence was said (the quote found, or else the item's own words said
+    together; the evidence is then the segment that holds them) and whose owner is a person of the meeting."""
     kept: list[Decision | ActionItem] = []
     for item in items:
         at = locate(item.evidence, segments)
+        if at is None and (said := locate_said(item.text, segments)) is not None:
+            at, item = said[0], item.model_copy(update={"evidence": said[1]})
         valid_owner, owner = _owner_name(item.owner, names)
         if at is None or not valid_owner:
             continue
@@ -248,8 +301,10 @@ class MeetingMinutes:
             return
         self.segments_at_last_extraction = len(self.segments)
         window = [segment for segment in self.segments if segment.end >= since] or self.segments
-        found = ground(parse_items(engine.complete(EXTRACT_INSTRUCTION, EXTRACT_MAX_TOKENS)), window, self.names())
-        self.items = merge(self.items, found)
+        names = self.names()
+        for kind, instruction in EXTRACTIONS:
+            output = engine.complete(instruction, EXTRACT_MAX_TOKENS, structured=True)
+            self.items = merge(self.items, ground(parse_items(output, kind), window, names))
 
     def names(self) -> set[str]:
         return names_in(self.segments, self.speakers)
