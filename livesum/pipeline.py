@@ -47,7 +47,7 @@ class LanguageEngine(Protocol):
 
     def ask(self, question: str, max_new_tokens: int | None = None) -> str: ...
 
-    def complete(self, instruction: str, max_new_tokens: int) -> str: ...
+    def complete(self, instruction: str, max_new_tokens: int, *, structured: bool = False) -> str: ...
 
 
 TranscriberFactory = Callable[[str | None], Transcriber]
@@ -57,10 +57,12 @@ TranscriberFactory = Callable[[str | None], Transcriber]
 class StageClock:
     """Seconds each stage spent busy, for the RTF split that the CLI reports.
 
-    `source` is the time the pipeline waited for audio: decoding that ASR did not hide.
+    `source` is the time the pipeline waited for audio: decoding that ASR did not hide. `notes` is
+    the LM time after the audio ended (questions, final notes): what keeping up live does not need.
     """
 
-    seconds: dict[str, float] = field(default_factory=lambda: {"source": 0.0, "asr": 0.0, "llm": 0.0})
+    seconds: dict[str, float] = field(default_factory=lambda: {"source": 0.0, "asr": 0.0, "llm": 0.0, "notes": 0.0})
+    audio_ended: bool = False
 
     def timed(self, stage: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def run(*args: Any) -> Any:
@@ -68,7 +70,7 @@ class StageClock:
             try:
                 return function(*args)
             finally:
-                self.seconds[stage] += time.perf_counter() - began
+                self.seconds["notes" if stage == "llm" and self.audio_ended else stage] += time.perf_counter() - began
 
         return run
 
@@ -447,6 +449,7 @@ class Pipeline:
 
     async def _finish(self, questions: list[str], duration: float | None) -> None:
         end = self.result.audio_seconds
+        self.clock.audio_ended = True
         self.emit(Status(state="progress", position=end, duration=duration, detail="writing notes"))
         for question in questions:
             await self.ask(question)
