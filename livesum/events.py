@@ -69,6 +69,8 @@ class Answer(BaseEvent):
     question: str
     text: str
     at: float = Field(ge=0, description="Stream time (seconds) when the question was answered.")
+    source_at: float | None = Field(
+        None, ge=0, description="Stream time of the transcript the answer draws on, where its words were said; null when not found.")
 
 
 class ActionItem(BaseModel):

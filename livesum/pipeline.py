@@ -185,7 +185,8 @@ class Pipeline:
         text = await self._lm(Priority.QUESTION, self.engine.ask, question)
         if text is None:
             return None
-        answer = Answer(question=question, text=text.strip(), at=self.result.audio_seconds)
+        source_at = await asyncio.to_thread(self.minutes.source_of, text)  # fuzzy search of the whole transcript
+        answer = Answer(question=question, text=text.strip(), at=self.result.audio_seconds, source_at=source_at)
         self.answers.append(answer)
         self.emit(answer)
         return answer

@@ -102,6 +102,14 @@ def test_a_paraphrased_quote_is_grounded_by_the_item_words_being_said_together()
     assert locate_said("the supplier", said) is None  # one content word proves nothing
 
 
+def test_an_answer_names_where_its_words_were_said_and_not_mentioned_names_nothing() -> None:
+    minutes = MeetingMinutes(Settings())
+    for segment in segments():
+        minutes.on_segment(segment)
+    assert minutes.source_of("The supplier's quote came in at twelve thousand euros.") == 10.0
+    assert minutes.source_of("Not mentioned in the meeting.") is None
+
+
 def test_locate_needs_more_than_one_word() -> None:
     assert locate("Sure", segments()) is None
     assert locate("the quote came in at twelve thousand", segments()) == 10.0

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from livesum.events import ActionItem, Answer, Decision, Notes, Segment, Summary, parse_event
-from livesum.llm.notes import bullet_lines, extract_action_items, extract_decisions, first_line, sentences, whole_sentences
+from livesum.llm.notes import bullet_lines, first_line, whole_sentences
 from livesum.outputs.files import file_sinks, render_notes, timestamp
 
 
@@ -41,35 +41,13 @@ def test_notes_markdown_has_every_section() -> None:
         key_points=["Budget is fine"],
         decisions=[Decision(text="We decided to ship on Friday.", at=65.0)],
         action_items=[ActionItem(text="Maria will update the docs.", owner="Maria", at=70.0)],
-        answers=[Answer(question="When do we ship?", text="Friday.", at=80.0)],
+        answers=[Answer(question="When do we ship?", text="Friday.", at=80.0, source_at=61.0)],
         duration=90.0,
     )
     text = render_notes(notes)
     for expected in ["# Launch review", "## Summary", "- Budget is fine", "- We decided to ship on Friday. _(00:01:05)_",
-                     "- [ ] **Maria**: Maria will update the docs.", "**Q: When do we ship?**", "Friday."]:
+                     "- [ ] **Maria**: Maria will update the docs.", "**Q: When do we ship?**", "Friday. _(00:01:01)_"]:
         assert expected in text
-
-
-def test_cue_phrases_find_decisions_and_action_items() -> None:
-    segments = [
-        Segment(final=True, start=0.0, end=4.0, text="Thanks for joining. We looked at the numbers and"),
-        Segment(final=True, start=4.0, end=8.0, text="after some back and forth we decided to move the launch to March."),
-        Segment(final=False, start=8.0, end=9.0, text="partial words we decided"),
-        Segment(final=True, start=9.0, end=12.0, text="Action item for david: book the venue. It will rain, though."),
-        Segment(final=True, start=12.0, end=15.0, text="Maria will send the budget by Friday? Yes."),
-        Segment(final=True, start=15.0, end=19.0, text="Action item 4 Peter. Then. I will test it. I will also fix it."),
-        Segment(final=True, start=19.0, end=21.0, text="Now the action items."),
-    ]
-    assert sentences(segments)[0] == ("Thanks for joining.", 0.0)
-    decisions = extract_decisions(segments)
-    assert [d.text for d in decisions] == ["We looked at the numbers and after some back and forth we decided to move the launch to March."]
-    assert decisions[0].at == 0.0
-    items = extract_action_items(segments)
-    assert [(i.owner, i.text) for i in items] == [
-        ("David", "Action item for david: book the venue."),
-        ("Maria", "Maria will send the budget by Friday?"),
-        ("Peter", "Action item 4 Peter. Then. I will test it. I will also fix it."),
-    ]
 
 
 def test_model_output_cleanup() -> None:

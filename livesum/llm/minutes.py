@@ -306,6 +306,12 @@ class MeetingMinutes:
             output = engine.complete(instruction, EXTRACT_MAX_TOKENS, structured=True)
             self.items = merge(self.items, ground(parse_items(output, kind), window, names))
 
+    def source_of(self, answer: str) -> float | None:
+        """Stream time of what an answer draws on: where its own words were said together
+        (a "not mentioned" answer has none)."""
+        found = locate_said(answer, self.segments)
+        return found[0] if found else None
+
     def names(self) -> set[str]:
         return names_in(self.segments, self.speakers)
 

@@ -91,7 +91,8 @@ def render_notes(notes: Notes) -> str:
     if notes.answers:
         lines += ["", "## Questions", ""]
         for answer in notes.answers:
-            lines += [f"**Q: {answer.question}**", "", answer.text, ""]
+            said = f" _({timestamp(answer.source_at, '.')[:-4]})_" if answer.source_at is not None else ""
+            lines += [f"**Q: {answer.question}**", "", answer.text + said, ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
