@@ -45,7 +45,7 @@ class LanguageEngine(Protocol):
 
     def summarize(self, max_new_tokens: int | None = None) -> str: ...
 
-    def ask(self, question: str, max_new_tokens: int | None = None) -> str: ...
+    def ask(self, question: str, max_new_tokens: int | None = None, context: str = "") -> str: ...
 
     def complete(self, instruction: str, max_new_tokens: int, *, structured: bool = False) -> str: ...
 
@@ -182,7 +182,8 @@ class Pipeline:
         if self.engine is None:
             self.emit(Error(message="cannot answer: the language model is switched off", source="llm"))
             return None
-        text = await self._lm(Priority.QUESTION, self.engine.ask, question)
+        # The window holds the recent stretch; what it evicted is there as the earlier rolling summaries.
+        text = await self._lm(Priority.QUESTION, self.engine.ask, question, None, self.minutes.earlier_context())
         if text is None:
             return None
         source_at = await asyncio.to_thread(self.minutes.source_of, text)  # fuzzy search of the whole transcript

@@ -57,6 +57,7 @@ class CountingEngine:
 
     def __init__(self) -> None:
         self.summaries = 0
+        self.question_contexts: list[str] = []
 
     def feed(self, text: str) -> int:
         return len(text.split())
@@ -65,7 +66,8 @@ class CountingEngine:
         self.summaries += 1
         return f"Summary {self.summaries}. Cut off mid"
 
-    def ask(self, question: str, max_new_tokens: int | None = None) -> str:
+    def ask(self, question: str, max_new_tokens: int | None = None, context: str = "") -> str:
+        self.question_contexts.append(context)
         return "April."
 
     def complete(self, instruction: str, max_new_tokens: int, *, structured: bool = False) -> str:
@@ -91,6 +93,17 @@ async def test_final_summary_reuses_a_rolling_summary_made_at_the_very_end(tmp_p
     assert [(s.end, s.text, s.final) for s in summaries] == [(2.0, "Summary 1.", False), (2.0, "Summary 1.", True)]
     notes = next(e for e in events if e.type == "notes")
     assert (notes.summary, notes.key_points, notes.answers[0].text) == ("Summary 1.", ["Ship the app in April", "Hire a designer for onboarding"], "April.")
+
+
+async def test_questions_at_the_end_see_the_earlier_rolling_summaries(tmp_path: Path) -> None:
+    # Three rolling summaries: the window holds the last stretch, the first two are what it evicted.
+    settings = Settings.model_validate({"llm": {"summary_every_seconds": 1.0}})
+    engine = CountingEngine()
+    pipeline = Pipeline(settings, OneSegmentPerChunk(), engine, file_sinks(tmp_path, ["jsonl"]))
+    await pipeline.run(chunks(6), duration=3.0, questions=["When?"])
+    assert engine.summaries >= 3
+    context = engine.question_contexts[-1]
+    assert "Summary 1." in context and "Summary 2." in context and f"Summary {engine.summaries}." not in context
 
 
 class RecordingEngine(CountingEngine):

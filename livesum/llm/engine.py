@@ -165,10 +165,12 @@ class StreamingEngine:
                 self._pin(summary)
             return summary
 
-    def ask(self, question: str, max_new_tokens: int | None = None) -> str:
-        """An answer about the transcript; the question is user text, cut to `max_question_tokens`."""
+    def ask(self, question: str, max_new_tokens: int | None = None, context: str = "") -> str:
+        """An answer about the transcript; the question is user text, cut to `max_question_tokens`.
+        `context` goes before it: what the window no longer holds (earlier rolling summaries)."""
         with self._lock:
-            return self._fork(self.question_instruction(question), max_new_tokens or self.config.max_answer_tokens)
+            instruction = context + self.question_instruction(question)
+            return self._fork(instruction, max_new_tokens or self.config.max_answer_tokens)
 
     def complete(self, instruction: str, max_new_tokens: int, *, structured: bool = False) -> str:
         """Any instruction about the transcript (title, key points...), answered off a fork.
