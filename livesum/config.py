@@ -72,7 +72,7 @@ class EngineConfig(Section):
     """The StreamingLLM cache: sinks + rolling window, and generation limits."""
 
     n_sink: int = Field(4, ge=0, description="Least attention-sink tokens at the start of the cache; the whole prompt head (system prompt, turn opening) is always kept, so this matters only if it is longer.")
-    window: int = Field(1024, ge=16, description="Recent tokens kept behind the sinks.")
+    window: int = Field(2048, ge=16, description="Recent tokens kept behind the sinks.")
     evict_chunk: int = Field(64, ge=1, description="Tokens evicted at once when the window is full.")
     prefill_chunk: int = Field(256, ge=1, description="Largest block of new tokens encoded in one forward.")
     pin_summary: bool = Field(
@@ -92,11 +92,11 @@ class EngineConfig(Section):
 
 class LlmConfig(Section):
     enabled: bool = True
-    model: str = Field("smollm2-135m", description="'smollm2-135m', 'qwen2.5-1.5b' (embedded) or a local model directory.")
+    model: str = Field("qwen2.5-coder-1.5b", description="'qwen2.5-coder-1.5b', 'qwen2.5-coder-0.5b', 'smollm2-135m' (embedded) or a local model directory.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="'auto' = float32 on CPU, bfloat16 on CUDA.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="'auto' = bfloat16 on CUDA and on CPUs that compute it natively, else float32.")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default.")
-    summary_every_seconds: float = Field(120.0, gt=0, description="Audio seconds between rolling summaries.")
+    summary_every_seconds: float = Field(300.0, gt=0, description="Audio seconds between rolling summaries.")
     summary_every_tokens: int = Field(0, ge=0, description="Also summarize after this many new tokens; 0 = off.")
     engine: EngineConfig = EngineConfig()
 

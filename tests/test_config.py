@@ -18,7 +18,7 @@ def test_every_shipped_profile_is_valid(profile: Path) -> None:
 def test_profiles_pick_their_models() -> None:
     assert load_settings(REPO_CONFIGS / "cpu.toml", environ={}).asr.model == "tiny.en"
     gpu = load_settings(REPO_CONFIGS / "gpu.toml", environ={})
-    assert (gpu.llm.model, gpu.asr.compute_type) == ("qwen2.5-1.5b", "float16")
+    assert (gpu.llm.model, gpu.asr.compute_type) == ("qwen2.5-coder-1.5b", "float16")
 
 
 def test_layers_apply_in_order(tmp_path: Path) -> None:

@@ -1,10 +1,12 @@
-"""End to end on synthesized meetings (real espeak-ng speech, real Whisper, real SmolLM2, the CLI as
-a user runs it). These check behaviour that must hold whatever the model writes: every listed
+"""End to end on synthesized meetings (real espeak-ng speech, real Whisper, the real default LM, the
+CLI as a user runs it). These check behaviour that must hold whatever the model writes: every listed
 decision and action item rests on words that were said, every owner is a person of the meeting,
 every question gets an answer, key points do not echo the instruction, and the rolling summaries of
-a meeting longer than the window cover it in order. How *right* the notes are is measured by
-benchmarks/notes_quality.py (its incident_review meeting is held out of the tests)."""
+a meeting longer than the window cover it in order (on the fast profile: 22 minutes of the default
+model would take CI 15). How *right* the notes are is measured by benchmarks/notes_quality.py on
+five meetings, three of them held out of the tests; one reduced check of it runs here."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,10 +16,13 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SAMPLES, run_cli
+from livesum.config import load_settings
 from livesum.events import Notes, Segment, Summary, parse_event
 from livesum.llm.minutes import KEY_POINTS_INSTRUCTION, locate, names_in, not_echo
 
 NATURAL_MEETING = SAMPLES / "meetings" / "garden_committee.toml"
+# Of garden_committee's 3 decisions + 4 action items and 7 questions (2 unanswerable); see the test.
+QUALITY_FLOOR = {"items found": 2, "items precision": 0.4, "questions right": 4}
 
 
 def synthesize(script: Path, audio: Path) -> None:
@@ -38,7 +43,7 @@ def natural_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     script = tomllib.loads(NATURAL_MEETING.read_text())
     asks = [arg for question in script["questions"] for arg in ("--ask", question["question"])]
     out = work / "notes"
-    result = run_cli("file", str(audio), "--out", str(out), "-q", "--config", str(REPO / "configs" / "cpu.toml"), *asks, timeout=900)
+    result = run_cli("file", str(audio), "--out", str(out), "-q", *asks, timeout=1200)
     assert result.returncode == 0, result.stderr
     return out, script
 
@@ -76,7 +81,8 @@ def long_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     audio = work / "meeting.wav"
     synthesize(SAMPLES / "meeting_script.toml", audio)
     out = work / "notes"
-    result = run_cli("file", str(audio), "--out", str(out), "-q", "--ask", "What did the team decide about the launch date?", timeout=1800)
+    result = run_cli("file", str(audio), "--out", str(out), "-q", "--config", str(REPO / "configs" / "cpu.toml"),
+                     "--ask", "What did the team decide about the launch date?", timeout=1800)
     assert result.returncode == 0, result.stderr
     return out
 
@@ -85,7 +91,9 @@ def long_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_rolling_summaries_cover_a_long_meeting_in_order(long_run: Path) -> None:
     events = events_of(long_run)
     summaries = [e for e in events if isinstance(e, Summary)]
-    assert len(summaries) >= 10  # 22 minutes at one summary per 120 s of audio, plus the final one
+    every = load_settings(REPO / "configs" / "cpu.toml", environ={}).llm.summary_every_seconds
+    notes_event = next(e for e in events if isinstance(e, Notes))
+    assert len(summaries) >= notes_event.duration // every  # one per summary_every_seconds of audio, plus the final one
     assert all(s.text.strip() for s in summaries)
     assert [s.end for s in summaries] == sorted(s.end for s in summaries)
     assert summaries[-1].final
@@ -97,3 +105,26 @@ def test_rolling_summaries_cover_a_long_meeting_in_order(long_run: Path) -> None
     segments = [e for e in events if isinstance(e, Segment) and e.final]
     items = [*notes[0].decisions, *notes[0].action_items]
     assert all(item.evidence and locate(item.evidence, segments) is not None for item in items)
+
+
+def notes_quality_module():
+    """benchmarks/notes_quality.py, imported by path: its scorer is the one the benchmark reports."""
+    spec = importlib.util.spec_from_file_location("notes_quality", REPO / "benchmarks" / "notes_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_reduced_quality_check_on_the_default_model(natural_run: tuple[Path, dict]) -> None:
+    """The benchmark's scoring on one meeting, with floors well under what the default model measured
+    there (docs/notes-quality.md), so that falling back to notes without items (the cue-phrase
+    extractor, or SmolLM2: 0 items, 2 of 7 answers) fails CI, while one answer more or less does not."""
+    out, script = natural_run
+    score = notes_quality_module().score_notes(script, "garden_committee", out)
+    found = score.decisions[0] + score.actions[0]
+    listed = score.decisions[2] + score.actions[2]
+    assert found >= QUALITY_FLOOR["items found"], score
+    assert found / max(listed, 1) >= QUALITY_FLOOR["items precision"], score
+    assert score.questions[0] >= QUALITY_FLOOR["questions right"], score.answers
+    assert not [fact for fact in score.invented if fact[:1].isdigit()], score.invented
