@@ -112,6 +112,7 @@ def notes_quality_module():
     """benchmarks/notes_quality.py, imported by path: its scorer is the one the benchmark reports."""
     spec = importlib.util.spec_from_file_location("notes_quality", REPO / "benchmarks" / "notes_quality.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being made
     spec.loader.exec_module(module)
     return module
 
