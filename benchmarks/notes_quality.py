@@ -23,7 +23,8 @@ Speed on the shared 2-core machine is noisy (other jobs run beside it): compare 
 made close together, not absolute numbers.
 
     python benchmarks/notes_quality.py                                  # all meetings, default profile
-    python benchmarks/notes_quality.py cafe_supplier --llm-model qwen2.5-1.5b --json out.json
+    python benchmarks/notes_quality.py cafe_supplier --llm-model qwen2.5-coder-0.5b --json out.json
+    python benchmarks/notes_quality.py --work /tmp/nq --rescore                   # score an earlier run again
 """
 
 from __future__ import annotations
