@@ -153,7 +153,8 @@ def run_meeting(script_path: Path, work: Path, cli_args: list[str], rescore: boo
 def score_notes(script: dict, name: str, out: Path) -> Score:
     """Score the notes a `livesum file --ask ...` run wrote to `out` against the script's annotations."""
     questions = script.get("questions", [])
-    notes = next(json.loads(line) for line in (out / "events.jsonl").read_text().splitlines() if '"type":"notes"' in line.replace(" ", ""))
+    lines = (out / "events.jsonl").read_text().splitlines()
+    notes = next(json.loads(line) for line in lines if '"type":"notes"' in line.replace(" ", ""))
     transcript = (out / "transcript.txt").read_text()
     score = Score(meeting=name, audio_seconds=notes["duration"])
     matched = match_items(script.get("decisions", []), notes["decisions"])
@@ -169,12 +170,13 @@ def score_notes(script: dict, name: str, out: Path) -> Score:
     outputs = [notes["summary"], *notes["key_points"], *answers.values()]
     outputs += [i["text"] for i in notes["decisions"] + notes["action_items"]]
     score.invented = invented_facts(outputs, transcript, notes["title"])
-    finished = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines() if '"finished"' in line]
-    busy = re.search(r"\bllm ([\d.]+) s", finished[-1]["detail"] if finished else "")
+    finished = [json.loads(line) for line in lines if '"finished"' in line]
+    detail = finished[-1]["detail"] if finished else ""
+    busy = re.search(r"\bllm ([\d.]+) s", detail)
     score.llm_busy_seconds = float(busy.group(1)) if busy else None
-    at_end = re.search(r"\bnotes ([\d.]+) s", finished[-1]["detail"] if finished else "")
+    at_end = re.search(r"\bnotes ([\d.]+) s", detail)
     score.notes_seconds = float(at_end.group(1)) if at_end else None
-    rss = re.search(r"peak RSS (\d+) MiB", finished[-1]["detail"] if finished else "")
+    rss = re.search(r"peak RSS (\d+) MiB", detail)
     score.peak_rss_mib = float(rss.group(1)) if rss else None
     return score
 

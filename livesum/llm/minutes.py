@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -181,23 +181,32 @@ def _owner_name(owner: str | None, names: set[str]) -> tuple[bool, str | None]:
     return False, None
 
 
+STRETCH = 3  # a quote may run over up to this many segments
+
+
+def _best_stretch(count: int, score: Callable[[int], float]) -> tuple[float, int]:
+    """(best score, start index) over the runs of up to STRETCH segments; the first of equals wins."""
+    best_score, best_index = 0.0, -1
+    for index in range(count):
+        value = score(index)
+        if value > best_score:
+            best_score, best_index = value, index
+    return best_score, best_index
+
+
 def locate(evidence: str, segments: Sequence[Segment]) -> float | None:
     """Stream time of the evidence: the start of the segment holding it (a quote may run over up to
     three segments), or None when no stretch of the transcript matches well enough."""
     if len(evidence.split()) < EVIDENCE_MIN_WORDS:
         return None
     needle = evidence.lower()
-    best_score, best_index = 0.0, -1
-    for index in range(len(segments)):
-        stretch = " ".join(s.text for s in segments[index : index + 3]).lower()
-        score = fuzz.partial_ratio(needle, stretch)
-        if score > best_score:
-            best_score, best_index = score, index
+    texts = [segment.text.lower() for segment in segments]
+    best_score, best_index = _best_stretch(len(texts), lambda i: fuzz.partial_ratio(needle, " ".join(texts[i : i + STRETCH])))
     if best_score < EVIDENCE_MIN_SCORE:
         return None
     # The quote may straddle segments; its time is that of the segment holding most of it.
-    stretch = segments[best_index : best_index + 3]
-    return max(stretch, key=lambda s: fuzz.partial_ratio(needle, s.text.lower())).start
+    holder = max(range(best_index, min(best_index + STRETCH, len(texts))), key=lambda j: fuzz.partial_ratio(needle, texts[j]))
+    return segments[holder].start
 
 
 def content_words(text: str) -> list[str]:
@@ -211,18 +220,16 @@ def locate_said(text: str, segments: Sequence[Segment]) -> tuple[float, str] | N
     wanted = set(content_words(text))
     if len(wanted) < 2:
         return None
-    best: tuple[float, int] = (0.0, -1)
-    for index in range(len(segments)):
-        said = " ".join(s.text for s in segments[index : index + 3])
-        heard = set(content_words(said))
-        share = sum(1 for word in wanted if word in heard or any(fuzz.ratio(word, h) >= 85 for h in heard)) / len(wanted)
-        if share > best[0]:
-            best = (share, index)
-    share, index = best
-    if share < TEXT_MIN_WORDS_SAID:
+    words = [set(content_words(segment.text)) for segment in segments]  # once per segment, not per stretch
+
+    def share(index: int) -> float:
+        heard = set().union(*words[index : index + STRETCH])
+        return sum(1 for word in wanted if word in heard or any(fuzz.ratio(word, h) >= 85 for h in heard)) / len(wanted)
+
+    best_share, best_index = _best_stretch(len(words), share)
+    if best_share < TEXT_MIN_WORDS_SAID:
         return None
-    stretch = segments[index : index + 3]
-    holder = max(stretch, key=lambda s: len(wanted & set(content_words(s.text))))
+    holder = segments[max(range(best_index, min(best_index + STRETCH, len(words))), key=lambda j: len(wanted & words[j]))]
     return holder.start, holder.text.strip()
 
 
