@@ -85,7 +85,7 @@ class EngineConfig(Section):
     max_summary_tokens: int = Field(96, ge=1)
     max_answer_tokens: int = Field(64, ge=1)
     max_question_tokens: int = Field(96, ge=1, description="A question longer than this (tokens) is cut to its first ones.")
-    fork_room: int = Field(512, ge=64, description="Cache slots reserved behind the window for a fork's prompt and answer; a longer fork is cut to fit (its prompt from the front, then its answer).")
+    fork_room: int = Field(768, ge=64, description="Cache slots reserved behind the window for a fork's prompt and answer; a longer fork is cut to fit (its prompt from the front, then its answer).")
     static_decode: Literal["auto", "on", "off"] = Field("auto", description="Fork decoding on static buffers (device-side sampling, bucketed reads): 'auto' = on CUDA, each step replayed from a CUDA graph; 'on' = also elsewhere, uncaptured; 'off' = the eager loop.")
     repetition_penalty: float = Field(1.2, ge=1.0, description="Greedy decoding of small models loops; >1 discourages reusing the answer's tokens.")
     no_repeat_ngram_size: int = Field(3, ge=0, description="Never repeat an n-gram of the answer; 0 = off.")
@@ -99,6 +99,7 @@ class LlmConfig(Section):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default.")
     summary_every_seconds: float = Field(300.0, gt=0, description="Audio seconds between rolling summaries.")
     summary_every_tokens: int = Field(0, ge=0, description="Also summarize after this many new tokens; 0 = off.")
+    question_lines: int = Field(3, ge=0, le=20, description="Transcript lines that best match a question (BM25), each with its neighbours, given to its fork; 0 = only the window and the summaries.")
     engine: EngineConfig = EngineConfig()
 
 

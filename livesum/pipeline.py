@@ -182,8 +182,10 @@ class Pipeline:
         if self.engine is None:
             self.emit(Error(message="cannot answer: the language model is switched off", source="llm"))
             return None
-        # The window holds the recent stretch; what it evicted is there as the earlier rolling summaries.
-        text = await self._lm(Priority.QUESTION, self.engine.ask, question, None, self.minutes.earlier_context())
+        # The window holds the recent stretch; what it evicted is there as the earlier rolling summaries,
+        # and the lines that match the question are found in the whole transcript (off the event loop).
+        context = await asyncio.to_thread(self.minutes.question_context, question)
+        text = await self._lm(Priority.QUESTION, self.engine.ask, question, None, context)
         if text is None:
             return None
         source_at = await asyncio.to_thread(self.minutes.source_of, text)  # fuzzy search of the whole transcript

@@ -26,6 +26,7 @@ from rapidfuzz import fuzz
 from livesum.config import Settings
 from livesum.events import ActionItem, Answer, Decision, Notes, Segment, Summary
 from livesum.llm.notes import bullet_lines, first_line, whole_sentences
+from livesum.llm.recall import relevant_segments
 
 # Two focused forks, not one: asked for decisions and tasks in one array, Qwen2.5-Coder-1.5B listed one
 # kind and stopped, or copied one object until the token limit. Tasks are asked for as "follow-up tasks"
@@ -51,6 +52,7 @@ EXTRACTIONS: tuple[tuple[str, str], ...] = (("decision", DECISIONS_INSTRUCTION),
 TITLE_INSTRUCTION = "Give this meeting a short title of at most eight words. Reply with the title only."
 KEY_POINTS_INSTRUCTION = "List the three to five most important points of this meeting, one short line each, starting with '- '."
 EARLIER_SUMMARIES_INTRO = "Earlier parts of this meeting, summarized in order:\n"
+RELEVANT_LINES_INTRO = "Lines of the transcript that may bear on the question:\n"
 FINAL_SUMMARY_INSTRUCTION = (
     "Together with the transcript above, summarize the whole meeting in three to five short sentences: "
     "what was discussed and what was decided."
@@ -321,6 +323,22 @@ class MeetingMinutes:
 
     def names(self) -> set[str]:
         return names_in(self.segments, self.speakers)
+
+    def question_context(self, question: str) -> str:
+        """What a question's fork gets besides the window: the earlier summaries, then the lines
+        that match the question (livesum.llm.recall), non-adjacent runs of lines marked by "..."."""
+        segments = self.segments[:]  # a snapshot: the event loop appends while this runs in a thread
+        lines = relevant_segments(question, segments, self.settings.llm.question_lines)
+        if not lines:
+            return self.earlier_context()
+        index = {id(segment): n for n, segment in enumerate(segments)}
+        block, previous = [], None
+        for segment in lines:
+            if previous is not None and index[id(segment)] != index[id(previous)] + 1:
+                block.append("...")
+            block.append(segment.text.strip())
+            previous = segment
+        return self.earlier_context() + RELEVANT_LINES_INTRO + "\n".join(block) + "\n"
 
     def earlier_context(self) -> str:
         """The rolling summaries before the latest, as text for a fork (the window holds the latest)."""

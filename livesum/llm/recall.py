@@ -1,0 +1,52 @@
+"""Which lines of the transcript a question is about: BM25 over the final segments.
+
+The window holds only the last few minutes, and a rolling summary keeps the gist, not "which
+roofer" or "how much". So a question's fork is also given the few lines whose words match the
+question best (each with the line before and after it: "Tom, could you ring them?" is answered
+on the next line), with their stream times. That costs a couple of hundred prompt tokens per
+question, never re-encodes the history, and it is the same text a user would scroll back to.
+Words are stemmed (snowball), so "ordering" finds "order" and "quotes" finds "quote".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import snowballstemmer
+from rank_bm25 import BM25Okapi
+
+from livesum.events import Segment
+
+WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# Words that say what kind of answer is wanted, not what it is about.
+STOP_WORDS = frozenset(
+    "a an the and or but of to in on at for by with from as is are was were be been being do does did "
+    "what which who whom whose when where why how much many will would shall should can could may might "
+    "must it its this that these those there here they them their he she him her his i we you your our "
+    "me my us about into over than then so if not no yes any some all has have had let meeting".split()
+)
+LINES_AROUND = 1  # lines given before and after each hit
+_stemmer = snowballstemmer.stemmer("english")
+
+
+def terms(text: str) -> list[str]:
+    """Stemmed content words of a text."""
+    words = (word.split("'")[0] for word in WORD.findall(text.lower()))  # "supplier's" is "supplier", "that's" "that"
+    return _stemmer.stemWords([word for word in words if word not in STOP_WORDS])
+
+
+def relevant_segments(question: str, segments: Sequence[Segment], hits: int) -> list[Segment]:
+    """The `hits` segments that match the question best (BM25, only those sharing a word with it),
+    each with its neighbours, in stream order; [] when nothing matches."""
+    query = terms(question)
+    documents = [terms(segment.text) for segment in segments]
+    if hits <= 0 or not query or not any(documents):
+        return []
+    scores = BM25Okapi(documents).get_scores(query)
+    wanted = set(query)
+    ranked = sorted((index for index, words in enumerate(documents) if wanted.intersection(words)), key=lambda i: -scores[i])
+    picked: set[int] = set()
+    for index in ranked[:hits]:
+        picked.update(range(max(index - LINES_AROUND, 0), min(index + LINES_AROUND + 1, len(segments))))
+    return [segments[index] for index in sorted(picked)]
