@@ -153,7 +153,7 @@ def whisper_recognizer(model: WhisperModel, config: AsrConfig) -> Recognizer:
         segments, _ = model.transcribe(
             audio,
             language=config.language,
-            beam_size=config.beam_size,
+            beam_size=config.streaming.beam_size,
             word_timestamps=True,
             initial_prompt=prompt or None,
             vad_filter=False,
