@@ -113,3 +113,24 @@ async def test_feeds_of_different_sessions_queued_together_go_in_one_batch(monke
     assert await asyncio.gather(*feeds) == [3, 5, 5, 2, 9]
     assert calls == [("batch", ["a", "b"]), ("batch", ["a", "c"]), ("alone", "x")]
     scheduler.close()
+
+
+async def test_close_with_wait_returns_once_the_worker_has_stopped() -> None:
+    scheduler = LmScheduler()
+    started, release = threading.Event(), threading.Event()
+    workers: list[threading.Thread] = []
+
+    def running() -> None:
+        workers.append(threading.current_thread())
+        started.set()
+        release.wait(timeout=30)
+
+    job = asyncio.create_task(scheduler.run(Priority.FEED, running))
+    await asyncio.to_thread(started.wait, 30)
+    closing = asyncio.create_task(asyncio.to_thread(scheduler.close, True))
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # still inside the job
+    release.set()
+    await closing
+    assert not workers[0].is_alive()
+    await job

@@ -76,12 +76,15 @@ class LmScheduler:
         self._jobs.put(job)
         return await future
 
-    def close(self) -> None:
-        """Let the worker finish the queued jobs and stop."""
+    def close(self, wait: bool = False) -> None:
+        """Let the worker finish the queued jobs and stop; `wait` blocks until it has (a process
+        about to exit must not leave the worker inside a torch call)."""
         with self._lock:
-            if self._thread is not None:
+            thread, self._thread = self._thread, None
+            if thread is not None:
                 self._jobs.put(_STOP)
-                self._thread = None
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     def _start(self) -> None:
         with self._lock:
