@@ -25,6 +25,7 @@ made close together, not absolute numbers.
     python benchmarks/notes_quality.py                                  # all meetings, default profile
     python benchmarks/notes_quality.py cafe_supplier --llm-model qwen2.5-coder-0.5b --json out.json
     python benchmarks/notes_quality.py --work /tmp/nq --rescore                   # score an earlier run again
+    python benchmarks/notes_quality.py --transcript reference --work /tmp/nq-ref  # the LM on a perfect transcript
 """
 
 from __future__ import annotations
@@ -130,8 +131,10 @@ def _as_int(number: str) -> int | str:
     return int(digits) if digits.isdigit() else digits
 
 
-def run_meeting(script_path: Path, work: Path, cli_args: list[str], rescore: bool = False) -> Score:
-    """Synthesize, run and score one meeting; with `rescore`, score the notes an earlier run left in `work`."""
+def run_meeting(script_path: Path, work: Path, cli_args: list[str], rescore: bool = False, transcript: str = "asr") -> Score:
+    """Synthesize, run and score one meeting; with `rescore`, score the notes an earlier run left in `work`.
+    `transcript`: "asr" runs `livesum file` on the audio; "reference" the same pipeline on the script's
+    own words, "speakers" on them labelled with who spoke (benchmarks/reference_transcript.py)."""
     script = tomllib.loads(script_path.read_text())
     name = script_path.stem
     audio = work / f"{name}.wav"
@@ -142,6 +145,9 @@ def run_meeting(script_path: Path, work: Path, cli_args: list[str], rescore: boo
             subprocess.run([sys.executable, str(REPO / "samples" / "make_meeting.py"), "--script", str(script_path),
                             "--out", str(audio)], check=True, capture_output=True)
         command = ["livesum", "file", str(audio), "--out", str(out), "-q", *cli_args]
+        if transcript != "asr":
+            command = [sys.executable, str(REPO / "benchmarks" / "reference_transcript.py"), str(work / f"{name}.expected.json"),
+                       "--out", str(out), *(["--speakers"] if transcript == "speakers" else []), *cli_args]
         for question in questions:
             command += ["--ask", question["question"]]
         done = subprocess.run(command, capture_output=True, text=True)
@@ -213,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/livesum-notes-quality"), help="audio and notes go here")
     parser.add_argument("--json", type=Path, help="also write the scores as JSON")
     parser.add_argument("--rescore", action="store_true", help="score the notes already in --work, without running livesum")
+    parser.add_argument("--transcript", choices=["asr", "reference", "speakers"], default="asr",
+                        help="what the LM reads: Whisper's transcript (as users get), the script's own words, or those labelled by speaker")
     args, cli_args = parser.parse_known_args(argv)  # the rest goes to `livesum file` (--llm-model, --set, -c)
     args.work.mkdir(parents=True, exist_ok=True)
     names = args.meetings or sorted(p.stem for p in MEETINGS.glob("*.toml"))
-    scores = [run_meeting(MEETINGS / f"{name}.toml", args.work, cli_args, args.rescore) for name in names]
+    scores = [run_meeting(MEETINGS / f"{name}.toml", args.work, cli_args, args.rescore, args.transcript) for name in names]
     for score in scores:
         for question, answer, right in score.answers:
             print(f"[{score.meeting}] {'ok ' if right else 'BAD'} {question} -> {answer!r}", file=sys.stderr)
