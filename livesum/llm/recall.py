@@ -3,8 +3,9 @@
 The window holds only the last few minutes, and a rolling summary keeps the gist, not "which
 roofer" or "how much". So a question's fork is also given the few lines whose words match the
 question best (each with the line before and after it: "Tom, could you ring them?" is answered
-on the next line), with their stream times. That costs a couple of hundred prompt tokens per
-question, never re-encodes the history, and it is the same text a user would scroll back to.
+on the next line). That costs a couple of hundred prompt tokens per question, inside the fork;
+nothing else of the history is re-encoded, and it is the same text a user would scroll back to.
+Each question stems the transcript again: linear in its length (milliseconds for an hour).
 Words are stemmed (snowball), so "ordering" finds "order" and "quotes" finds "quote".
 """
 
