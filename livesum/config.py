@@ -57,7 +57,7 @@ class AsrConfig(Section):
     language: str | None = Field("en", description="None lets Whisper detect it.")
     beam_size: int = Field(
         5, ge=1, le=10,
-        description="Beam of the batch policy (files): 5 mishears fewer words than 1 on our meetings at about 1.3x the ASR time (docs/notes-quality.md).",
+        description="Beam of the batch policy (files): 5 mishears fewer words than 1 on all five benchmark meetings, at 1.2-1.4x the ASR time (docs/notes-quality.md).",
     )
     cpu_threads: int = Field(0, ge=0, description="0 = CTranslate2's default.")
     vad_threshold: float = Field(0.5, gt=0, lt=1)

@@ -59,3 +59,9 @@ def test_question_lines_zero_gives_only_the_summaries() -> None:
     for segment in segments():
         minutes.on_segment(segment)
     assert minutes.question_context("Who will ring the supplier?") == ""
+
+
+def test_matching_lines_keep_their_speaker_as_the_model_read_them() -> None:
+    minutes = MeetingMinutes(Settings())
+    minutes.on_segment(Segment(final=True, start=0, end=4, text="I'll ring the supplier tomorrow.", speaker="Tom"))
+    assert minutes.question_context("Who will ring the supplier?").splitlines()[-1] == "Tom: I'll ring the supplier tomorrow."

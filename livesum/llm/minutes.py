@@ -336,7 +336,7 @@ class MeetingMinutes:
         for segment in lines:
             if previous is not None and index[id(segment)] != index[id(previous)] + 1:
                 block.append("...")
-            block.append(segment.text.strip())
+            block.append(f"{segment.speaker}: {segment.text.strip()}" if segment.speaker else segment.text.strip())  # as the LM read it
             previous = segment
         return self.earlier_context() + RELEVANT_LINES_INTRO + "\n".join(block) + "\n"
 
