@@ -124,7 +124,8 @@ def test_twilio_wrong_token_is_refused_before_audio(server: RunningServer) -> No
         start_message = {"streamSid": sid, "tracks": ["inbound"], "customParameters": {"token": "wrong"},
                          "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}
         connection.send(json.dumps({"event": "start", "start": start_message, "streamSid": sid}))
-        connection.send(twilio_media(sid, "inbound", b"\xff" * 160, 0, 2))
+        with contextlib.suppress(ConnectionClosed):  # on a loaded machine the refusal can come before this frame goes
+            connection.send(twilio_media(sid, "inbound", b"\xff" * 160, 0, 2))
         assert closed_code(connection) == 4401
     assert not (server.settings.server.data_dir / sid).exists()
 
