@@ -15,7 +15,6 @@ questions that only one way got right.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tomllib
@@ -23,24 +22,14 @@ from pathlib import Path
 
 from livesum.cli import model_flags, settings_from
 from livesum.events import Segment, Summary
-from livesum.llm.minutes import MeetingMinutes
+from livesum.llm.minutes import MeetingMinutes, spoken_line
 from livesum.runner import load_language, new_engine
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def notes_quality():
-    """benchmarks/notes_quality.py as a module (its scoring rules)."""
-    spec = importlib.util.spec_from_file_location("notes_quality", REPO / "benchmarks" / "notes_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["notes_quality"] = module
-    spec.loader.exec_module(module)
-    return module
+from notes_quality import MEETINGS, answer_right  # beside this script: the benchmark's own answer rule
 
 
-def compare(name: str, work: Path, settings, loaded, scorer) -> tuple[int, int, int, list[str]]:
+def compare(name: str, work: Path, settings, loaded) -> tuple[int, int, int, list[str]]:
     """(questions, right without lines, right with lines, lines of the questions that differ)."""
-    script = tomllib.loads((REPO / "samples" / "meetings" / f"{name}.toml").read_text())
+    script = tomllib.loads((MEETINGS / f"{name}.toml").read_text())
     events = [json.loads(line) for line in (work / f"{name}.notes" / "events.jsonl").read_text().splitlines()]
     minutes = MeetingMinutes(settings)
     for event in events:
@@ -49,14 +38,14 @@ def compare(name: str, work: Path, settings, loaded, scorer) -> tuple[int, int, 
         elif event["type"] == "summary":
             minutes.summaries.append(Summary.model_validate(event))
     engine = new_engine(settings, *loaded)  # a fresh cache on the one loaded model
-    engine.feed("".join(segment.text + "\n" for segment in minutes.segments))
+    engine.feed("".join(spoken_line(segment) + "\n" for segment in minutes.segments))  # as the pipeline feeds it
     without = with_lines = 0
     differ = []
     for question in script.get("questions", []):
         asked = question["question"]
         plain = engine.ask(asked, None, minutes.earlier_context())
         lined = engine.ask(asked, None, minutes.question_context(asked))
-        right = scorer.answer_right(question, plain), scorer.answer_right(question, lined)
+        right = answer_right(question, plain), answer_right(question, lined)
         without += right[0]
         with_lines += right[1]
         if right[0] != right[1]:
@@ -73,13 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llm-model")
     args = parser.parse_args(argv)
     settings = settings_from(args.config, args.assignments, model_flags(None, args.llm_model, False, None))
-    scorer = notes_quality()
     loaded = load_language(settings)
     names = args.meetings or sorted(p.name.removesuffix(".notes") for p in args.work.glob("*.notes"))
     totals = [0, 0, 0]
     print("| meeting | questions | right, summaries only | right, with matching lines |\n| --- | --- | --- | --- |")
     for name in names:
-        asked, without, with_lines, differ = compare(name, args.work, settings, loaded, scorer)
+        asked, without, with_lines, differ = compare(name, args.work, settings, loaded)
         print(f"| {name} | {asked} | {without} | {with_lines} |")
         print("\n".join(differ), file=sys.stderr)
         totals = [totals[0] + asked, totals[1] + without, totals[2] + with_lines]

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from livesum.asr.policy import Transcriber
 from livesum.config import Settings
 from livesum.events import Answer, Error, Event, Notes, Segment, Status, Summary
-from livesum.llm.minutes import MeetingMinutes
+from livesum.llm.minutes import MeetingMinutes, spoken_line
 from livesum.llm.notes import whole_sentences
 from livesum.llm.scheduler import LmScheduler, Priority
 from livesum.outputs.files import EventSink
@@ -424,7 +424,7 @@ class Pipeline:
 
     def _line(self, segment: Segment) -> str:
         """What the LM reads of a segment: 'Name: text' when speakers are known."""
-        return f"{segment.speaker}: {segment.text}\n" if segment.speaker else segment.text + "\n"
+        return spoken_line(segment) + "\n"
 
     def _memory_start(self) -> float:
         """Earliest audio the summary can draw on: all of it with a pinned summary, else the window."""

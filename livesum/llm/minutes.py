@@ -276,6 +276,11 @@ def merge(running: list[Decision | ActionItem], new: Iterable[Decision | ActionI
     return merged
 
 
+def spoken_line(segment: Segment) -> str:
+    """What the LM reads of a segment (without its newline): 'Name: text' when the speaker is known."""
+    return f"{segment.speaker}: {segment.text}" if segment.speaker else segment.text
+
+
 def not_echo(points: list[str], instruction: str) -> list[str]:
     """Key points minus lines that repeat the instruction ("The three most important points...")."""
     return [point for point in points if fuzz.partial_ratio(point.lower(), instruction.lower()) < ECHO_SCORE]
@@ -336,7 +341,7 @@ class MeetingMinutes:
         for segment in lines:
             if previous is not None and index[id(segment)] != index[id(previous)] + 1:
                 block.append("...")
-            block.append(f"{segment.speaker}: {segment.text.strip()}" if segment.speaker else segment.text.strip())  # as the LM read it
+            block.append(spoken_line(segment).strip())  # as the LM read it
             previous = segment
         return self.earlier_context() + RELEVANT_LINES_INTRO + "\n".join(block) + "\n"
 
