@@ -98,7 +98,7 @@ class Streamer:
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=ids[None], position_ids=self.cache.positions(len(ids), self.device),
-                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+                         cache=self.cache, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1]
 
     def stream_to(self, total: int) -> float:
@@ -144,13 +144,13 @@ def plain_decoding(model, device: torch.device, context: int, tokens: int) -> tu
     generate(2)
     per_generate = (timed(lambda: generate(tokens + 1), device) - timed(lambda: generate(1), device)) / tokens
     cache = DynamicCache(config=model.config)
-    model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1)
     token = torch.zeros((1, 1), dtype=torch.long, device=device)
     steps = []
     for _ in range(tokens):
         sync(device)
         began = time.perf_counter()
-        token = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
+        token = model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
         int(token)
         steps.append(time.perf_counter() - began)
     return per_generate, statistics.median(steps)
@@ -192,7 +192,7 @@ def batched_sessions(model, device: torch.device, window: int, counts: list[int]
             one = torch.ones((1, 1), dtype=torch.long, device=device)
             for cache in batch:
                 for _ in range(steps):
-                    model(input_ids=one, position_ids=cache.positions(1, device), past_key_values=cache,
+                    model(input_ids=one, position_ids=cache.positions(1, device), cache=cache,
                           use_cache=True, logits_to_keep=1)
 
         together()  # warm-up (allocator, kernels)

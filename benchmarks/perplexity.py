@@ -70,7 +70,7 @@ def score_sink(model, ids: torch.Tensor, n_sink: int, size: int, chunk: int) -> 
     for start in range(0, len(ids), chunk):
         block = ids[start:start + chunk]
         cache.make_room(len(block))
-        logits = model(input_ids=block[None], position_ids=cache.positions(len(block)), past_key_values=cache,
+        logits = model(input_ids=block[None], position_ids=cache.positions(len(block)), cache=cache,
                        use_cache=True).logits[0]
         if previous is not None:
             nll[start] = token_nll(previous[None], block[:1])[0]
@@ -104,7 +104,7 @@ def score_dense(model, ids: torch.Tensor, context: int, chunk: int) -> torch.Ten
         previous = None
         for start in range(begin, min(begin + context, len(ids)), chunk):
             block = ids[start:min(start + chunk, begin + context, len(ids))]
-            logits = model(input_ids=block[None], past_key_values=cache, use_cache=True).logits[0]
+            logits = model(input_ids=block[None], cache=cache, use_cache=True).logits[0]
             if previous is not None:
                 nll[start] = token_nll(previous[None], block[:1])[0]
             nll[start + 1:start + len(block)] = token_nll(logits[:-1], block[1:])

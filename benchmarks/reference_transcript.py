@@ -26,7 +26,7 @@ import numpy as np
 
 from livesum.cli import model_flags, settings_from
 from livesum.events import Segment
-from livesum.llm.scheduler import LmScheduler
+from livesum.llm.service import LmService
 from livesum.pipeline import Pipeline
 from livesum.runner import ensure_writable, load_engine, open_sinks
 from livesum.source.audio import AudioChunk
@@ -69,13 +69,13 @@ async def run(expected: dict, out: Path, args: argparse.Namespace) -> None:
     settings = settings_from(args.config, args.assignments, {**model_flags(None, args.llm_model, False, None), "output.console": False})
     ensure_writable(out)
     engine = load_engine(settings)  # before any audio flows: nothing to keep responsive yet
-    scheduler = LmScheduler()
-    pipeline = Pipeline(settings, ReferenceTranscriber(expected["turns"], args.speakers), engine, open_sinks(out, settings), scheduler=scheduler)
+    service = LmService()
+    pipeline = Pipeline(settings, ReferenceTranscriber(expected["turns"], args.speakers), engine, open_sinks(out, settings), service=service)
     chunks = silence(expected["duration_s"], settings.audio.sample_rate, settings.audio.chunk_seconds)
     try:
         await pipeline.run(chunks, expected["duration_s"], args.ask)
     finally:
-        await asyncio.to_thread(scheduler.close, True)  # exiting with the worker inside torch aborts the process
+        await asyncio.to_thread(service.close, True)  # exiting with the worker inside torch aborts the process
 
 
 def main(argv: list[str] | None = None) -> int:

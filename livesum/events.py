@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-SCHEMA_VERSION = 2  # 2: segment id/words/latency/speaker, live status fields, item evidence (additive)
+SCHEMA_VERSION = 3  # 2: segment id/words/latency/speaker, live status fields, item evidence; 3: answer_part, answer id (additive)
 
 
 class BaseEvent(BaseModel):
@@ -64,10 +64,21 @@ class Summary(BaseEvent):
     final: bool = Field(False, description="True for the summary made at the end of the stream.")
 
 
+class AnswerPart(BaseEvent):
+    """An answer as its words come: the text so far (replace, do not append). The `answer` event with the
+    same `id` follows with the final text; a client that ignores parts loses nothing."""
+
+    type: Literal["answer_part"] = "answer_part"
+    id: str
+    question: str
+    text: str
+
+
 class Answer(BaseEvent):
     type: Literal["answer"] = "answer"
     question: str
     text: str
+    id: str | None = Field(None, description="Shared with the answer_part events that streamed this answer.")
     at: float = Field(ge=0, description="Stream time (seconds) when the question was answered.")
     source_at: float | None = Field(
         None, ge=0, description="Stream time of the transcript the answer draws on, where its words were said; null when not found.")
@@ -129,7 +140,7 @@ class Error(BaseEvent):
     source: str = Field("pipeline", description="Stage that raised it: source, asr, llm, output, server.")
 
 
-Event = Annotated[Segment | Summary | Answer | Notes | Status | Error, Field(discriminator="type")]
+Event = Annotated[Segment | Summary | AnswerPart | Answer | Notes | Status | Error, Field(discriminator="type")]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 

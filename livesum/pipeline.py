@@ -2,8 +2,9 @@
 
 Two stages run under one `asyncio.TaskGroup`: the ASR stage reads chunks and transcribes them
 (one transcriber per track, blocking calls in worker threads), the LLM stage feeds final text into
-the session's StreamingEngine and makes rolling summaries. Model calls go through the process's
-`LmScheduler`, so several sessions share one model and a question overtakes a backlog.
+the session's StreamingEngine and makes rolling summaries. Model work goes through the process's
+`LmService`, a forward at a time, so several sessions share one model, a question overtakes a
+running summary, and nothing here ever waits on the model's lock (status reads published values).
 
 Overload policy, by source:
 - files (`live=False`): backpressure. The ASR->LLM queue is bounded, so a slow LM slows the ASR,
@@ -21,6 +22,7 @@ was heard is never lost.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import resource
 import time
 from collections import deque
@@ -30,10 +32,10 @@ from typing import Any, Protocol
 
 from livesum.asr.policy import Transcriber
 from livesum.config import Settings
-from livesum.events import Answer, Error, Event, Notes, Segment, Status, Summary
+from livesum.events import Answer, AnswerPart, Error, Event, Notes, Segment, Status, Summary
 from livesum.llm.minutes import MeetingMinutes, spoken_line
 from livesum.llm.notes import whole_sentences
-from livesum.llm.scheduler import LmScheduler, Priority
+from livesum.llm.service import LmService, Priority
 from livesum.outputs.files import EventSink
 from livesum.source.audio import AudioChunk, AudioSourceError, level_dbfs
 
@@ -124,7 +126,7 @@ class Pipeline:
         sinks: Iterable[EventSink],
         *,
         live: bool = False,
-        scheduler: LmScheduler | None = None,
+        service: LmService | None = None,
         speakers: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
@@ -137,8 +139,8 @@ class Pipeline:
         self.engine = engine
         self.sinks = list(sinks)
         self.live = live
-        self.scheduler = scheduler or LmScheduler()
-        self._owns_scheduler = scheduler is None
+        self.service = service or LmService()
+        self._owns_service = service is None
         self.speakers = dict(speakers or {})
         self.minutes = MeetingMinutes(settings)
         self.clock = StageClock()
@@ -152,6 +154,8 @@ class Pipeline:
         self._to_llm: asyncio.Queue[object] = asyncio.Queue(maxsize=0 if live else settings.audio.queue_chunks)
         self._stopping = asyncio.Event()
         self._summary_pending = False
+        self._questions_pending = 0
+        self._answer_ids = itertools.count(1)
 
     # -- control from outside (CLI, server) ------------------------------------------------------
 
@@ -182,14 +186,35 @@ class Pipeline:
         if self.engine is None:
             self.emit(Error(message="cannot answer: the language model is switched off", source="llm"))
             return None
+        limit = self.settings.llm.max_pending_questions
+        if self._questions_pending >= limit:
+            self.emit(Error(message=f"question refused: {limit} questions of this stream are still being answered; "
+                                    "ask again when one is answered", source="llm"))
+            return None
+        self._questions_pending += 1
+        try:
+            return await self._answer(question)
+        finally:
+            self._questions_pending -= 1
+
+    async def _answer(self, question: str) -> Answer | None:
+        assert self.engine is not None
         # The window holds the recent stretch; what it evicted is there as the earlier rolling summaries,
         # and the lines that match the question are found in the whole transcript (off the event loop).
         context = await asyncio.to_thread(self.minutes.question_context, question)
-        text = await self._lm(Priority.QUESTION, self.engine.ask, question, None, context)
+        answer_id = f"a{next(self._answer_ids)}"
+        loop = asyncio.get_running_loop()
+
+        def on_text(text: str) -> None:  # on the LM thread: the event is emitted on the loop
+            part = AnswerPart(id=answer_id, question=question, text=text)
+            loop.call_soon_threadsafe(self.emit, part)
+
+        text = await self._guarded(self.service.ask(self.engine, question, context, on_text=on_text,
+                                                    session=self, account=self._account_llm))
         if text is None:
             return None
         source_at = await asyncio.to_thread(self.minutes.source_of, text)  # fuzzy search of the whole transcript
-        answer = Answer(question=question, text=text.strip(), at=self.result.audio_seconds, source_at=source_at)
+        answer = Answer(question=question, text=text.strip(), id=answer_id, at=self.result.audio_seconds, source_at=source_at)
         self.answers.append(answer)
         self.emit(answer)
         return answer
@@ -244,8 +269,8 @@ class Pipeline:
                     sink.close()
                 except Exception:
                     pass
-            if self._owns_scheduler:
-                self.scheduler.close()
+            if self._owns_service:  # joined: a process must not exit with the worker inside torch
+                await asyncio.to_thread(self.service.close, True)
         if cancelled:
             raise asyncio.CancelledError
         return self.result
@@ -380,31 +405,36 @@ class Pipeline:
             self.emit(Error(message=f"language model: {error}", source="llm"))
             return None
 
-    async def _lm(self, priority: Priority, function: Callable[..., Any], *args: Any) -> Any:
-        """A model call on the LM thread, timed as LLM busy time."""
-        return await self._guarded(self.scheduler.run(priority, self.clock.timed("llm", function), *args))
+    def _account_llm(self, seconds: float) -> None:
+        """The service's share of a step for this stream (on the LM thread): LLM busy time."""
+        self.clock.seconds["notes" if self.clock.audio_ended else "llm"] += seconds
+
+    def _served(self, priority: Priority) -> Any:
+        """This stream's engine as blocking calls through the service (for minutes, in a worker thread)."""
+        return self.service.blocking(self.engine, priority, session=self, account=self._account_llm)
 
     async def _feed(self, text: str) -> int | None:
-        """Transcript into the session's cache (batched with other sessions' feeds by the scheduler)."""
-        def account(seconds: float) -> None:
-            self.clock.seconds["llm"] += seconds
+        """Transcript into the session's cache (batched with other sessions' feeds by the service)."""
+        return await self._guarded(self.service.feed(self.engine, text, session=self, account=self._account_llm))
 
-        return await self._guarded(self.scheduler.feed(self.engine, text, account))
-
-    async def _take_batch(self) -> tuple[list[Segment], bool]:
-        """(segments, done). Live: everything queued, coalesced into one feed. A summary request in
-        the queue only wakes the stage: `_summary_pending` says whether one is owed."""
+    async def _take_batch(self, until: float) -> tuple[list[Segment], bool]:
+        """(segments, done): everything queued, coalesced into one feed (a feed of a few words costs a
+        forward over all the weights, like one of a hundred). A file's batch stops at the segment that
+        reaches `until`, so every rolling summary is still made at its point in the audio. A summary
+        request in the queue only wakes the stage: `_summary_pending` says whether one is owed."""
         items = [await self._to_llm.get()]
-        if self.live:
-            while not self._to_llm.empty() and items[-1] is not _DONE:
-                items.append(self._to_llm.get_nowait())
+        while not self._to_llm.empty() and items[-1] is not _DONE:
+            last = items[-1]
+            if not self.live and isinstance(last, Segment) and last.end >= until:
+                break
+            items.append(self._to_llm.get_nowait())
         return [item for item in items if isinstance(item, Segment)], any(item is _DONE for item in items)
 
     async def _llm_stage(self) -> None:
         llm = self.settings.llm
         last_summary_at, tokens_since, done = 0.0, 0, False
         while not done:
-            segments, done = await self._take_batch()
+            segments, done = await self._take_batch(last_summary_at + llm.summary_every_seconds)
             if self.engine is not None and segments:
                 text = "".join(self._line(segment) for segment in segments)
                 added = await self._feed(text)
@@ -439,30 +469,40 @@ class Pipeline:
         assert self.engine is not None
         self._summary_pending = True
         try:
-            text = await self._lm(Priority.SUMMARY, self.engine.summarize, self.settings.llm.engine.max_summary_tokens)
+            text = await self._guarded(self.service.summarize(self.engine, self.settings.llm.engine.max_summary_tokens,
+                                                              session=self, account=self._account_llm))
             if not text:
                 return
             summary = Summary(start=self._memory_start(), end=at, text=whole_sentences(text))
             self.latest_summary = summary.text
             self.emit(summary)
-            await self._lm(Priority.SUMMARY, self.minutes.on_rolling_summary, self.engine, summary)
+            await self._guarded(asyncio.to_thread(self.minutes.on_rolling_summary, self._served(Priority.SUMMARY), summary))
         finally:
             self._summary_pending = False
 
     # -- the end ---------------------------------------------------------------------------------------
 
     async def _finish(self, questions: list[str], duration: float | None) -> None:
+        """The questions asked for the end and the final notes, side by side: the service decodes the
+        answers' tokens together with the notes' forks, so the notes do not wait for the answers."""
         end = self.result.audio_seconds
         self.clock.audio_ended = True
         self.emit(Status(state="progress", position=end, duration=duration, detail="writing notes"))
-        for question in questions:
-            await self.ask(question)
+
+        async def answer_all() -> None:
+            for question in questions:
+                await self.ask(question)
+
         memory_start = self._memory_start()
         notes: Notes | None = None
-        if self.engine is not None:
-            notes = await self._lm(Priority.NOTES, self.minutes.final_notes, self.engine, list(self.answers), end)
-        if notes is None:  # no model, or it failed: notes from what the transcript alone gives
-            notes = await asyncio.to_thread(self.minutes.final_notes, None, list(self.answers), end)
-        if notes.summary:
-            self.emit(Summary(start=memory_start, end=end, text=notes.summary, final=True))
-        self.emit(notes)
+        answering = asyncio.ensure_future(answer_all())
+        try:
+            if self.engine is not None:
+                notes = await self._guarded(asyncio.to_thread(self.minutes.final_notes, self._served(Priority.NOTES), [], end))
+            if notes is None:  # no model, or it failed: notes from what the transcript alone gives
+                notes = await asyncio.to_thread(self.minutes.final_notes, None, [], end)
+            if notes.summary:
+                self.emit(Summary(start=memory_start, end=end, text=notes.summary, final=True))
+        finally:
+            await answering
+        self.emit(notes.model_copy(update={"answers": list(self.answers)}))

@@ -34,7 +34,8 @@ def load_language(settings: Settings) -> tuple[Any, Any] | None:
 
     if settings.llm.threads:
         torch.set_num_threads(settings.llm.threads)
-    return load_language_model(settings.llm.model, settings.resolved_cache_dir(), settings.llm.device, settings.llm.dtype)
+    return load_language_model(settings.llm.model, settings.resolved_cache_dir(), settings.llm.device, settings.llm.dtype,
+                               settings.llm.decode_weights)
 
 
 def new_engine(settings: Settings, model: Any, tokenizer: Any) -> LanguageEngine:

@@ -53,7 +53,7 @@ def test_a_batched_step_gives_each_session_its_own_logits(family: str) -> None:
         engine.cache.make_room(len(chunk))
     together = forward_batch(model, [engine.cache for engine in batched], chunks)
     for logits, engine, chunk in zip(together, alone, chunks):
-        torch.testing.assert_close(logits, engine._forward(chunk), **TOLERANCE)
+        torch.testing.assert_close(logits, engine.forward(chunk), **TOLERANCE)
     assert_same_state(batched, alone)
 
 

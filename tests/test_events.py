@@ -51,7 +51,7 @@ def test_json_schema_lists_every_event_type() -> None:
     schema = event_json_schema()
     json.dumps(schema)
     tags = {definition["properties"]["type"]["const"] for definition in schema["$defs"].values() if "type" in definition.get("properties", {})}
-    assert tags == {"segment", "summary", "answer", "notes", "status", "error"}
+    assert tags == {"segment", "summary", "answer_part", "answer", "notes", "status", "error"}
 
 
 def test_committed_schema_is_current() -> None:

@@ -22,7 +22,7 @@ import pytest
 from rich.console import Console
 
 from livesum.config import CaptureConfig
-from livesum.events import Segment, Summary
+from livesum.events import Answer, AnswerPart, Segment, Summary
 from livesum.outputs.live_view import LiveView, PlainLiveView
 from livesum.source.audio import AudioChunk, AudioSourceError
 from tests.conftest import REPO, SPEECH_REFERENCE, SPEECH_SAMPLE, run_cli
@@ -168,6 +168,20 @@ def test_live_view_escapes_markup_and_replaces_partials() -> None:
     plain = io.StringIO()
     PlainLiveView(Console(file=plain, width=100)).handle(Segment(final=True, start=0, end=1, text="[/ oops [music]"))
     assert "[/ oops [music]" in plain.getvalue()
+
+
+def test_live_view_shows_an_answer_as_its_words_come_and_then_the_final_one() -> None:
+    buffer = io.StringIO()
+    view = LiveView(Console(file=buffer, width=100, force_terminal=False))
+    view.handle(AnswerPart(id="a1", question="Who calls?", text="Tom"))
+    view.handle(AnswerPart(id="a1", question="Who calls?", text="Tom will call"))
+    assert [answer.text for answer in view.answers] == ["Tom will call"]
+    view.handle(Answer(id="a1", question="Who calls?", text="Tom will call the roaster.", at=3.0))
+    view.handle(AnswerPart(id="a2", question="When?", text="Monday"))
+    assert [(type(a).__name__, a.text) for a in view.answers] == [("Answer", "Tom will call the roaster."), ("AnswerPart", "Monday")]
+    view.live.console.print(view._render())
+    view.close()
+    assert "Monday …" in buffer.getvalue()
 
 
 def normalise(text: str) -> str:

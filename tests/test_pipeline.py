@@ -3,6 +3,7 @@ never hangs and still writes notes, live mode never lets a slow model stall the 
 
 import asyncio
 import io
+import threading
 import time
 from pathlib import Path
 
@@ -264,3 +265,33 @@ async def test_a_requested_summary_is_made_once_even_when_it_waits_behind_a_feed
     await running
     rolling = [e for e in read_events(tmp_path) if e.type == "summary" and not e.final]
     assert len(rolling) == 1
+
+
+class SlowAnswers(RecordingEngine):
+    """Answers take a while, as a big model's do; `release` lets them through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def ask(self, question: str, max_new_tokens: int | None = None, context: str = "") -> str:
+        self.release.wait(timeout=30)
+        return f"About {question}"
+
+
+async def test_questions_beyond_the_pending_limit_are_refused_and_the_rest_answered(tmp_path: Path) -> None:
+    settings = Settings.model_validate({"llm": {"max_pending_questions": 2}})
+    engine = SlowAnswers()
+    pipeline = Pipeline(settings, OneSegmentPerChunk(), engine, file_sinks(tmp_path, ["jsonl"]), live=True)
+    running = asyncio.create_task(pipeline.run(endless_chunks()))
+    while len(pipeline.result.segments) < 2:
+        await asyncio.sleep(0.01)
+    asked = [asyncio.create_task(pipeline.ask(f"q{n}")) for n in range(4)]
+    await asyncio.sleep(0.1)
+    engine.release.set()
+    answers = await asyncio.gather(*asked)
+    pipeline.stop()
+    await asyncio.wait_for(running, timeout=60)
+    assert [a.text if a else None for a in answers] == ["About q0", "About q1", None, None]
+    refusals = [e for e in read_events(tmp_path) if isinstance(e, Error) and "question refused" in e.message]
+    assert len(refusals) == 2 and not any(e.fatal for e in refusals)

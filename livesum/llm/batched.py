@@ -5,8 +5,12 @@ a batched step runs their pending tokens through the model together, so on a GPU
 the weights serves many live meetings instead of one. Results equal calling each engine alone
 (within float rounding of batched matmuls), and the engines' state afterwards is the same.
 
-API (the LM scheduler calls these from its one worker thread; each takes every engine's lock, in
-a fixed order, for the whole call; engines must be distinct and share one model object):
+Only the engines' public step API is used (`chunks`, `feed_ids`, `fork_prompt`, `pick`, `pin`...).
+API (each batched_* call takes every engine's lock, in a fixed order, for the whole call; engines must
+be distinct and share one model object):
+
+    step_feeds(runs) -> list[bool]
+        the next chunk of each `FeedRun` in one forward: what the LM service batches.
 
     batched_feed(engines, texts) -> list[int]
         == [engine.feed(text) for ...]: tokens fed per session.
@@ -33,7 +37,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from livesum.llm.engine import SUMMARY_INSTRUCTION, StreamingEngine
+from livesum.llm.engine import SUMMARY_INSTRUCTION, FeedRun, StreamingEngine
 from livesum.llm.sink_cache import CacheFullError, SinkCache, SinkLayer, attention_masks
 
 
@@ -103,7 +107,7 @@ def forward_batch(model, caches: Sequence[SinkCache], chunks: Sequence[list[int]
     if len(caches) == 1:  # the engine's own single-session path: no padding, gather or custom mask
         cache, chunk = caches[0], chunks[0]
         out = model(input_ids=torch.tensor([chunk], device=device), position_ids=cache.positions(len(chunk), device),
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    cache=cache, use_cache=True, logits_to_keep=1)
         return [out.logits[0, -1].float()]
     starts = [cache.length for cache in caches]
     counts = [len(chunk) for chunk in chunks]
@@ -118,7 +122,7 @@ def forward_batch(model, caches: Sequence[SinkCache], chunks: Sequence[list[int]
         _BatchLayer([cache.layers[index] for cache in caches], starts, counts, slots, read_length)
         for index in range(len(caches[0].layers))
     ])
-    out = model(input_ids=input_ids, position_ids=slots, attention_mask=masks, past_key_values=view,
+    out = model(input_ids=input_ids, position_ids=slots, attention_mask=masks, cache=view,
                 use_cache=True, logits_to_keep=1)
     return list(out.logits[:, -1].float().unbind(0))
 
@@ -132,20 +136,30 @@ def _locked(engines: Sequence[StreamingEngine]) -> Iterator[None]:
         raise ValueError("batched sessions must share one model")
     with ExitStack() as stack:
         for engine in sorted(engines, key=id):
-            stack.enter_context(engine._lock)
+            stack.enter_context(engine.lock)
         yield
 
 
 def _ingest_batch(engines: Sequence[StreamingEngine], token_lists: Sequence[list[int]]) -> None:
     """Chunked prefill of live tokens, round by round, evicting before each chunk as `_ingest` does."""
-    chunked = [[ids[start:start + engine._chunk] for start in range(0, len(ids), engine._chunk)]
-               for engine, ids in zip(engines, token_lists)]
+    chunked = [engine.chunks(ids) for engine, ids in zip(engines, token_lists)]
     for round_index in range(max((len(chunks) for chunks in chunked), default=0)):
         rows = [row for row, chunks in enumerate(chunked) if round_index < len(chunks)]
         for row in rows:
             engines[row].cache.make_room(len(chunked[row][round_index]))
         forward_batch(engines[0].model, [engines[row].cache for row in rows],
                       [chunked[row][round_index] for row in rows])
+        for row in rows:
+            engines[row].ingested()
+
+
+def step_feeds(runs: Sequence[FeedRun]) -> list[bool]:
+    """The next chunk of each session's feed in one forward (distinct engines on one model); for each
+    run, whether its whole text is now in. What the LM service calls for feeds that wait together."""
+    for run in runs:
+        run.prepare()
+    forward_batch(runs[0].engine.model, [run.engine.cache for run in runs], [run.next_chunk for run in runs])  # type: ignore[misc]
+    return [run.advanced() for run in runs]
 
 
 def batched_feed(engines: Sequence[StreamingEngine], texts: Sequence[str]) -> list[int]:
@@ -155,17 +169,16 @@ def batched_feed(engines: Sequence[StreamingEngine], texts: Sequence[str]) -> li
     if not engines:
         return []
     with _locked(engines):
-        prepared = [engine._feed_ids(text) for engine, text in zip(engines, texts)]
+        prepared = [engine.feed_ids(text) for engine, text in zip(engines, texts)]
         _ingest_batch(engines, [ids for ids, _ in prepared])
         for engine, (ids, text) in zip(engines, prepared):
-            engine._fed(ids, text)
+            engine.fed(ids, text)
         return [len(ids) for ids, _ in prepared]
 
 
 def _prefill_forks(engines: Sequence[StreamingEngine], prompts: Sequence[list[int]]) -> list[torch.Tensor]:
     """Each fork prompt behind its live cache, chunk rounds batched; the last logits of each."""
-    chunked = [[prompt[start:start + engine._chunk] for start in range(0, len(prompt), engine._chunk)]
-               for engine, prompt in zip(engines, prompts)]
+    chunked = [engine.chunks(prompt) for engine, prompt in zip(engines, prompts)]
     last: list[torch.Tensor | None] = [None] * len(engines)
     for round_index in range(max(len(chunks) for chunks in chunked)):
         rows = [row for row, chunks in enumerate(chunked) if round_index < len(chunks)]
@@ -185,8 +198,8 @@ def _generate_batch(engines: Sequence[StreamingEngine], prompts: Sequence[list[i
         stepping: list[int] = []
         for row in active:
             engine, answer = engines[row], answers[row]
-            token = engine._pick(answer, logits[row])
-            if token in engine._stop_ids:
+            token = engine.pick(answer, logits[row])
+            if token in engine.stop_ids:
                 continue
             answer.append(token)
             if len(answer) < limits[row]:
@@ -216,14 +229,14 @@ def _complete_locked(engines: Sequence[StreamingEngine], instructions: Sequence[
     limits = [max_new_tokens] * len(engines) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(limits) != len(engines):
         raise ValueError("one max_new_tokens per engine")
-    forks = [engine._fork_prompt(instruction, limit) for engine, instruction, limit in zip(engines, instructions, limits)]
+    forks = [engine.fork_prompt(instruction, limit) for engine, instruction, limit in zip(engines, instructions, limits)]
     marks = [engine.cache.length for engine in engines]
     try:
         answers = _generate_batch(engines, [prompt for prompt, _ in forks], [limit for _, limit in forks])
     finally:
         for engine, mark in zip(engines, marks):
             engine.cache.truncate(mark)
-    return [engine.tokenizer.decode(answer, skip_special_tokens=True).strip() for engine, answer in zip(engines, answers)]
+    return [engine.decode(answer) for engine, answer in zip(engines, answers)]
 
 
 def batched_ask(engines: Sequence[StreamingEngine], questions: Sequence[str], max_new_tokens: int | None = None) -> list[str]:
@@ -241,5 +254,5 @@ def batched_summarize(engines: Sequence[StreamingEngine], max_new_tokens: int | 
         summaries = _complete_locked(engines, [SUMMARY_INSTRUCTION] * len(engines), limits)
         for engine, summary in zip(engines, summaries):
             if engine.config.pin_summary and summary:
-                engine._pin(summary)
+                engine.pin(summary)
         return summaries

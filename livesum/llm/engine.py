@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, PreTrainedModel, RepetitionPenaltyLogitsProcessor
@@ -64,6 +65,31 @@ INSTRUCTION_MARK = "@@LIVESUM_INSTRUCTION@@"
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ForkRequest:
+    """One fork of a group (`StreamingEngine.complete_many`): an instruction and its answer budget."""
+
+    instruction: str
+    max_new_tokens: int
+    structured: bool = False
+
+
+def step_runs(runs: Sequence[FeedRun | ForkRun]) -> None:
+    """One forward for all `runs` (each on its own cache, one model): each gets the logits it wanted.
+
+    Rows that want a prompt chunk run first, apart from one-token decode rows: padded to a chunk's
+    width, a decode row would cost as much as a chunk.
+    """
+    wants = [run.want() for run in runs]
+    wide = [index for index, (_, tokens) in enumerate(wants) if len(tokens) > 1]
+    chosen = wide or list(range(len(runs)))
+    from livesum.llm.batched import forward_batch
+
+    logits = forward_batch(runs[0].engine.model, [wants[i][0] for i in chosen], [wants[i][1] for i in chosen])
+    for index, row_logits in zip(chosen, logits):
+        runs[index].accept(row_logits)
+
+
 def prompt_pieces(tokenizer, system_prompt: str) -> tuple[str, str, str]:
     """(head, separator, tail): head + transcript + separator + instruction + tail is a full prompt.
 
@@ -90,17 +116,25 @@ def prompt_pieces(tokenizer, system_prompt: str) -> tuple[str, str, str]:
 
 
 class StreamingEngine:
-    """A live transcript in a StreamingLLM cache; summaries and answers fork off it. Thread-safe."""
+    """A live transcript in a StreamingLLM cache; summaries and answers fork off it.
+
+    Two ways to drive it. The blocking calls (`feed`, `summarize`, `ask`, `complete`) run a whole
+    operation under the engine's lock. The step API (`feed_run`, `fork_run`: `FeedRun`, `ForkRun`)
+    advances an operation one forward at a time, so the LM service can interleave the operations of
+    every session, preempt a long fork between tokens and batch sessions' steps together. Status
+    (`cache_length`, `tokens_seen`, `pinned_summary`) is published as plain values after each step:
+    reading it never waits on the model.
+    """
 
     def __init__(self, model: PreTrainedModel, tokenizer, config: EngineConfig, system_prompt: str | None = None) -> None:
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
-        self._lock = threading.Lock()
-        self._device = next(model.parameters()).device
+        self.lock = threading.RLock()
+        self.device = next(model.parameters()).device
         head, self._separator, self._tail = prompt_pieces(tokenizer, system_prompt or DEFAULT_SYSTEM_PROMPT)
-        head_ids = self._encode(head, user=False)
-        self._stop_ids = self._stop_tokens()
-        self._pin_open, self._pin_close = self._encode(PINNED_OPEN, user=False), self._encode(PINNED_CLOSE, user=False)
-        self._separator_ids, self._tail_ids = self._encode(self._separator, user=False), self._encode(self._tail, user=False)
+        head_ids = self.encode(head, user=False)
+        self.stop_ids = self._stop_tokens()
+        self._pin_open, self._pin_close = self.encode(PINNED_OPEN, user=False), self.encode(PINNED_CLOSE, user=False)
+        self._separator_ids, self._tail_ids = self.encode(self._separator, user=False), self.encode(self._tail, user=False)
         pinned_capacity = config.pinned_summary_tokens if config.pin_summary else 0
         if pinned_capacity and pinned_capacity <= len(self._pin_open) + len(self._pin_close):
             raise ValueError(f"pinned_summary_tokens={pinned_capacity} leaves no room for a summary")
@@ -115,96 +149,135 @@ class StreamingEngine:
                 f"sinks + pinned summary + window + fork room = {self.cache.capacity} positions exceed the "
                 f"model's context of {limit}: lower llm.engine.window"
             )
-        self._chunk = min(config.prefill_chunk, config.window)
-        self._anti_repetition = LogitsProcessorList()
+        self.prefill_chunk = min(config.prefill_chunk, config.window)
+        self.anti_repetition = LogitsProcessorList()
         if config.repetition_penalty != 1.0:
-            self._anti_repetition.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+            self.anti_repetition.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
         if config.no_repeat_ngram_size:
-            self._anti_repetition.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
-        self._loop_guard = LogitsProcessorList([NoRepeatNGramLogitsProcessor(STRUCTURED_LOOP_NGRAM)])
-        self._tokens_seen = 0
-        self._pinned_summary: str | None = None
+            self.anti_repetition.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+        self.loop_guard = LogitsProcessorList([NoRepeatNGramLogitsProcessor(STRUCTURED_LOOP_NGRAM)])
+        # Published status: plain values, replaced (never mutated) by the thread that runs the model.
+        self.tokens_seen = 0  # transcript tokens fed since the start (the head is not counted)
+        self.cache_length = 0  # live entries: at most n_sink + pinned summary + window between operations
+        self.pinned_summary: str | None = None
+        self.epoch = 0  # bumped by every change of the live cache: a parked fork knows whether it can resume
         self._last_text = head
-        self._ingest(head_ids)
-        static = config.static_decode == "on" or (config.static_decode == "auto" and self._device.type == "cuda")
-        self._static = (StaticDecoder(model, self.cache, config.repetition_penalty, config.no_repeat_ngram_size)
-                        if static else None)
+        self.ingest(head_ids)
+        static = config.static_decode == "on"
+        self.static = (StaticDecoder(model, self.cache, config.repetition_penalty, config.no_repeat_ngram_size)
+                       if static else None)
 
-    # -- public API (each call holds the lock) -------------------------------------------------
-
-    @property
-    def tokens_seen(self) -> int:
-        """Transcript tokens fed since the start (the head is not counted)."""
-        with self._lock:
-            return self._tokens_seen
-
-    @property
-    def cache_length(self) -> int:
-        """Entries the cache holds now: at most n_sink + pinned summary + window between calls."""
-        with self._lock:
-            return self.cache.length
-
-    @property
-    def pinned_summary(self) -> str | None:
-        with self._lock:
-            return self._pinned_summary
+    # -- blocking API (each call holds the lock for the whole operation) ---------------------------
 
     def feed(self, text: str) -> int:
         """Append transcript text (a space is put between pieces that do not bring their own)."""
-        with self._lock:
-            ids, text = self._feed_ids(text)
-            self._ingest(ids)
-            self._fed(ids, text)
-            return len(ids)
+        return self._run(self.feed_run(text))
 
     def summarize(self, max_new_tokens: int | None = None) -> str:
         """A rolling summary of the transcript so far; pinned behind the sinks if `pin_summary`."""
-        with self._lock:
-            summary = self._fork(SUMMARY_INSTRUCTION, max_new_tokens or self.config.max_summary_tokens)
-            if self.config.pin_summary and summary:
-                self._pin(summary)
-            return summary
+        return self._run(self.summary_run(max_new_tokens))
 
     def ask(self, question: str, max_new_tokens: int | None = None, context: str = "") -> str:
         """An answer about the transcript; the question is user text, cut to `max_question_tokens`.
         `context` goes before it: what the window no longer holds (earlier rolling summaries)."""
-        with self._lock:
-            instruction = context + self.question_instruction(question)
-            return self._fork(instruction, max_new_tokens or self.config.max_answer_tokens)
+        return self._run(self.question_run(question, max_new_tokens, context))
 
     def complete(self, instruction: str, max_new_tokens: int, *, structured: bool = False) -> str:
         """Any instruction about the transcript (title, key points...), answered off a fork.
         `structured=True` for JSON: it repeats its keys and quotes by design, and the prose penalties
         turned a 1.5B model's JSON into single quotes, bare keys and renamed fields; only a repeated
         run of STRUCTURED_LOOP_NGRAM tokens (a whole object again) is banned."""
-        with self._lock:
-            return self._fork(instruction, max_new_tokens, structured)
+        return self._run(self.fork_run(instruction, max_new_tokens, structured=structured))
+
+    def complete_many(self, requests: Sequence[ForkRequest]) -> list[str]:
+        """Several forks off the same moment of the stream, decoded together (one forward per step for
+        all of them, each on its own copy of the cache): what the notes at the end and at each rolling
+        summary ask for. The same answers as one `complete` after another."""
+        with self.lock:
+            runs = self.fork_group(requests)
+            try:
+                while not all(run.done for run in runs):
+                    step_runs([run for run in runs if not run.done])
+            finally:
+                for run in runs:
+                    run.close()
+            return [run.result or "" for run in runs]
+
+    def _run(self, run: FeedRun | ForkRun):
+        with self.lock:
+            try:
+                while not run.done:
+                    cache, tokens = run.want()
+                    run.accept(self.forward(tokens, cache))
+            finally:
+                run.close()
+            return run.result
+
+    # -- step API: operations the LM service advances a forward at a time ---------------------------
+
+    def feed_run(self, text: str) -> FeedRun:
+        """A feed for the LM service to advance a chunk at a time."""
+        return FeedRun(self, text)
+
+    def fork_run(self, instruction: str, max_new_tokens: int, *, structured: bool = False,
+                 on_text: Callable[[str], None] | None = None, pin: bool = False) -> ForkRun:
+        return ForkRun(self, instruction, max_new_tokens, structured=structured, on_text=on_text, pin=pin)
+
+    def fork_group(self, requests: Sequence[ForkRequest]) -> list[ForkRun]:
+        """One fork per request, each on its own snapshot of the live cache (with room for its prompt
+        and answer), so they decode side by side and never touch the stream."""
+        return [ForkRun(self, request.instruction, request.max_new_tokens, structured=request.structured, detached=True)
+                for request in requests]
+
+    def summary_run(self, max_new_tokens: int | None = None) -> ForkRun:
+        return self.fork_run(SUMMARY_INSTRUCTION, max_new_tokens or self.config.max_summary_tokens,
+                             pin=self.config.pin_summary)
+
+    def question_run(self, question: str, max_new_tokens: int | None = None, context: str = "",
+                     on_text: Callable[[str], None] | None = None) -> ForkRun:
+        return self.fork_run(context + self.question_instruction(question), max_new_tokens or self.config.max_answer_tokens,
+                             on_text=on_text)
 
     def question_instruction(self, question: str) -> str:
         """QUESTION_INSTRUCTION around the question cut to its first `max_question_tokens` tokens."""
-        ids = self._encode(question.strip())[:self.config.max_question_tokens]
+        ids = self.encode(question.strip())[:self.config.max_question_tokens]
         return QUESTION_INSTRUCTION.format(question=self.tokenizer.decode(ids).strip())
 
-    # -- internals (callers hold the lock) -----------------------------------------------------
+    # -- pieces of an operation (the caller owns the engine for the call) ---------------------------
 
-    def _encode(self, text: str, user: bool = True) -> list[int]:
+    def encode(self, text: str, user: bool = True) -> list[int]:
         """Token ids; user text (transcript, questions, instructions) with special tokens split, so it
         cannot open or close a turn. Only the template's own pieces keep their special tokens."""
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=user)["input_ids"]
 
-    def _feed_ids(self, text: str) -> tuple[list[int], str]:
+    def feed_ids(self, text: str) -> tuple[list[int], str]:
         """Ids of a transcript piece, with a space put in front when neither side brings one."""
         if not text:
             return [], text
         if not text[0].isspace() and not self._last_text[-1].isspace():
             text = " " + text
-        return self._encode(text), text
+        return self.encode(text), text
 
-    def _fed(self, ids: list[int], text: str) -> None:
-        """Bookkeeping once `ids` (from `_feed_ids`) are in the cache."""
+    def fed(self, ids: list[int], text: str) -> None:
+        """Bookkeeping once `ids` (from `feed_ids`) are in the cache."""
         if ids:
-            self._tokens_seen += len(ids)
+            self.tokens_seen += len(ids)
             self._last_text = text
+
+    def chunks(self, ids: list[int]) -> list[list[int]]:
+        return [ids[start:start + self.prefill_chunk] for start in range(0, len(ids), self.prefill_chunk)]
+
+    def ingested(self) -> None:
+        """Live tokens were written (or evicted): publish the length, and no parked fork resumes as it was."""
+        self.epoch += 1
+        self.cache_length = self.cache.length
+
+    def ingest(self, ids: list[int]) -> None:
+        """Chunked prefill of live tokens, evicting before each chunk."""
+        for chunk in self.chunks(ids):
+            self.cache.make_room(len(chunk))
+            self.forward(chunk)
+            self.ingested()
 
     def _stop_tokens(self) -> set[int]:
         """EOS ids of the model and tokenizer, plus the template's end-of-turn token."""
@@ -212,83 +285,220 @@ class StreamingEngine:
         for source in (getattr(self.model, "generation_config", None), self.tokenizer):
             eos = getattr(source, "eos_token_id", None)
             stops.update(eos if isinstance(eos, Iterable) else [] if eos is None else [eos])
-        tail_ids = self._encode(self._tail, user=False)
+        tail_ids = self.encode(self._tail, user=False)
         if tail_ids and tail_ids[0] in set(self.tokenizer.all_special_ids):
             stops.add(tail_ids[0])
         return stops
 
     @torch.inference_mode()
-    def _forward(self, ids: list[int]) -> torch.Tensor:
-        """Run `ids` through the model at the next cache slots; logits of the last one (float32)."""
-        input_ids = torch.tensor([ids], device=self._device)
+    def forward(self, ids: list[int], cache: SinkCache | None = None) -> torch.Tensor:
+        """Run `ids` through the model at the next slots of `cache` (the live one by default); logits of the
+        last one (float32)."""
+        cache = cache or self.cache
+        input_ids = torch.tensor([ids], device=self.device)
         out = self.model(
-            input_ids=input_ids, position_ids=self.cache.positions(len(ids), self._device),
-            past_key_values=self.cache, use_cache=True, logits_to_keep=1,
+            input_ids=input_ids, position_ids=cache.positions(len(ids), self.device),
+            cache=cache, use_cache=True, logits_to_keep=1,
         )
         return out.logits[0, -1].float()
 
-    def _ingest(self, ids: list[int]) -> None:
-        """Chunked prefill of live tokens, evicting before each chunk."""
-        for start in range(0, len(ids), self._chunk):
-            chunk = ids[start:start + self._chunk]
-            self.cache.make_room(len(chunk))
-            self._forward(chunk)
-
-    def _fork_prompt(self, instruction: str, max_new_tokens: int) -> tuple[list[int], int]:
+    def fork_prompt(self, instruction: str, max_new_tokens: int, cache: SinkCache | None = None) -> tuple[list[int], int]:
         """(prompt ids, answer tokens) of a fork that fit the cache's free room: a too long
         instruction loses its front (the ask is usually at the end), then the answer is capped."""
-        body = self._encode(self._separator + instruction.strip())
-        room = self.cache.free - len(self._tail_ids) - min(max_new_tokens, MIN_FORK_ANSWER)
+        cache = cache or self.cache
+        body = self.encode(self._separator + instruction.strip())
+        room = cache.free - len(self._tail_ids) - min(max_new_tokens, MIN_FORK_ANSWER)
         if len(body) > room:
-            instruction_ids = self._encode(instruction.strip())
+            instruction_ids = self.encode(instruction.strip())
             keep = max(room - len(self._separator_ids), 0)
             body = self._separator_ids + (instruction_ids[len(instruction_ids) - keep:] if keep else [])
         prompt = body + self._tail_ids
-        return prompt, max(min(max_new_tokens, self.cache.free - len(prompt)), 0)
+        return prompt, max(min(max_new_tokens, cache.free - len(prompt)), 0)
 
-    def _fork(self, instruction: str, max_new_tokens: int, structured: bool = False) -> str:
-        """Instruction + greedy answer behind the live cache, then an exact rollback."""
-        prompt, max_new_tokens = self._fork_prompt(instruction, max_new_tokens)
-        mark = self.cache.length
-        try:
-            answer = self._generate(prompt, max_new_tokens, structured)
-        finally:
-            self.cache.truncate(mark)
-        return self.tokenizer.decode(answer, skip_special_tokens=True).strip()
-
-    def _generate(self, prompt: list[int], max_new_tokens: int, structured: bool = False) -> list[int]:
-        logits = None
-        for start in range(0, len(prompt), self._chunk):
-            logits = self._forward(prompt[start:start + self._chunk])
-        if self._static is not None and not structured:  # its graphs have the prose penalties baked in
-            token = self._pick([], logits)
-            if max_new_tokens <= 0 or token in self._stop_ids:
-                return []
-            return self._static.decode([token], max_new_tokens, self._stop_ids)
-        answer: list[int] = []
-        while len(answer) < max_new_tokens:
-            token = self._pick(answer, logits, self._loop_guard if structured else self._anti_repetition)
-            if token in self._stop_ids:
-                break
-            answer.append(token)
-            if len(answer) < max_new_tokens:
-                logits = self._forward([token])
-        return answer
-
-    def _pick(self, answer: list[int], logits: torch.Tensor, processors: LogitsProcessorList | None = None) -> int:
+    def pick(self, answer: list[int], logits: torch.Tensor, processors: LogitsProcessorList | None = None) -> int:
         """The greedy next token after `answer`, against repetition: small models loop under greedy
         decoding; only the answer's own tokens count."""
         if answer:
             generated = torch.tensor([answer], device=logits.device)
-            logits = (self._anti_repetition if processors is None else processors)(generated, logits[None])[0]
+            logits = (self.anti_repetition if processors is None else processors)(generated, logits[None])[0]
         return int(torch.argmax(logits))
 
-    def _pin(self, summary: str) -> None:
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def pin(self, summary: str) -> None:
         """Re-encode the pinned block behind the sinks with the new summary (cut to fit)."""
         budget = self.cache.pinned_capacity - len(self._pin_open) - len(self._pin_close)
-        ids = self._pin_open + self._encode(summary)[:budget] + self._pin_close
-        self.cache.replace_pinned(len(ids), lambda: self._forward(ids))
-        self._pinned_summary = summary
+        ids = self._pin_open + self.encode(summary)[:budget] + self._pin_close
+        self.cache.replace_pinned(len(ids), lambda: self.forward(ids))
+        self.pinned_summary = summary
+        self.ingested()
+
+
+class FeedRun:
+    """Transcript text into the live cache, one prefill chunk per step (each chunk is final once run).
+
+    Driven by `want()` (make room, then the cache and the chunk to run) and `accept(logits)` after the
+    forward: so the LM service can run the chunks of several sessions' feeds in one batched forward.
+    """
+
+    live = True  # writes the live cache: one such operation of an engine at a time
+
+    def __init__(self, engine: StreamingEngine, text: str) -> None:
+        self.engine, self.cache = engine, engine.cache
+        self.ids, self.text = engine.feed_ids(text)
+        self.pending = engine.chunks(self.ids)
+        self.result: int | None = None if self.pending else self._done()
+        self._prepared = False
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    @property
+    def started(self) -> bool:
+        return self._prepared or len(self.pending) < len(self.engine.chunks(self.ids))
+
+    def want(self) -> tuple[SinkCache, list[int]]:
+        if not self._prepared:
+            self.cache.make_room(len(self.pending[0]))
+            self._prepared = True
+        return self.cache, self.pending[0]
+
+    def accept(self, logits: torch.Tensor | None) -> bool:
+        """The wanted chunk is in the cache; True when the whole text is."""
+        self.pending.pop(0)
+        self._prepared = False
+        self.engine.ingested()
+        if self.pending:
+            return False
+        self.result = self._done()
+        return True
+
+    def _done(self) -> int:
+        self.engine.fed(self.ids, self.text)
+        return len(self.ids)
+
+    def park(self) -> None:
+        """Nothing to save: every chunk run is part of the stream."""
+
+    def close(self) -> None:
+        """A feed given up half way keeps the chunks it ran (they are whole tokens of the transcript)."""
+
+
+class ForkRun:
+    """One generation behind a cache (prompt chunks, then a token per step), rolled back at the end.
+
+    On the live cache, parking (`park`) copies the fork's entries out and rolls the cache back, so
+    another operation of the same engine (a question) can run; the next `want()` puts them back exactly
+    when the live cache did not change meanwhile (same `epoch`), or starts the fork again over the newer
+    cache when it did. A `detached` fork runs on a snapshot of the live entries, taken at its first step
+    (on the thread that runs the model), so it never touches the stream: it needs no parking, and feeds
+    and questions go on beside it. The snapshot is freed when the fork ends.
+    """
+
+    def __init__(self, engine: StreamingEngine, instruction: str, max_new_tokens: int, *, structured: bool = False,
+                 on_text: Callable[[str], None] | None = None, pin: bool = False, detached: bool = False) -> None:
+        self.engine, self.instruction, self.max_new_tokens = engine, instruction, max_new_tokens
+        self.structured, self.on_text, self.pin = structured, on_text, pin
+        self.live = not detached
+        self.cache: SinkCache | None = engine.cache if self.live else None
+        self.result: str | None = None
+        self.restarts = 0
+        self._saved: list | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.mark: int | None = None  # cache length the fork sits behind, once started
+        self.epoch = -1
+        self.prompt: list[int] = []
+        self.limit = 0
+        self.prompted = 0
+        self.answer: list[int] = []
+
+    @property
+    def started(self) -> bool:
+        return self.mark is not None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def want(self) -> tuple[SinkCache, list[int]]:
+        """The cache and the tokens the next forward must run: a prompt chunk, or the last picked token."""
+        engine = self.engine
+        if self._saved is not None:
+            self._unpark()
+        if self.mark is None:
+            if self.cache is None:  # the live entries only: a live fork of a question may sit behind them
+                live = engine.cache_length
+                self.cache = engine.cache.snapshot(live, engine.cache.capacity - live)
+            self.prompt, self.limit = engine.fork_prompt(self.instruction, self.max_new_tokens, self.cache)
+            self.mark, self.epoch = self.cache.length, engine.epoch
+        if self.prompted < len(self.prompt):
+            return self.cache, self.prompt[self.prompted:self.prompted + engine.prefill_chunk]
+        return self.cache, self.answer[-1:]
+
+    def accept(self, logits: torch.Tensor) -> bool:
+        """Logits of the wanted tokens' last one; picks the next token. True when the answer is complete."""
+        engine = self.engine
+        if self.prompted < len(self.prompt):
+            self.prompted += min(engine.prefill_chunk, len(self.prompt) - self.prompted)
+            if self.prompted < len(self.prompt):
+                return False
+            if self.limit <= 0:
+                return self._finish()
+            if engine.static is not None and not self.structured and self.live:  # graphs: whole answer at once
+                token = engine.pick([], logits)
+                if token not in engine.stop_ids:
+                    self.answer = engine.static.decode([token], self.limit, engine.stop_ids)
+                return self._finish()
+        token = engine.pick(self.answer, logits, engine.loop_guard if self.structured else engine.anti_repetition)
+        if token in engine.stop_ids:
+            return self._finish()
+        self.answer.append(token)
+        if self.on_text is not None:
+            self.on_text(engine.decode(self.answer))
+        return self._finish() if len(self.answer) >= self.limit else False
+
+    def step(self) -> bool:
+        """`want`, the forward, `accept`: one step run alone."""
+        _, tokens = self.want()
+        return self.accept(self.engine.forward(tokens, self.cache))
+
+    def _finish(self) -> bool:
+        self.cache.truncate(self.mark)
+        self.result = self.engine.decode(self.answer)
+        self.mark = None
+        if not self.live:
+            self.cache = None
+        if self.pin and self.result and self.live:
+            self.engine.pin(self.result)
+        return True
+
+    def park(self) -> None:
+        """Step aside for another operation of this engine: the fork's entries are saved, the cache rolled back."""
+        if self.mark is None or self._saved is not None or not self.live:
+            return
+        self._saved = self.cache.save_tail(self.mark)
+        self.cache.truncate(self.mark)
+
+    def _unpark(self) -> None:
+        engine, saved, self._saved = self.engine, self._saved, None
+        if engine.epoch == self.epoch and self.cache.length == self.mark:
+            self.cache.restore_tail(self.mark, saved)
+        else:  # the stream moved on: the fork starts again behind it (the tokens so far are discarded)
+            self.restarts += 1
+            self._reset()
+
+    def close(self) -> None:
+        """Give up (or clean up after) the fork: its cache is as before it, whatever step it was at."""
+        parked, self._saved = self._saved is not None, None
+        if self.mark is not None and not parked:
+            self.cache.truncate(self.mark)
+        self.mark = None
+        if not self.live:
+            self.cache = None
 
 
 def banned_ngram_tokens(answer: list[int], size: int) -> list[int]:
@@ -333,7 +543,7 @@ class StaticDecoder:
         self.seen.index_fill_(0, self.ids.view(-1), True)
         masks = attention_masks(self.model.config, self.slots[None], self.slots + 1, read_length, self.dtype)
         logits = self.model(input_ids=self.ids, position_ids=self.slots[None], attention_mask=masks,
-                            past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[0, -1].float()
+                            cache=self.cache, use_cache=True, logits_to_keep=1).logits[0, -1].float()
         if self.penalty != 1.0:
             penalised = torch.where(logits < 0, logits * self.penalty, logits / self.penalty)
             logits = torch.where(self.seen, penalised, logits)

@@ -25,6 +25,7 @@ from rapidfuzz import fuzz
 
 from livesum.config import Settings
 from livesum.events import ActionItem, Answer, Decision, Notes, Segment, Summary
+from livesum.llm.engine import SUMMARY_INSTRUCTION, ForkRequest
 from livesum.llm.notes import bullet_lines, first_line, whole_sentences
 from livesum.llm.recall import relevant_segments
 
@@ -89,10 +90,21 @@ ADDRESSED = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z]+), (?:could|can|would|will|do
 
 
 class Engine(Protocol):
-    """What minutes need of a StreamingEngine."""
+    """What minutes need of a StreamingEngine (or of the LM service's `ServedEngine`); `complete_many`
+    is optional: without it the forks run one after another."""
 
     def complete(self, instruction: str, max_new_tokens: int, *, structured: bool = False) -> str: ...
     def summarize(self, max_new_tokens: int | None = None) -> str: ...
+
+
+def complete_all(engine: Engine, requests: Sequence[ForkRequest]) -> list[str]:
+    """The forks of `requests` off the same moment of the stream: decoded side by side where the engine
+    can (`complete_many`), else one after another (a plain summary request as `summarize`)."""
+    many = getattr(engine, "complete_many", None)
+    if many is not None:
+        return many(requests)
+    return [engine.summarize(r.max_new_tokens) if r.instruction == SUMMARY_INSTRUCTION
+            else engine.complete(r.instruction, r.max_new_tokens, structured=r.structured) for r in requests]
 
 
 class ExtractedItem(BaseModel):
@@ -309,16 +321,26 @@ class MeetingMinutes:
         if engine is not None:
             self.extract(engine, since=summary.start)
 
-    def extract(self, engine: Engine, since: float = 0.0) -> None:
-        """One extraction fork, grounded in the segments from `since` on (what the window holds)."""
+    def extraction_requests(self) -> list[ForkRequest]:
+        """The extraction forks (decisions, tasks), or none when nothing was said since the last ones."""
         if len(self.segments) == self.segments_at_last_extraction:
-            return
+            return []
+        return [ForkRequest(instruction, EXTRACT_MAX_TOKENS, structured=True) for _, instruction in EXTRACTIONS]
+
+    def take_extractions(self, outputs: Sequence[str], since: float) -> None:
+        """The extraction forks' outputs, grounded in the segments from `since` on (what the window
+        holds), merged into the running list."""
         self.segments_at_last_extraction = len(self.segments)
         window = [segment for segment in self.segments if segment.end >= since] or self.segments
         names = self.names()
-        for kind, instruction in EXTRACTIONS:
-            output = engine.complete(instruction, EXTRACT_MAX_TOKENS, structured=True)
+        for (kind, _), output in zip(EXTRACTIONS, outputs):
             self.items = merge(self.items, ground(parse_items(output, kind), window, names))
+
+    def extract(self, engine: Engine, since: float = 0.0) -> None:
+        """The extraction forks, decoded together, grounded in the segments from `since` on."""
+        requests = self.extraction_requests()
+        if requests:
+            self.take_extractions(complete_all(engine, requests), since)
 
     def source_of(self, answer: str) -> float | None:
         """Stream time of what an answer draws on: where its own words were said together
@@ -350,28 +372,41 @@ class MeetingMinutes:
         earlier = [s.text.strip() for s in self.summaries[:-1] if s.text.strip()][-MAX_CONTEXT_SUMMARIES:]
         return EARLIER_SUMMARIES_INTRO + "".join(f"- {text}\n" for text in earlier) if earlier else ""
 
-    def final_summary(self, engine: Engine | None) -> str:
-        """Over the whole meeting: a fork given the earlier summaries when the window has moved on,
-        the latest rolling summary when nothing was said since it."""
+    def final_summary_request(self) -> ForkRequest | str:
+        """The fork of the summary over the whole meeting (given the earlier summaries when the window
+        has moved on), or the summary itself when no fork is needed (the latest rolling summary when
+        nothing was said since it)."""
         context = self.earlier_context()
-        if engine is None or not self.segments:
-            return self.summaries[-1].text if self.summaries else ""
         if not context and self.summaries and self.segments_at_last_summary == len(self.segments):
             return self.summaries[-1].text
+        max_tokens = self.settings.llm.engine.max_summary_tokens
         if not context:
-            return whole_sentences(engine.summarize(self.settings.llm.engine.max_summary_tokens))
-        return whole_sentences(engine.complete(context + FINAL_SUMMARY_INSTRUCTION, self.settings.llm.engine.max_summary_tokens * 2))
+            return ForkRequest(SUMMARY_INSTRUCTION, max_tokens)
+        return ForkRequest(context + FINAL_SUMMARY_INSTRUCTION, max_tokens * 2)
 
     def final_notes(self, engine: Engine | None, answers: list[Answer], end: float) -> Notes:
+        """The notes at the end: the last stretch's extraction, the final summary, the title and the key
+        points, all forks off the final cache decoded side by side (`complete_all`)."""
         title, key_points = DEFAULT_TITLE, []
+        summary = self.summaries[-1].text if self.summaries else ""
         if engine is not None and self.segments:
-            self.extract(engine, since=self.summaries[-1].start if self.summaries else 0.0)
-        summary = self.final_summary(engine)
-        if engine is not None and self.segments:
+            since = self.summaries[-1].start if self.summaries else 0.0
             context = self.earlier_context()
-            title = first_line(engine.complete(context + TITLE_INSTRUCTION, 24), DEFAULT_TITLE)
+            extraction = self.extraction_requests()
+            summary_request = self.final_summary_request()
             max_tokens = self.settings.llm.engine.max_answer_tokens
-            key_points = not_echo(bullet_lines(engine.complete(context + KEY_POINTS_INSTRUCTION, max_tokens * 2)), KEY_POINTS_INSTRUCTION)
+            requests = [*extraction, *([summary_request] if isinstance(summary_request, ForkRequest) else []),
+                        ForkRequest(context + TITLE_INSTRUCTION, 24), ForkRequest(context + KEY_POINTS_INSTRUCTION, max_tokens * 2)]
+            outputs = complete_all(engine, requests)
+            if extraction:
+                self.take_extractions(outputs[:len(extraction)], since)
+            outputs = outputs[len(extraction):]
+            if isinstance(summary_request, ForkRequest):
+                summary, outputs = whole_sentences(outputs[0]), outputs[1:]
+            else:
+                summary = summary_request
+            title = first_line(outputs[0], DEFAULT_TITLE)
+            key_points = not_echo(bullet_lines(outputs[1]), KEY_POINTS_INSTRUCTION)
         return Notes(
             title=title,
             summary=summary,

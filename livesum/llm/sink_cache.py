@@ -347,6 +347,37 @@ class SinkCache(Cache):
             raise ValueError(f"cannot truncate a cache of {self.length} entries to {length}")
         self._set_length(length)
 
+    @torch.inference_mode()
+    def snapshot(self, length: int, room: int) -> SinkCache:
+        """A copy of this cache's first `length` entries with `room` free slots behind them: a fork written
+        there never touches this cache (several forks off one moment of the stream decode side by side)."""
+        if not self.n_sink + self.pinned <= length <= self.length:
+            raise ValueError(f"cannot snapshot {length} entries of a cache of {self.length}")
+        copy = SinkCache.__new__(SinkCache)
+        Cache.__init__(copy, layers=[SinkLayer(length + room, layer.table) for layer in self.layers])
+        copy.tables, copy.n_sink, copy.window, copy.evict_chunk = self.tables, self.n_sink, self.window, self.evict_chunk
+        copy.pinned_capacity, copy.pinned = self.pinned_capacity, self.pinned
+        for mine, theirs in zip(copy.layers, self.layers):
+            if theirs.is_initialized:
+                mine.lazy_initialization(theirs.keys[:, :, :1], theirs.values[:, :, :1])
+                mine.keys[:, :, :length] = theirs.keys[:, :, :length]
+                mine.values[:, :, :length] = theirs.values[:, :, :length]
+            mine.length = length
+        return copy
+
+    def save_tail(self, start: int) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """A copy of the entries from `start` to the end (a parked fork), to `restore_tail` later."""
+        return [layer.copy_out(start, self.length - start) for layer in self.layers]
+
+    def restore_tail(self, start: int, saved: list[tuple[torch.Tensor, torch.Tensor] | None]) -> None:
+        """Put entries saved by `save_tail(start)` back behind `start`, exactly; the length follows them."""
+        count = next((pair[0].shape[-2] for pair in saved if pair is not None), 0)
+        if start + count > self.capacity:
+            raise CacheFullError(f"sink cache full: {start + count} entries needed, capacity {self.capacity}")
+        for layer, pair in zip(self.layers, saved):
+            layer.copy_in(start, pair)
+        self._set_length(start + count)
+
     def replace_pinned(self, count: int, encode: Callable[[], None]) -> None:
         """Swap the pinned block for `count` new tokens that `encode()` feeds through the model.
 

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 
-from livesum.events import Answer, Error, Event, Notes, Segment, Status, Summary
+from livesum.events import Answer, AnswerPart, Error, Event, Notes, Segment, Status, Summary
 from livesum.outputs.files import timestamp
 
 SHOWN_LINES = 12  # committed lines kept on screen (the files have them all)
@@ -55,7 +55,7 @@ class LiveView:
         self.lines: deque[str] = deque(maxlen=SHOWN_LINES)
         self.partial: Segment | None = None
         self.summary = ""
-        self.answers: deque[Answer] = deque(maxlen=SHOWN_ANSWERS)
+        self.answers: deque[Answer | AnswerPart] = deque(maxlen=SHOWN_ANSWERS)  # a part until its answer comes
         self.status = "starting"
         self.warning = ""
         self.prompt = ""
@@ -70,7 +70,10 @@ class LiveView:
         if self.summary:
             parts.append(Panel(Text(self.summary), title="latest summary", border_style="cyan"))
         for answer in self.answers:
-            parts.append(Panel(Text(answer.text), title=escape(f"Q: {answer.question}"), border_style="green"))
+            text = Text(answer.text)
+            if isinstance(answer, AnswerPart):
+                text.append(" …", style="dim")
+            parts.append(Panel(text, title=escape(f"Q: {answer.question}"), border_style="green"))
         parts.append(Text.from_markup(self.status))
         if self.warning:
             parts.append(Text.from_markup(f"[yellow]{escape(self.warning)}[/yellow]"))
@@ -101,13 +104,21 @@ class LiveView:
                 self.partial = event
             case Summary(text=text):
                 self.summary = text
-            case Answer():
-                self.answers.append(event)
+            case Answer() | AnswerPart():
+                self._show_answer(event)
             case Error(message=message, fatal=fatal):
                 self.warning = f"{'error' if fatal else 'warning'}: {message}"
             case Notes(title=title):
                 self.warning = f"notes ready: {title}"
         self.refresh()
+
+    def _show_answer(self, answer: Answer | AnswerPart) -> None:
+        """An answer's words as they come: a part replaces the earlier text of the same answer."""
+        for index, shown in enumerate(self.answers):
+            if answer.id is not None and shown.id == answer.id:
+                self.answers[index] = answer
+                return
+        self.answers.append(answer)
 
     def close(self) -> None:
         self.live.stop()

@@ -1,9 +1,9 @@
 """The websocket server: routing and auth before the upgrade, one handler per protocol, shared models.
 
 Models load once (`load_shared_models`); every session gets its own transcribers (on the one
-Whisper) and its own StreamingEngine cache (on the one LM, run by the one `LmScheduler`).
+Whisper) and its own StreamingEngine cache (on the one LM, run by the one `LmService`).
 Nothing here calls a model on the event loop: Whisper runs in worker threads, the LM on the
-scheduler's thread, so a busy model never stalls another connection.
+service's thread, a forward at a time, so a busy model never stalls another connection.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from livesum.config import ConfigError, Settings, deep_merge, validate_settings
-from livesum.llm.scheduler import LmScheduler, Priority
+from livesum.llm.service import LmService, Priority
 from livesum.server.adapters import Adapter, AdapterError, Audio, Close, Open
 from livesum.server.adapters.recall import RecallAdapter
 from livesum.server.adapters.telnyx import TelnyxAdapter
@@ -134,7 +134,7 @@ class LivesumServer:
     def __init__(self, settings: Settings, models: SharedModels) -> None:
         self.settings = settings
         self.models = models
-        self.scheduler = LmScheduler()
+        self.service = LmService()
         self.sessions: dict[str, Session] = {}
         self.kv_bytes: int | None = None
         self.port: int | None = None
@@ -159,7 +159,7 @@ class LivesumServer:
                 ready(self)
             await (stop.wait() if stop is not None else asyncio.Future())
             await self.finish_all()
-        self.scheduler.close()
+        self.service.close()
 
     async def finish_all(self, timeout: float = 120) -> None:
         sessions = list(self.sessions.values())
@@ -248,13 +248,13 @@ class LivesumServer:
 
         engine = None
         if self.models.language_model is not None:
-            engine = await self.scheduler.run(Priority.QUESTION, new_engine, settings, self.models.language_model, self.models.tokenizer)
+            engine = await self.service.run(Priority.QUESTION, new_engine, settings, self.models.language_model, self.models.tokenizer)
             if self.kv_bytes is None:
                 self.kv_bytes = kv_cache_bytes(self.models.language_model, engine.cache.capacity)
                 log.info("KV cache per session: %.1f MiB (%d positions)", self.kv_bytes / 2**20, engine.cache.capacity)
         session = Session(
             session_id, settings, settings.server.data_dir / session_id,
-            transcriber_factory(self.models.whisper, settings, live=True), engine, self.scheduler,
+            transcriber_factory(self.models.whisper, settings, live=True), engine, self.service,
             speakers=speakers, on_finished=self._forget,
         )
         self.sessions[session_id] = session

@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from livesum.config import Settings
 from livesum.events import Error, Event
-from livesum.llm.scheduler import LmScheduler
+from livesum.llm.service import LmService
 from livesum.outputs.files import EventSink, file_sinks
 from livesum.pipeline import LanguageEngine, Pipeline, TranscriberFactory
 from livesum.server.audio import PIPELINE_RATE
@@ -90,7 +90,7 @@ class Session:
         out_dir: Path,
         transcribers: TranscriberFactory,
         engine: LanguageEngine | None,
-        scheduler: LmScheduler,
+        service: LmService,
         speakers: dict[str, str] | None = None,
         on_finished: Callable[[Session], None] | None = None,
     ) -> None:
@@ -116,7 +116,7 @@ class Session:
         self._tasks: set[asyncio.Task[object]] = set()
         self._bad_input = 0
         sinks: list[EventSink] = [*file_sinks(out_dir, settings.output.formats), _Numbering(self)]
-        self.pipeline = Pipeline(settings, transcribers, engine, sinks, live=True, scheduler=scheduler, speakers=speakers)
+        self.pipeline = Pipeline(settings, transcribers, engine, sinks, live=True, service=service, speakers=speakers)
         self.task = asyncio.create_task(self._run(), name=f"session-{session_id}")
 
     # -- audio in ----------------------------------------------------------------------------------

@@ -1,0 +1,396 @@
+"""The LM service: one owner of the model and of every session's cache, advancing work a forward at a time.
+
+A causal LM on a CPU (or one GPU) does one thing at a time and every stream shares it. Every model
+operation is a resumable run (`FeedRun`, `ForkRun`: livesum.llm.engine) that the service's one worker
+thread advances one forward per step, so no job holds the model for longer than one prefill chunk
+or one token, and the event loop never waits on the model (it only posts jobs and awaits futures).
+
+Each step the worker picks the most urgent eligible job:
+
+    score = priority level - seconds waited / AGING_SECONDS + the session's recent LM seconds / SHARE_SECONDS
+
+lower first: questions (0) before feeds (1) before rolling summaries (2) before notes (3), a job that
+waited gains a level every AGING_SECONDS (nothing starves), and a session that has had the model
+lately yields to the others (one client's flood of questions cannot hold back another session's
+feeds). Its one-token decode rows go into one batched forward with the ready decode rows of other
+jobs (each row its own cache), up to `max_decode_rows`; its feed chunk with other sessions' feed
+chunks: on a GPU one pass over the weights then serves them all.
+
+One live operation per engine at a time (a feed, or a fork on the live cache), except that a
+question preempts a running live fork of its own session between tokens (the fork is parked, see
+`ForkRun.park`). A question is answered on everything transcribed before it was asked: its session's
+feeds queued before it run first, at the question's priority. Forks of a group (`fork_many`) run on
+snapshots of the cache and never block the session's feeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from livesum.llm.engine import FeedRun, ForkRequest, ForkRun, StreamingEngine
+
+log = logging.getLogger(__name__)
+
+AGING_SECONDS = 5.0  # a waiting job gains one priority level per this many seconds
+SHARE_SECONDS = 2.0  # a session loses one priority level per this many seconds of recent LM time
+SHARE_HALF_LIFE = 10.0  # how fast a session's recent LM time is forgotten
+MAX_FEED_BATCH = 16  # sessions whose feed chunks run in one forward at most
+
+
+class Priority(IntEnum):
+    """Lower runs first."""
+
+    QUESTION = 0
+    FEED = 1
+    SUMMARY = 2
+    NOTES = 3
+
+
+Run = FeedRun | ForkRun
+
+
+@dataclass(eq=False)
+class _Job:
+    priority: int
+    sequence: int
+    session: object
+    future: concurrent.futures.Future
+    engine: StreamingEngine | None = None
+    runs: list[Run] = field(default_factory=list)
+    function: Callable[[], Any] | None = None  # a plain call on the LM thread (engine creation...)
+    account: Callable[[float], None] | None = None
+    submitted: float = field(default_factory=time.monotonic)
+    promoted: bool = False  # a feed that a later question of its session waits for
+
+    @property
+    def live(self) -> bool:
+        return any(run.live for run in self.runs)
+
+    @property
+    def level(self) -> int:
+        return int(Priority.QUESTION) if self.promoted else self.priority
+
+    @property
+    def is_question(self) -> bool:
+        return self.priority == Priority.QUESTION
+
+    def pending(self) -> list[Run]:
+        return [run for run in self.runs if not run.done]
+
+
+class LmService:
+    """Runs every model operation of every session on one worker thread, a forward at a time."""
+
+    def __init__(self, name: str = "livesum-lm", max_decode_rows: int = 4) -> None:
+        self.max_decode_rows = max_decode_rows
+        self._name = name
+        self._jobs: list[_Job] = []
+        self._sequence = itertools.count(1)
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._open: dict[int, _Job] = {}  # engine id -> the live job it is running
+        self._parked: dict[int, list[_Job]] = {}  # engine id -> live jobs a question set aside
+        self._usage: dict[int, tuple[float, float]] = {}  # session id -> (recent LM seconds, when)
+
+    # -- submitting (any thread) ----------------------------------------------------------------
+
+    def submit_runs(self, priority: Priority, engine: StreamingEngine, runs: list[Run], *, session: object = None,
+                    account: Callable[[float], None] | None = None) -> concurrent.futures.Future:
+        """Advance `runs` (of one engine) to the end; the future gets the result of one run, or a list for several."""
+        job = _Job(int(priority), next(self._sequence), session if session is not None else engine,
+                   concurrent.futures.Future(), engine=engine, runs=runs, account=account)
+        return self._post(job)
+
+    def submit_call(self, priority: Priority, function: Callable[..., Any], *args: Any, session: object = None,
+                    account: Callable[[float], None] | None = None) -> concurrent.futures.Future:
+        """`function(*args)` on the LM thread as one step (short calls: engine creation; engines that
+        have no step API)."""
+        job = _Job(int(priority), next(self._sequence), session, concurrent.futures.Future(),
+                   function=lambda: function(*args), account=account)
+        return self._post(job)
+
+    def _post(self, job: _Job) -> concurrent.futures.Future:
+        with self._wake:
+            if self._closing:
+                raise RuntimeError("the LM service is closed")
+            self._jobs.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+                self._thread.start()
+            self._wake.notify()
+        return job.future
+
+    # -- async API (the event loop) -----------------------------------------------------------------
+
+    async def run(self, priority: Priority, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)` on the LM thread, as one step."""
+        return await asyncio.wrap_future(self.submit_call(priority, function, *args))
+
+    async def feed(self, engine: Any, text: str, *, session: object = None,
+                   account: Callable[[float], None] | None = None) -> int:
+        """Transcript into `engine`'s cache, a prefill chunk per step; tokens fed."""
+        if not isinstance(engine, StreamingEngine):  # any other engine: one blocking call
+            return await self._called(Priority.FEED, engine.feed, (text,), session, account)
+        return await self._runs(Priority.FEED, engine, [engine.feed_run(text)], session, account)
+
+    async def summarize(self, engine: Any, max_new_tokens: int | None = None, *, session: object = None,
+                        account: Callable[[float], None] | None = None) -> str:
+        """A rolling summary off `engine`'s live cache (pinned if the engine pins summaries)."""
+        if not isinstance(engine, StreamingEngine):
+            return await self._called(Priority.SUMMARY, engine.summarize, (max_new_tokens,), session, account)
+        return await self._runs(Priority.SUMMARY, engine, [engine.summary_run(max_new_tokens)], session, account)
+
+    async def ask(self, engine: Any, question: str, context: str = "", *, on_text: Callable[[str], None] | None = None,
+                  session: object = None, account: Callable[[float], None] | None = None) -> str:
+        """An answer off the live cache, ahead of other work; `on_text` (on the LM thread) gets the text
+        so far after each token."""
+        if not isinstance(engine, StreamingEngine):
+            return await self._called(Priority.QUESTION, engine.ask, (question, None, context), session, account)
+        run = engine.question_run(question, None, context, on_text=on_text)
+        return await self._runs(Priority.QUESTION, engine, [run], session, account)
+
+    async def fork(self, priority: Priority, engine: StreamingEngine, run: ForkRun, *, session: object = None,
+                   account: Callable[[float], None] | None = None) -> str:
+        """Any fork the engine made (`fork_run`, `summary_run`, `question_run`); its text."""
+        return await self._runs(priority, engine, [run], session, account)
+
+    def blocking(self, engine: Any, priority: Priority, *, session: object = None,
+                 account: Callable[[float], None] | None = None) -> ServedEngine:
+        """`engine` as the blocking calls minutes make (from a worker thread, never this service's own)."""
+        return ServedEngine(self, engine, priority, session, account)
+
+    async def _runs(self, priority: Priority, engine: StreamingEngine, runs: list[Run], session: object,
+                    account: Callable[[float], None] | None) -> Any:
+        return await asyncio.wrap_future(self.submit_runs(priority, engine, runs, session=session, account=account))
+
+    async def _called(self, priority: Priority, function: Callable[..., Any], args: tuple, session: object,
+                      account: Callable[[float], None] | None) -> Any:
+        return await asyncio.wrap_future(self.submit_call(priority, function, *args, session=session, account=account))
+
+    def close(self, wait: bool = False) -> None:
+        """Finish the queued jobs and stop; `wait` blocks until the worker has (a process about to exit
+        must not leave it inside a torch call)."""
+        with self._wake:
+            self._closing = True
+            thread = self._thread
+            self._wake.notify()
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    # -- the worker ---------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                self._drop_cancelled()
+                while not self._jobs and not self._closing:
+                    self._wake.wait()
+                    self._drop_cancelled()
+                if not self._jobs:
+                    self._thread = None
+                    return
+                batch = self._choose()
+            if batch is None:  # everything waits on something (cannot happen with a consistent queue)
+                time.sleep(0.001)
+                continue
+            self._step(*batch)
+
+    def _drop_cancelled(self) -> None:
+        for job in [job for job in self._jobs if job.future.cancelled()]:
+            self._retire(job)
+
+    def _score(self, job: _Job, now: float) -> tuple[float, int]:
+        recent, when = self._usage.get(id(job.session), (0.0, now))
+        recent *= math.exp(-(now - when) / SHARE_HALF_LIFE * math.log(2))
+        return job.level - (now - job.submitted) / AGING_SECONDS + recent / SHARE_SECONDS, job.sequence
+
+    def _eligible(self, job: _Job) -> bool:
+        if job.function is not None or not job.live:
+            return True
+        key = id(job.engine)
+        open_job = self._open.get(key)
+        if open_job is job:
+            return True
+        if job.is_question:
+            if any(other.engine is job.engine and other.priority == Priority.FEED and other.sequence < job.sequence
+                   for other in self._jobs):
+                return False  # its session's earlier feeds first (they are promoted meanwhile)
+            return open_job is None or open_job.priority not in (Priority.QUESTION, Priority.FEED)
+        if open_job is None:
+            return not self._parked.get(key)
+        # a feed that a question waits for may set a running live fork aside; nothing else may
+        return job.promoted and open_job.priority not in (Priority.QUESTION, Priority.FEED)
+
+    def _choose(self) -> tuple[_Job, list[tuple[_Job, Run]]] | None:
+        """The job to advance and the rows of this step (its own, plus others' that batch with them)."""
+        for question in (job for job in self._jobs if job.is_question and job.engine is not None):
+            for feed in self._jobs:
+                if feed.engine is question.engine and feed.priority == Priority.FEED and feed.sequence < question.sequence:
+                    feed.promoted = True
+        now = time.monotonic()
+        ranked = sorted((job for job in self._jobs if self._eligible(job)), key=lambda job: self._score(job, now))
+        if not ranked:
+            return None
+        first = ranked[0]
+        if first.function is not None:
+            return first, []
+        self._take(first)
+        rows = [(first, run) for run in first.pending()]
+        wants = [run.want() for _, run in rows]
+        if any(len(tokens) > 1 for _, tokens in wants):
+            rows = [row for row, (_, tokens) in zip(rows, wants) if len(tokens) > 1]
+            if first.priority != Priority.FEED:
+                return first, rows
+            width = MAX_FEED_BATCH
+            kind = FeedRun
+        else:
+            width, kind = self.max_decode_rows, ForkRun
+        caches = {id(run.cache) for _, run in rows}
+        for other in ranked[1:]:
+            if len(rows) >= width:
+                break
+            if other.function is not None or other.engine is None or other.engine.model is not first.engine.model:
+                continue
+            if kind is FeedRun and (other.priority != Priority.FEED or self._open.get(id(other.engine)) not in (None, other)):
+                continue
+            for run in other.pending():
+                if len(rows) >= width or id(run.cache) in caches or not isinstance(run, kind):
+                    continue
+                if kind is ForkRun and (not run.started or run.prompted < len(run.prompt) or run._saved is not None):
+                    continue  # only forks already decoding join a decode batch
+                if kind is FeedRun:
+                    self._take(other)
+                rows.append((other, run))
+                caches.add(id(run.cache))
+        return first, rows
+
+    def _take(self, job: _Job) -> None:
+        """Make `job` the running live job of its engine, parking a fork it preempts."""
+        if not job.live:
+            return
+        key = id(job.engine)
+        open_job = self._open.get(key)
+        if open_job is job:
+            return
+        if open_job is not None:
+            for run in open_job.runs:
+                run.park()
+            self._parked.setdefault(key, []).append(open_job)
+        self._open[key] = job
+
+    def _step(self, first: _Job, rows: list[tuple[_Job, Run]]) -> None:
+        began = time.perf_counter()
+        jobs = list(dict.fromkeys([first, *(job for job, _ in rows)]))
+        try:
+            if first.function is not None:
+                result = first.function()
+                self._settle(first, result=result)
+            else:
+                from livesum.llm.batched import forward_batch
+
+                wants = [run.want() for _, run in rows]
+                logits = forward_batch(first.engine.model, [cache for cache, _ in wants], [tokens for _, tokens in wants])
+                for (_, run), row_logits in zip(rows, logits):
+                    run.accept(row_logits)
+                for job in jobs:
+                    if not job.pending():
+                        results = [run.result for run in job.runs]
+                        self._settle(job, result=results[0] if len(results) == 1 else results)
+        except BaseException as error:  # handed to the callers, never kills the worker
+            log.debug("LM step failed", exc_info=True)
+            for job in jobs:
+                self._settle(job, error=error)
+        finally:
+            self._account(jobs, time.perf_counter() - began)
+
+    def _account(self, jobs: list[_Job], elapsed: float) -> None:
+        now = time.monotonic()
+        share = elapsed / len(jobs)
+        for job in jobs:
+            recent, when = self._usage.get(id(job.session), (0.0, now))
+            self._usage[id(job.session)] = (recent * math.exp(-(now - when) / SHARE_HALF_LIFE * math.log(2)) + share, now)
+            if job.account is not None:
+                try:
+                    job.account(share)
+                except Exception:  # noqa: BLE001 - bookkeeping must not stop the model
+                    pass
+
+    def _settle(self, job: _Job, result: Any = None, error: BaseException | None = None) -> None:
+        with self._wake:
+            self._retire(job)
+        if job.future.cancelled():
+            return
+        try:
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)
+        except concurrent.futures.InvalidStateError:  # cancelled meanwhile
+            pass
+
+    def _retire(self, job: _Job) -> None:
+        """Remove a finished, failed or abandoned job; its engine goes back to what a question set aside."""
+        if job in self._jobs:
+            self._jobs.remove(job)
+        for run in job.runs:
+            run.close()
+        if job.engine is None:
+            return
+        key = id(job.engine)
+        parked = self._parked.get(key, [])
+        if job in parked:
+            parked.remove(job)
+        if self._open.get(key) is job:
+            del self._open[key]
+            if parked:
+                self._open[key] = parked.pop()
+        if not parked:
+            self._parked.pop(key, None)
+
+
+class ServedEngine:
+    """A session's engine as blocking calls that go through the LM service (for minutes, which run in a
+    worker thread): each call is a job of the given priority, advanced a token at a time like any other
+    (an engine without the step API: one call on the LM thread)."""
+
+    def __init__(self, service: LmService, engine: Any, priority: Priority, session: object,
+                 account: Callable[[float], None] | None) -> None:
+        self.service, self.engine, self.priority = service, engine, priority
+        self.session, self.account = session, account
+        self.stepped = isinstance(engine, StreamingEngine)
+
+    def _wait(self, runs: list[Run]) -> Any:
+        return self.service.submit_runs(self.priority, self.engine, runs, session=self.session, account=self.account).result()
+
+    def _call(self, function: Callable[..., Any], *args: Any) -> Any:
+        return self.service.submit_call(self.priority, function, *args, session=self.session, account=self.account).result()
+
+    def complete(self, instruction: str, max_new_tokens: int, *, structured: bool = False) -> str:
+        if not self.stepped:
+            return self._call(lambda: self.engine.complete(instruction, max_new_tokens, structured=structured))
+        return self._wait([self.engine.fork_run(instruction, max_new_tokens, structured=structured)])
+
+    def complete_many(self, requests: Sequence[ForkRequest]) -> list[str]:
+        """Forks off one moment of the stream, decoded side by side on snapshots of the cache."""
+        if not requests:
+            return []
+        if not self.stepped:
+            return [self.complete(r.instruction, r.max_new_tokens, structured=r.structured) for r in requests]
+        results = self._wait(self.engine.fork_group(requests))
+        return [results or ""] if len(requests) == 1 else [text or "" for text in results]
+
+    def summarize(self, max_new_tokens: int | None = None) -> str:
+        if not self.stepped:
+            return self._call(self.engine.summarize, max_new_tokens)
+        return self._wait([self.engine.summary_run(max_new_tokens)])

@@ -1,0 +1,67 @@
+"""Compact decode weights: int4 copies of the linear layers for one-token steps, full weights for prefill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, Qwen2Config
+
+from livesum.llm import compact
+from livesum.llm.compact import CompactLinear, compact_decode_weights, quantize
+
+pytestmark = pytest.mark.skipif(not compact.supported(), reason="this torch has no CPU int4 kernels")
+
+
+def tiny_qwen(dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    torch.manual_seed(0)
+    config = Qwen2Config(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+
+
+def test_int4_groups_reproduce_the_weight_within_their_step() -> None:
+    torch.manual_seed(0)
+    weight = (torch.randn(96, 128) * 0.05).to(torch.bfloat16)
+    packed, scales_and_zeros = quantize(weight)
+    eye = torch.eye(128, dtype=torch.bfloat16)  # x = I: the kernel returns the dequantised weight, transposed
+    dequantised = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, packed, compact.GROUP, scales_and_zeros).T.float()
+    step = (weight.float().reshape(96, -1, compact.GROUP).amax(-1) - weight.float().reshape(96, -1, compact.GROUP).amin(-1)) / 15
+    error = (dequantised - weight.float()).abs().reshape(96, -1, compact.GROUP).amax(-1)
+    assert torch.all(error <= step * 0.6 + 1e-3)  # the nearest of 16 levels, give or take bf16's rounding of scale and zero
+
+
+@torch.inference_mode()
+def test_decode_rows_use_the_int4_copy_and_prefill_the_full_weight() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 64, bias=True).to(torch.bfloat16)
+    layer = CompactLinear(linear, *quantize(linear.weight))
+    one = torch.randn(1, 1, 128, dtype=torch.bfloat16)
+    chunk = torch.randn(1, compact.DECODE_ROWS + 1, 128, dtype=torch.bfloat16)
+    assert torch.equal(layer(chunk), linear(chunk))  # prefill: exactly the full layer
+    close = layer(one)
+    assert not torch.equal(close, linear(one))  # decode: the int4 copy ...
+    exact = linear(one).float()
+    assert (close.float() - exact).norm() / exact.norm() < 0.1  # ... close to it (16 levels a group: ~6% for uniform weights)
+    assert layer.weight is linear.weight and layer.bias is linear.bias  # shared, not copied
+
+
+def test_a_compacted_model_decodes_like_the_full_one_and_packs_once(tmp_path: Path) -> None:
+    full, small = tiny_qwen(), tiny_qwen()
+    assert compact_decode_weights(small, tmp_path) == 2 * 7 + 1  # q k v o gate up down per layer, and the head
+    packed = list(tmp_path.glob("int4-g32-*.pt"))
+    assert len(packed) == 1
+    assert small.lm_head.weight is small.model.embed_tokens.weight  # the tied head stays tied
+    ids = torch.randint(0, 512, (1, 24))
+    with torch.inference_mode():
+        torch.testing.assert_close(small(ids).logits, full(ids).logits)  # prefill rows: the full weights
+        step = ids[:, -1:]
+        decoded, exact = small(step).logits.float(), full(step).logits.float()
+    assert not torch.equal(decoded, exact) and (decoded - exact).norm() / exact.norm() < 0.15  # one-token steps: int4
+    again = tiny_qwen()
+    stamp = packed[0].stat().st_mtime_ns
+    compact_decode_weights(again, tmp_path)  # loaded from the cache, not packed again
+    assert packed[0].stat().st_mtime_ns == stamp
+    assert torch.equal(again.model.layers[0].mlp.up_proj.packed, small.model.layers[0].mlp.up_proj.packed)

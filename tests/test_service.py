@@ -1,0 +1,222 @@
+"""The LM service: one worker thread for every model operation, a forward at a time, most urgent first.
+
+The ordering tests use plain call jobs; the preemption, fairness and stall tests run real forks of the
+real SmolLM2 on the worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from livesum.config import EngineConfig
+from livesum.llm.engine import ForkRequest, StreamingEngine
+from livesum.llm.service import LmService, Priority
+
+MEETING = (
+    "Anna: Good morning everyone, let's start with the roof. We had two quotes, Hartley and Baines. "
+    "Ben: Hartley is fourteen thousand two hundred, Baines is sixteen thousand eight hundred. "
+    "Anna: Then we go with Hartley. Ben, could you ring them on Monday? Ben: Sure, I'll call them Monday morning. "
+    "Carla: I will send the minutes to the residents by Friday. "
+)
+LONG_INSTRUCTION = "Write out, one per line, every word of the meeting above in order, with its speaker."
+
+
+async def test_a_question_overtakes_queued_summaries_and_feeds() -> None:
+    service = LmService()
+    gate = threading.Event()
+    order: list[str] = []
+
+    def blocking_first() -> None:
+        gate.wait(timeout=30)
+        order.append("first")
+
+    def job(name: str) -> str:
+        order.append(name)
+        return name
+
+    first = asyncio.create_task(service.run(Priority.SUMMARY, blocking_first))
+    await asyncio.sleep(0.05)  # let the worker pick it up and block
+    queued = [
+        asyncio.create_task(service.run(Priority.SUMMARY, job, "summary")),
+        asyncio.create_task(service.run(Priority.FEED, job, "feed 1")),
+        asyncio.create_task(service.run(Priority.FEED, job, "feed 2")),
+        asyncio.create_task(service.run(Priority.QUESTION, job, "question")),
+    ]
+    await asyncio.sleep(0.05)
+    gate.set()
+    await first
+    assert await asyncio.gather(*queued) == ["summary", "feed 1", "feed 2", "question"]
+    assert order == ["first", "question", "feed 1", "feed 2", "summary"]
+    service.close(wait=True)
+
+
+async def test_every_call_runs_on_the_one_worker_thread_and_errors_reach_the_caller() -> None:
+    service = LmService()
+    threads = await asyncio.gather(*(service.run(Priority.FEED, threading.get_ident) for _ in range(5)))
+    assert len(set(threads)) == 1 and threads[0] != threading.get_ident()
+
+    def broken() -> None:
+        raise RuntimeError("CUDA out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        await service.run(Priority.QUESTION, broken)
+    assert await service.run(Priority.FEED, lambda: "still serving") == "still serving"
+    service.close(wait=True)
+
+
+async def test_a_caller_that_went_away_is_skipped() -> None:
+    service = LmService()
+    gate = threading.Event()
+    ran: list[str] = []
+    blocker = asyncio.create_task(service.run(Priority.FEED, gate.wait, 30))
+    await asyncio.sleep(0.05)
+    abandoned = asyncio.create_task(service.run(Priority.FEED, ran.append, "abandoned"))
+    await asyncio.sleep(0.05)
+    abandoned.cancel()
+    gate.set()
+    await blocker
+    await service.run(Priority.FEED, ran.append, "kept")
+    assert ran == ["kept"]
+    service.close(wait=True)
+
+
+async def test_close_with_wait_returns_once_the_worker_has_stopped() -> None:
+    service = LmService()
+    started, release = threading.Event(), threading.Event()
+    workers: list[threading.Thread] = []
+
+    def running() -> None:
+        workers.append(threading.current_thread())
+        started.set()
+        release.wait(timeout=30)
+
+    job = asyncio.create_task(service.run(Priority.FEED, running))
+    await asyncio.to_thread(started.wait, 30)
+    closing = asyncio.create_task(asyncio.to_thread(service.close, True))
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # still inside the job
+    release.set()
+    await closing
+    assert not workers[0].is_alive()
+    await job
+
+
+# -- real forks of SmolLM2 -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2(model_cache):
+    from livesum.models import load_language_model
+
+    return load_language_model("smollm2-135m", model_cache, device="cpu", dtype="float32")
+
+
+def engine_on(loaded, window: int = 512) -> StreamingEngine:
+    model, tokenizer = loaded
+    engine = StreamingEngine(model, tokenizer, EngineConfig(window=window, evict_chunk=64, prefill_chunk=64, fork_room=512))
+    engine.feed(MEETING)
+    return engine
+
+
+@pytest.mark.slow
+async def test_a_question_overtakes_a_running_extraction_and_the_extraction_resumes_exactly(smollm2) -> None:
+    engine = engine_on(smollm2)
+    alone = engine.complete(LONG_INSTRUCTION, 160, structured=True)  # the reference, with nothing in its way
+    question = "Who will call Hartley?"
+    alone_answer = engine.ask(question)
+    service = LmService()
+    progress: list[str] = []
+    extraction_run = engine.fork_run(LONG_INSTRUCTION, 160, structured=True, on_text=progress.append)
+    extraction = asyncio.ensure_future(service.fork(Priority.SUMMARY, engine, extraction_run))
+    while len(progress) < 10:  # the extraction is decoding
+        await asyncio.sleep(0.01)
+    answer = await service.ask(engine, question)
+    assert not extraction.done(), "the question waited for the whole extraction"
+    assert answer == alone_answer
+    assert await extraction == alone  # parked and put back exactly: the same tokens as alone
+    assert extraction_run.restarts == 0
+    assert engine.cache.length == engine.cache_length  # rolled back to the live stream
+    service.close(wait=True)
+
+
+@pytest.mark.slow
+async def test_a_question_is_answered_after_the_feeds_sent_before_it(smollm2) -> None:
+    engine = engine_on(smollm2)
+    service = LmService()
+    gate = threading.Event()
+    blocker = asyncio.create_task(service.run(Priority.NOTES, gate.wait, 30))  # the model is busy meanwhile
+    await asyncio.sleep(0.05)
+    before = engine.tokens_seen
+    feed = asyncio.create_task(service.feed(engine, " Anna: One more thing: the builder we chose is Hartley and Sons."))
+    await asyncio.sleep(0.01)
+    seen_when_answering: list[int] = []
+    ask = asyncio.create_task(service.ask(engine, "Which builder did they choose?",
+                                          on_text=lambda text: seen_when_answering.append(engine.tokens_seen)))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await blocker
+    fed = await feed
+    await ask
+    assert fed > 0 and seen_when_answering and seen_when_answering[0] == before + fed  # the feed was in first
+    service.close(wait=True)
+
+
+@pytest.mark.slow
+async def test_a_flood_of_questions_from_one_session_leaves_another_sessions_feeds_on_time(smollm2) -> None:
+    flooder, other = engine_on(smollm2), engine_on(smollm2)
+    service = LmService()
+    questions = [asyncio.create_task(service.ask(flooder, f"What did Ben say about the roof, part {n}?", session="a"))
+                 for n in range(8)]
+    await asyncio.sleep(0.05)
+    fed_at = []
+    for n in range(5):
+        await service.feed(other, f" Dan: Note number {n} for the record.", session="b")
+        fed_at.append(time.monotonic())
+    finished = []
+    for question in asyncio.as_completed(questions):
+        await question
+        finished.append(time.monotonic())
+    assert fed_at[-1] < finished[-2], "the other session's feeds waited behind the whole flood"
+    service.close(wait=True)
+
+
+@pytest.mark.slow
+async def test_a_real_fork_on_the_worker_never_stalls_the_event_loop(smollm2) -> None:
+    engine = engine_on(smollm2)
+    service = LmService()
+    stalls: list[float] = []
+    running = True
+
+    async def watchdog() -> None:
+        while running:
+            began = time.perf_counter()
+            await asyncio.sleep(0.01)
+            _ = engine.cache_length, engine.tokens_seen  # what the status line reads
+            stalls.append(time.perf_counter() - began - 0.01)
+
+    dog = asyncio.create_task(watchdog())
+    notes = asyncio.to_thread(service.blocking(engine, Priority.NOTES).complete_many, [
+        ForkRequest(LONG_INSTRUCTION, 96, structured=True), ForkRequest("Give this meeting a short title.", 16)])
+    summary = service.summarize(engine, 64)
+    feeds = [service.feed(engine, f" Dan: note {n}.") for n in range(3)]
+    outputs, text, *_ = await asyncio.gather(notes, summary, *feeds)
+    running = False
+    await dog
+    assert all(outputs) and text
+    assert len(stalls) > 20 and max(stalls) < 0.1, f"event loop stalled {max(stalls) * 1000:.0f} ms"
+    service.close(wait=True)
+
+
+@pytest.mark.slow
+def test_forks_decoded_together_give_the_same_answers_as_one_after_another(smollm2) -> None:
+    engine = engine_on(smollm2)
+    requests = [ForkRequest(LONG_INSTRUCTION, 48, structured=True), ForkRequest("Give this meeting a short title.", 16),
+                ForkRequest("Who will send the minutes?", 32)]
+    alone = [engine.complete(r.instruction, r.max_new_tokens, structured=r.structured) for r in requests]
+    length = engine.cache.length
+    assert engine.complete_many(requests) == alone
+    assert engine.cache.length == length
