@@ -12,11 +12,18 @@ LM feeding, rolling summaries). Reported:
   machine's load average, since the machine may be shared;
 - dropped audio, Whisper passes, and the worst ASR lag seen in status events;
 - WER of the streaming finals and of the batch policy on the same audio (against the reference text
-  when one is given, e.g. make_meeting.py's `.reference.txt`), and WER of streaming against batch.
+  when one is given, e.g. make_meeting.py's `.reference.txt`), and WER of streaming against batch;
+- for questions asked mid-stream (`--ask SECONDS:QUESTION`, asked when the stream reaches SECONDS, as
+  a user typing into `livesum mic` would): seconds to the first words of the answer (its first
+  `answer_part` event) and to the whole answer.
 
     python samples/make_meeting.py --out /tmp/meeting.wav --minutes 5
     .venv/bin/python benchmarks/live_latency.py /tmp/meeting.wav --reference /tmp/meeting.reference.txt \
         --asr-model base --json docs/live_latency.json
+With the default model, rolling summaries and questions (the issue's acceptance run):
+    .venv/bin/python benchmarks/live_latency.py /tmp/housing_coop.wav --minutes 7 --no-batch \
+        --set llm.summary_every_seconds=150 --ask "150:Who will ring the roofers?" \
+        --ask "240:How much was the cheaper quote?" --ask "330:What did they decide about the bins?"
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import numpy as np
 
 from livesum.asr.transcriber import StreamingTranscriber, load_whisper
 from livesum.config import Settings, load_settings
-from livesum.events import Event, Segment, Status
+from livesum.events import Answer, AnswerPart, Event, Segment, Status
 from livesum.pipeline import Pipeline
 from livesum.runner import load_engine, transcriber_factory
 from livesum.source.audio import AudioChunk
@@ -116,12 +123,40 @@ def batch_transcript(whisper, settings: Settings, chunks: list[AudioChunk]) -> s
     return " ".join(s.text for s in segments if s.final)
 
 
-async def live_run(settings: Settings, whisper, chunks: list[AudioChunk]) -> dict:
+async def ask_when_reached(pipeline: Pipeline, questions: list[tuple[float, str]], asked: dict[str, float]) -> None:
+    """Ask each question once the stream has reached its time (the wall time it was asked is kept)."""
+    pending = []
+    for at, question in sorted(questions):
+        while pipeline.result.audio_seconds < at:
+            await asyncio.sleep(0.05)
+        asked[question] = time.time()
+        pending.append(asyncio.create_task(pipeline.ask(question)))
+    await asyncio.gather(*pending)
+
+
+def answer_latencies(events: list[Event], asked: dict[str, float]) -> list[dict]:
+    rows = []
+    for question, at in asked.items():
+        parts = [e.wall_time for e in events if isinstance(e, AnswerPart) and e.question == question]
+        answers = [e for e in events if isinstance(e, Answer) and e.question == question]
+        rows.append({
+            "question": question,
+            "first_words_seconds": round(min(parts) - at, 2) if parts else None,
+            "answer_seconds": round(answers[0].wall_time - at, 2) if answers else None,
+            "answer": answers[0].text if answers else None,
+        })
+    return rows
+
+
+async def live_run(settings: Settings, whisper, chunks: list[AudioChunk], questions: list[tuple[float, str]]) -> dict:
     engine = load_engine(settings)
     collector = Collector()
     pipeline = Pipeline(settings, transcriber_factory(whisper, settings, live=True), engine, [collector], live=True)
     usage_before, wall_before, load_before = resource.getrusage(resource.RUSAGE_SELF), time.time(), os.getloadavg()
+    asked: dict[str, float] = {}
+    asking = asyncio.create_task(ask_when_reached(pipeline, questions, asked))
     result = await pipeline.run(paced(chunks, pipeline, settings.capture.buffer_seconds))
+    asking.cancel()
     usage_after, wall = resource.getrusage(resource.RUSAGE_SELF), time.time() - wall_before
     cpu = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
     segments = [e for e in collector.events if isinstance(e, Segment)]
@@ -149,6 +184,8 @@ async def live_run(settings: Settings, whisper, chunks: list[AudioChunk]) -> dic
         "dropped_seconds": round(result.dropped_seconds, 2),
         "max_asr_lag": max(lags, default=None),
         "summaries": sum(1 for e in collector.events if e.type == "summary"),
+        "questions": (answered := answer_latencies(collector.events, asked)),
+        "first_words_median": percentile([q["first_words_seconds"] for q in answered if q["first_words_seconds"] is not None], 50),
         "errors": [e.message for e in collector.events if e.type == "error"],
         "transcript": " ".join(s.text for s in finals),
         "final_latencies": [[s.end, s.latency] for s in finals],  # (stream time, latency): where the tail comes from
@@ -165,6 +202,8 @@ def main() -> None:
     parser.add_argument("--no-llm", action="store_true", help="without the language model (isolates ASR latency)")
     parser.add_argument("--no-batch", action="store_true", help="skip the batch-mode WER comparison")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--ask", action="append", default=[], metavar="SECONDS:QUESTION",
+                        help="ask QUESTION when the stream reaches SECONDS (repeatable)")
     args = parser.parse_args()
 
     overrides: dict = {"asr": {"model": args.asr_model, "policy": "streaming"}}
@@ -182,7 +221,8 @@ def main() -> None:
 
     whisper = load_whisper(settings.asr, settings.resolved_cache_dir())
     chunks = load_audio(args.audio, settings, args.minutes * 60 if args.minutes else None)
-    report = asyncio.run(live_run(settings, whisper, chunks))
+    questions = [(float(at), question) for at, _, question in (item.partition(":") for item in args.ask)]
+    report = asyncio.run(live_run(settings, whisper, chunks, questions))
     report["asr_model"] = settings.asr.model
     report["streaming_config"] = settings.asr.streaming.model_dump()
     report["llm"] = settings.llm.model if settings.llm.enabled else None

@@ -73,6 +73,9 @@ class _BatchLayer(CacheLayerMixin):
                 raise CacheFullError(f"sink cache full: {start + count} entries needed, capacity {layer.capacity}")
             targets += [layer.keys[:, :, start:start + count], layer.values[:, :, start:start + count]]
             sources += [pre_keys[row:row + 1, :, :count], value_states[row:row + 1, :, :count]]
+            if layer.rotated is not None:
+                targets.append(layer.rotated[:, :, start:start + count])
+                sources.append(key_states[row:row + 1, :, :count])
             layer.length = start + count
         torch._foreach_copy_(targets, sources)
         keys = key_states.new_zeros((batch, heads, self.read_length, head_dim))

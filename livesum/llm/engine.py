@@ -142,6 +142,7 @@ class StreamingEngine:
         self.cache = SinkCache(
             model, n_sink=max(config.n_sink, len(head_ids)), window=config.window,
             evict_chunk=config.evict_chunk, pinned_capacity=pinned_capacity, room=room,
+            keep_rotated=config.keep_rotated_keys,
         )
         limit = getattr(model.config, "max_position_embeddings", None)
         if limit is not None and self.cache.capacity > limit:

@@ -121,17 +121,22 @@ class SinkLayer(CacheLayerMixin):
     """One layer's sink cache: preallocated pre-RoPE keys and values; see the module doc.
 
     `keys` holds every key once, *before* RoPE; attention gets them rotated for their slots at read.
+    With `keep_rotated`, a second buffer keeps each key as the model rotated it for its slot, so a read
+    is a view instead of a rotation of the whole cache (measured: ~15 ms of a 135 ms decode step of the
+    1.5B model on 2 CPU cores); entries that move (eviction, a new pinned block) are rotated again for
+    their new slots from the pre-RoPE keys, once per move. Costs 50% more key memory.
     """
 
     is_sliding = False
     is_compileable = False
 
-    def __init__(self, capacity: int, table: RotaryTable) -> None:
+    def __init__(self, capacity: int, table: RotaryTable, keep_rotated: bool = False) -> None:
         super().__init__()
-        self.capacity, self.table = capacity, table
+        self.capacity, self.table, self.keep_rotated = capacity, table, keep_rotated
         self.length = 0
         self.static_slots: torch.Tensor | None = None
         self.static_read = 0
+        self.rotated: torch.Tensor | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -139,6 +144,7 @@ class SinkLayer(CacheLayerMixin):
         shape = (1, heads, self.capacity, head_dim)
         self.keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.values = torch.zeros((*shape[:3], value_states.shape[-1]), dtype=self.dtype, device=self.device)
+        self.rotated = torch.zeros(shape, dtype=self.dtype, device=self.device) if self.keep_rotated else None
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,6 +154,8 @@ class SinkLayer(CacheLayerMixin):
             slots = self.static_slots
             self.keys.index_copy_(2, slots, self.table.unrotate(key_states, slots))
             self.values.index_copy_(2, slots, value_states)
+            if self.rotated is not None:
+                self.rotated.index_copy_(2, slots, key_states)
             return self.rotated_keys(self.static_read), self.values[:, :, :self.static_read]
         end = self.write(key_states, value_states, self.length)
         self.length = end
@@ -160,10 +168,15 @@ class SinkLayer(CacheLayerMixin):
             raise CacheFullError(f"sink cache full: {end} entries needed, capacity {self.capacity}")
         self.keys[:, :, start:end] = self.table.unrotate(key_states, start)
         self.values[:, :, start:end] = value_states
+        if self.rotated is not None:
+            self.rotated[:, :, start:end] = key_states
         return end
 
     def rotated_keys(self, end: int) -> torch.Tensor:
-        """Keys of slots 0..end-1 rotated for those slots: what attention reads (a transient tensor)."""
+        """Keys of slots 0..end-1 rotated for those slots: what attention reads (a view with
+        `keep_rotated`, else a transient tensor)."""
+        if self.rotated is not None:
+            return self.rotated[:, :, :end]
         return self.table.rotate(self.keys[:, :, :end], 0)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -180,24 +193,32 @@ class SinkLayer(CacheLayerMixin):
 
     @torch.inference_mode()
     def move(self, source: int, target: int, count: int) -> None:
-        """Move `count` entries from slot `source` to slot `target`: a plain copy, since keys are pre-RoPE."""
+        """Move `count` entries from slot `source` to slot `target`: a plain copy, since keys are pre-RoPE
+        (the rotated copies, if kept, are rotated again for their new slots)."""
         if not self.is_initialized or count <= 0 or source == target:
             return
         for buffer in (self.keys, self.values):
             buffer[:, :, target:target + count] = buffer[:, :, source:source + count].clone()
+        if self.rotated is not None:
+            self.rotated[:, :, target:target + count] = self.table.rotate(self.keys[:, :, target:target + count], target)
+
+    def _buffers(self) -> tuple[torch.Tensor, ...]:
+        return (self.keys, self.values) if self.rotated is None else (self.keys, self.values, self.rotated)
 
     @torch.inference_mode()
-    def copy_out(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def copy_out(self, start: int, count: int) -> tuple[torch.Tensor, ...] | None:
         """A copy of slots start..start+count-1 (a backup to restore after a failed re-encode)."""
         if not self.is_initialized or count <= 0:
             return None
-        return self.keys[:, :, start:start + count].clone(), self.values[:, :, start:start + count].clone()
+        return tuple(buffer[:, :, start:start + count].clone() for buffer in self._buffers())
 
     @torch.inference_mode()
-    def copy_in(self, start: int, saved: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    def copy_in(self, start: int, saved: tuple[torch.Tensor, ...] | None) -> None:
+        """Put a `copy_out` back at the same slots, exactly."""
         if saved is not None:
             count = saved[0].shape[-2]
-            self.keys[:, :, start:start + count], self.values[:, :, start:start + count] = saved
+            for buffer, part in zip(self._buffers(), saved):
+                buffer[:, :, start:start + count] = part
 
 
 def rotary_tables(model: PreTrainedModel, capacity: int) -> list[RotaryTable]:
@@ -270,7 +291,7 @@ class SinkCache(Cache):
     """
 
     def __init__(self, model: PreTrainedModel, *, n_sink: int, window: int, evict_chunk: int,
-                 pinned_capacity: int = 0, room: int = 0) -> None:
+                 pinned_capacity: int = 0, room: int = 0, keep_rotated: bool = False) -> None:
         if window < 1 or evict_chunk < 1 or n_sink < 0 or pinned_capacity < 0 or room < 0:
             raise ValueError("sink cache sizes must be positive")
         capacity = n_sink + pinned_capacity + window + room
@@ -278,7 +299,7 @@ class SinkCache(Cache):
         self.n_sink, self.window, self.evict_chunk = n_sink, window, evict_chunk
         self.pinned_capacity = pinned_capacity
         self.pinned = 0
-        super().__init__(layers=[SinkLayer(capacity, table) for table in self.tables])
+        super().__init__(layers=[SinkLayer(capacity, table, keep_rotated) for table in self.tables])
 
     @property
     def length(self) -> int:
@@ -354,14 +375,14 @@ class SinkCache(Cache):
         if not self.n_sink + self.pinned <= length <= self.length:
             raise ValueError(f"cannot snapshot {length} entries of a cache of {self.length}")
         copy = SinkCache.__new__(SinkCache)
-        Cache.__init__(copy, layers=[SinkLayer(length + room, layer.table) for layer in self.layers])
+        Cache.__init__(copy, layers=[SinkLayer(length + room, layer.table, layer.keep_rotated) for layer in self.layers])
         copy.tables, copy.n_sink, copy.window, copy.evict_chunk = self.tables, self.n_sink, self.window, self.evict_chunk
         copy.pinned_capacity, copy.pinned = self.pinned_capacity, self.pinned
         for mine, theirs in zip(copy.layers, self.layers):
             if theirs.is_initialized:
                 mine.lazy_initialization(theirs.keys[:, :, :1], theirs.values[:, :, :1])
-                mine.keys[:, :, :length] = theirs.keys[:, :, :length]
-                mine.values[:, :, :length] = theirs.values[:, :, :length]
+                for target, source in zip(mine._buffers(), theirs._buffers()):
+                    target[:, :, :length] = source[:, :, :length]
             mine.length = length
         return copy
 
