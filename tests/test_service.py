@@ -220,3 +220,11 @@ def test_forks_decoded_together_give_the_same_answers_as_one_after_another(smoll
     length = engine.cache.length
     assert engine.complete_many(requests) == alone
     assert engine.cache.length == length
+
+
+@pytest.mark.slow
+async def test_an_empty_feed_is_answered_without_the_model(smollm2) -> None:
+    engine = engine_on(smollm2)
+    service = LmService()
+    assert await service.feed(engine, "") == 0
+    service.close(wait=True)

@@ -105,6 +105,7 @@ def compact_decode_weights(model: nn.Module, cache_dir: Path | None, group: int 
         except Exception as error:  # noqa: BLE001 - a broken cache file is remade, never fatal
             log.warning("ignoring unreadable %s (%s); packing again", path, error)
     targets = _targets(model, group)
+    model.livesum_decode_rows = DECODE_ROWS  # the LM service batches at most this many decode rows
     made: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, linear in targets:
         pair = saved.get(name)

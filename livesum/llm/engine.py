@@ -356,10 +356,6 @@ class FeedRun:
     def done(self) -> bool:
         return self.result is not None
 
-    @property
-    def started(self) -> bool:
-        return self._prepared or len(self.pending) < len(self.engine.chunks(self.ids))
-
     def want(self) -> tuple[SinkCache, list[int]]:
         if not self._prepared:
             self.cache.make_room(len(self.pending[0]))
@@ -418,12 +414,13 @@ class ForkRun:
         self.answer: list[int] = []
 
     @property
-    def started(self) -> bool:
-        return self.mark is not None
-
-    @property
     def done(self) -> bool:
         return self.result is not None
+
+    @property
+    def decoding(self) -> bool:
+        """Started, past its prompt and not parked: its next step is one token (it can join a decode batch)."""
+        return self.mark is not None and self.prompted >= len(self.prompt) and self._saved is None
 
     def want(self) -> tuple[SinkCache, list[int]]:
         """The cache and the tokens the next forward must run: a prompt chunk, or the last picked token."""
@@ -461,11 +458,6 @@ class ForkRun:
         if self.on_text is not None:
             self.on_text(engine.decode(self.answer))
         return self._finish() if len(self.answer) >= self.limit else False
-
-    def step(self) -> bool:
-        """`want`, the forward, `accept`: one step run alone."""
-        _, tokens = self.want()
-        return self.accept(self.engine.forward(tokens, self.cache))
 
     def _finish(self) -> bool:
         self.cache.truncate(self.mark)

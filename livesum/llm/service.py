@@ -10,7 +10,8 @@ Each step the worker picks the most urgent eligible job:
     score = priority level - seconds waited / AGING_SECONDS + the session's recent LM seconds / SHARE_SECONDS
 
 lower first: questions (0) before feeds (1) before rolling summaries (2) before notes (3), a job that
-waited gains a level every AGING_SECONDS (nothing starves), and a session that has had the model
+waits gains a level every AGING_SECONDS since it last had a step (nothing starves, and a long job
+that keeps getting steps does not climb above a new question), and a session that has had the model
 lately yields to the others (one client's flood of questions cannot hold back another session's
 feeds). Its one-token decode rows go into one batched forward with the ready decode rows of other
 jobs (each row its own cache), up to `max_decode_rows`; its feed chunk with other sessions' feed
@@ -69,7 +70,7 @@ class _Job:
     runs: list[Run] = field(default_factory=list)
     function: Callable[[], Any] | None = None  # a plain call on the LM thread (engine creation...)
     account: Callable[[float], None] | None = None
-    submitted: float = field(default_factory=time.monotonic)
+    waiting_since: float = field(default_factory=time.monotonic)  # submitted, or last given a step
     promoted: bool = False  # a feed that a later question of its session waits for
 
     @property
@@ -91,7 +92,7 @@ class _Job:
 class LmService:
     """Runs every model operation of every session on one worker thread, a forward at a time."""
 
-    def __init__(self, name: str = "livesum-lm", max_decode_rows: int = 4) -> None:
+    def __init__(self, name: str = "livesum-lm", max_decode_rows: int = 32) -> None:
         self.max_decode_rows = max_decode_rows
         self._name = name
         self._jobs: list[_Job] = []
@@ -110,6 +111,10 @@ class LmService:
         """Advance `runs` (of one engine) to the end; the future gets the result of one run, or a list for several."""
         job = _Job(int(priority), next(self._sequence), session if session is not None else engine,
                    concurrent.futures.Future(), engine=engine, runs=runs, account=account)
+        if not job.pending():  # nothing to run (an empty feed)
+            results = [run.result for run in runs]
+            job.future.set_result(results[0] if len(results) == 1 else results)
+            return job.future
         return self._post(job)
 
     def submit_call(self, priority: Priority, function: Callable[..., Any], *args: Any, session: object = None,
@@ -213,7 +218,7 @@ class LmService:
     def _score(self, job: _Job, now: float) -> tuple[float, int]:
         recent, when = self._usage.get(id(job.session), (0.0, now))
         recent *= math.exp(-(now - when) / SHARE_HALF_LIFE * math.log(2))
-        return job.level - (now - job.submitted) / AGING_SECONDS + recent / SHARE_SECONDS, job.sequence
+        return job.level - (now - job.waiting_since) / AGING_SECONDS + recent / SHARE_SECONDS, job.sequence
 
     def _eligible(self, job: _Job) -> bool:
         if job.function is not None or not job.live:
@@ -255,7 +260,9 @@ class LmService:
             width = MAX_FEED_BATCH
             kind = FeedRun
         else:
-            width, kind = self.max_decode_rows, ForkRun
+            # int4 decode weights serve a few rows only (livesum.llm.compact): more would take the full weights
+            width, kind = getattr(first.engine.model, "livesum_decode_rows", self.max_decode_rows), ForkRun
+            rows = sorted(rows, key=lambda row: len(getattr(row[1], "answer", ())))[:width]  # furthest behind first
         caches = {id(run.cache) for _, run in rows}
         for other in ranked[1:]:
             if len(rows) >= width:
@@ -267,7 +274,7 @@ class LmService:
             for run in other.pending():
                 if len(rows) >= width or id(run.cache) in caches or not isinstance(run, kind):
                     continue
-                if kind is ForkRun and (not run.started or run.prompted < len(run.prompt) or run._saved is not None):
+                if kind is ForkRun and not run.decoding:
                     continue  # only forks already decoding join a decode batch
                 if kind is FeedRun:
                     self._take(other)
@@ -318,6 +325,7 @@ class LmService:
         now = time.monotonic()
         share = elapsed / len(jobs)
         for job in jobs:
+            job.waiting_since = now  # aging counts the wait since the last step, not since submission
             recent, when = self._usage.get(id(job.session), (0.0, now))
             self._usage[id(job.session)] = (recent * math.exp(-(now - when) / SHARE_HALF_LIFE * math.log(2)) + share, now)
             if job.account is not None:
