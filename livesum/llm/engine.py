@@ -456,7 +456,10 @@ class ForkRun:
             return self._finish()
         self.answer.append(token)
         if self.on_text is not None:
-            self.on_text(engine.decode(self.answer))
+            try:
+                self.on_text(engine.decode(self.answer))
+            except Exception:  # noqa: BLE001 - a listener that went away must not fail the step (or its batch)
+                log.debug("answer listener failed", exc_info=True)
         return self._finish() if len(self.answer) >= self.limit else False
 
     def _finish(self) -> bool:

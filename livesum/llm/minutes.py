@@ -309,6 +309,7 @@ class MeetingMinutes:
         self.items: list[Decision | ActionItem] = []
         self.segments_at_last_summary = -1
         self.segments_at_last_extraction = 0
+        self._segments_requested = 0
 
     def on_segment(self, segment: Segment) -> None:
         if segment.final and segment.text.strip():
@@ -325,12 +326,13 @@ class MeetingMinutes:
         """The extraction forks (decisions, tasks), or none when nothing was said since the last ones."""
         if len(self.segments) == self.segments_at_last_extraction:
             return []
+        self._segments_requested = len(self.segments)  # what the forks will have read (more may come meanwhile)
         return [ForkRequest(instruction, EXTRACT_MAX_TOKENS, structured=True) for _, instruction in EXTRACTIONS]
 
     def take_extractions(self, outputs: Sequence[str], since: float) -> None:
         """The extraction forks' outputs, grounded in the segments from `since` on (what the window
         holds), merged into the running list."""
-        self.segments_at_last_extraction = len(self.segments)
+        self.segments_at_last_extraction = self._segments_requested
         window = [segment for segment in self.segments if segment.end >= since] or self.segments
         names = self.names()
         for (kind, _), output in zip(EXTRACTIONS, outputs):

@@ -125,6 +125,10 @@ class LmService:
                    function=lambda: function(*args), account=account)
         return self._post(job)
 
+    def on_worker(self) -> bool:
+        """Whether the caller is this service's own worker thread (which must never wait on a job)."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
     def _post(self, job: _Job) -> concurrent.futures.Future:
         with self._wake:
             if self._closing:
@@ -379,10 +383,16 @@ class ServedEngine:
         self.stepped = isinstance(engine, StreamingEngine)
 
     def _wait(self, runs: list[Run]) -> Any:
+        self._not_on_worker()
         return self.service.submit_runs(self.priority, self.engine, runs, session=self.session, account=self.account).result()
 
     def _call(self, function: Callable[..., Any], *args: Any) -> Any:
+        self._not_on_worker()
         return self.service.submit_call(self.priority, function, *args, session=self.session, account=self.account).result()
+
+    def _not_on_worker(self) -> None:
+        if self.service.on_worker():
+            raise RuntimeError("a blocking model call on the LM service's own thread would wait on itself")
 
     def complete(self, instruction: str, max_new_tokens: int, *, structured: bool = False) -> str:
         if not self.stepped:
