@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from livesum.llm.batched import forward_batch
 from livesum.llm.engine import FeedRun, ForkRequest, ForkRun, StreamingEngine
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class LmService:
         self._open: dict[int, _Job] = {}  # engine id -> the live job it is running
         self._parked: dict[int, list[_Job]] = {}  # engine id -> live jobs a question set aside
         self._usage: dict[int, tuple[float, float]] = {}  # session id -> (recent LM seconds, when)
+        self._closing_runs: list[Run] = []  # runs of abandoned jobs, closed outside the lock
 
     # -- submitting (any thread) ----------------------------------------------------------------
 
@@ -206,18 +208,27 @@ class LmService:
                 while not self._jobs and not self._closing:
                     self._wake.wait()
                     self._drop_cancelled()
-                if not self._jobs:
+                finished = not self._jobs
+                if finished:
                     self._thread = None
-                    return
-                batch = self._choose()
-            if batch is None:  # everything waits on something (cannot happen with a consistent queue)
+                ranked = self._ranked()
+                closing, self._closing_runs = self._closing_runs, []
+            for run in closing:  # freeing a fork's snapshot takes a moment: never under the lock
+                run.close()
+            if finished:
+                return
+            if not ranked:  # everything waits on something (cannot happen with a consistent queue)
                 time.sleep(0.001)
                 continue
-            self._step(*batch)
+            # Outside the lock: starting a fork (a cache snapshot, a prompt to encode) or putting a parked
+            # one back takes milliseconds, and a submitter (the event loop) must never wait for that.
+            self._step(*self._choose(ranked))
 
     def _drop_cancelled(self) -> None:
+        """Abandoned jobs out of the queue (under the lock); their runs are closed by the next `_work` turn."""
         for job in [job for job in self._jobs if job.future.cancelled()]:
             self._retire(job)
+            self._closing_runs.extend(job.runs)
 
     def _score(self, job: _Job, now: float) -> tuple[float, int]:
         recent, when = self._usage.get(id(job.session), (0.0, now))
@@ -241,16 +252,17 @@ class LmService:
         # a feed that a question waits for may set a running live fork aside; nothing else may
         return job.promoted and open_job.priority not in (Priority.QUESTION, Priority.FEED)
 
-    def _choose(self) -> tuple[_Job, list[tuple[_Job, Run]]] | None:
-        """The job to advance and the rows of this step (its own, plus others' that batch with them)."""
+    def _ranked(self) -> list[_Job]:
+        """The eligible jobs, most urgent first (under the lock: it reads the queue)."""
         for question in (job for job in self._jobs if job.is_question and job.engine is not None):
             for feed in self._jobs:
                 if feed.engine is question.engine and feed.priority == Priority.FEED and feed.sequence < question.sequence:
                     feed.promoted = True
         now = time.monotonic()
-        ranked = sorted((job for job in self._jobs if self._eligible(job)), key=lambda job: self._score(job, now))
-        if not ranked:
-            return None
+        return sorted((job for job in self._jobs if self._eligible(job)), key=lambda job: self._score(job, now))
+
+    def _choose(self, ranked: list[_Job]) -> tuple[_Job, list[tuple[_Job, Run]]]:
+        """The job to advance and the rows of this step (its own, plus others' that batch with them)."""
         first = ranked[0]
         if first.function is not None:
             return first, []
@@ -308,8 +320,6 @@ class LmService:
                 result = first.function()
                 self._settle(first, result=result)
             else:
-                from livesum.llm.batched import forward_batch
-
                 wants = [run.want() for _, run in rows]
                 logits = forward_batch(first.engine.model, [cache for cache, _ in wants], [tokens for _, tokens in wants])
                 for (_, run), row_logits in zip(rows, logits):
@@ -332,6 +342,8 @@ class LmService:
             job.waiting_since = now  # aging counts the wait since the last step, not since submission
             recent, when = self._usage.get(id(job.session), (0.0, now))
             self._usage[id(job.session)] = (recent * math.exp(-(now - when) / SHARE_HALF_LIFE * math.log(2)) + share, now)
+            if len(self._usage) > 256:  # forget sessions idle for a minute (a long-running server sees many)
+                self._usage = {key: value for key, value in self._usage.items() if now - value[1] < 60.0}
             if job.account is not None:
                 try:
                     job.account(share)
@@ -341,6 +353,8 @@ class LmService:
     def _settle(self, job: _Job, result: Any = None, error: BaseException | None = None) -> None:
         with self._wake:
             self._retire(job)
+        for run in job.runs:
+            run.close()
         if job.future.cancelled():
             return
         try:
@@ -352,11 +366,10 @@ class LmService:
             pass
 
     def _retire(self, job: _Job) -> None:
-        """Remove a finished, failed or abandoned job; its engine goes back to what a question set aside."""
+        """Remove a finished, failed or abandoned job (its runs are closed by the caller, outside the lock);
+        its engine goes back to what a question set aside."""
         if job in self._jobs:
             self._jobs.remove(job)
-        for run in job.runs:
-            run.close()
         if job.engine is None:
             return
         key = id(job.engine)
