@@ -72,7 +72,7 @@ class StageClock:
             try:
                 return function(*args)
             finally:
-                self.seconds["notes" if stage == "llm" and self.audio_ended else stage] += time.perf_counter() - began
+                self.seconds[stage] += time.perf_counter() - began
 
         return run
 

@@ -9,9 +9,6 @@ Only the engines' public step API is used (`chunks`, `feed_ids`, `fork_prompt`, 
 API (each batched_* call takes every engine's lock, in a fixed order, for the whole call; engines must
 be distinct and share one model object):
 
-    step_feeds(runs) -> list[bool]
-        the next chunk of each `FeedRun` in one forward: what the LM service batches.
-
     batched_feed(engines, texts) -> list[int]
         == [engine.feed(text) for ...]: tokens fed per session.
     batched_complete(engines, instructions, max_new_tokens) -> list[str]
@@ -37,7 +34,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from livesum.llm.engine import SUMMARY_INSTRUCTION, FeedRun, StreamingEngine
+from livesum.llm.engine import SUMMARY_INSTRUCTION, StreamingEngine
 from livesum.llm.sink_cache import CacheFullError, SinkCache, SinkLayer, attention_masks
 
 
@@ -154,15 +151,6 @@ def _ingest_batch(engines: Sequence[StreamingEngine], token_lists: Sequence[list
                       [chunked[row][round_index] for row in rows])
         for row in rows:
             engines[row].ingested()
-
-
-def step_feeds(runs: Sequence[FeedRun]) -> list[bool]:
-    """The next chunk of each session's feed in one forward (distinct engines on one model); for each
-    run, whether its whole text is now in. What the LM service calls for feeds that wait together."""
-    for run in runs:
-        run.prepare()
-    forward_batch(runs[0].engine.model, [run.engine.cache for run in runs], [run.next_chunk for run in runs])  # type: ignore[misc]
-    return [run.advanced() for run in runs]
 
 
 def batched_feed(engines: Sequence[StreamingEngine], texts: Sequence[str]) -> list[int]:
