@@ -276,7 +276,8 @@ async def test_each_track_gets_its_own_transcriber_and_speaker_label(tmp_path: P
     result = await pipeline.run(two_tracks())
     assert made == ["in", "out"]
     assert {(s.speaker, s.text) for s in result.segments} == {("Caller", "I am on in."), ("Agent", "I am on out.")}
-    assert "Caller: I am on in.\n" in engine.fed and "Agent: I am on out.\n" in engine.fed
+    fed = "".join(engine.fed)  # a busy model gets queued segments in one feed
+    assert "Caller: I am on in.\n" in fed and "Agent: I am on out.\n" in fed
 
 
 def test_console_shows_bracketed_speech_literally() -> None:
