@@ -144,7 +144,8 @@ def run_meeting(script_path: Path, work: Path, cli_args: list[str], rescore: boo
         if not audio.exists():
             subprocess.run([sys.executable, str(REPO / "samples" / "make_meeting.py"), "--script", str(script_path),
                             "--out", str(audio)], check=True, capture_output=True)
-        command = [sys.executable, "-m", "livesum.cli", "file", str(audio), "--out", str(out), "-q", *cli_args]
+        # --force: a rerun replaces the notes of the run before
+        command = [sys.executable, "-m", "livesum.cli", "file", str(audio), "--out", str(out), "-q", "--force", *cli_args]
         if transcript != "asr":
             command = [sys.executable, str(REPO / "benchmarks" / "reference_transcript.py"), str(work / f"{name}.expected.json"),
                        "--out", str(out), *(["--speakers"] if transcript == "speakers" else []), *cli_args]
