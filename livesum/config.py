@@ -161,6 +161,8 @@ class OutputConfig(Section):
     formats: list[Literal["txt", "srt", "vtt", "jsonl", "md"]] = ["txt", "srt", "vtt", "jsonl", "md"]
     console: bool = Field(True, description="Progress bar and scrolling transcript on the terminal.")
     progress_every_seconds: float = Field(5.0, gt=0, description="Audio seconds between progress status events.")
+    notes_trace: bool = Field(False, description="Also write notes_trace.json: every extraction round's raw model output and what "
+                              "parsing and grounding kept (for benchmarks/notes_quality.py's funnel; grows with the meeting).")
 
 
 class Settings(Section):

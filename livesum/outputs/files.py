@@ -3,6 +3,7 @@ a crash or a broken input is already on disk."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -129,3 +130,9 @@ def file_sinks(out_dir: Path, formats: list[str]) -> list[EventSink]:
     if "md" in wanted:
         sinks.append(NotesWriter(out_dir))
     return sinks
+
+
+def write_notes_trace(out_dir: Path, trace: list[dict] | None) -> None:
+    """notes_trace.json: the extraction rounds behind the notes (`output.notes_trace`), written at the end."""
+    if trace is not None:
+        (out_dir / "notes_trace.json").write_text(json.dumps(trace, indent=1), encoding="utf-8")
