@@ -2,7 +2,7 @@
 """How well does Whisper hear each benchmark meeting, per speech synthesizer? (issue 16)
 
 The notes of benchmarks/notes_quality.py inherit every word the ASR mishears, and espeak's voices are
-hard for Whisper; festival's sound closer to real speech. For each meeting of samples/meetings/ and
+hard for Whisper; festival's are heard better. For each meeting of samples/meetings/ and
 each synthesizer this speaks the script (samples/make_meeting.py --synth, the same audio files as
 notes_quality.py's in the same --work), runs `livesum file --no-llm` on it (ASR only, the profile's
 Whisper: base, beam 5, on the CPU) and reports the word error rate of its final segments against

@@ -3,7 +3,7 @@
 
 Each turn of the script is spoken by ``espeak-ng`` with its speaker's voice (or,
 with ``--synth festival``, by Debian's festival, whose HTS and diphone voices
-Whisper hears more like real speech), the turns are joined with short pauses and
+Whisper mishears less often), the turns are joined with short pauses and
 converted by ``sox`` to 16 kHz mono 16-bit WAV.  Next to the audio it writes
 
 * ``<stem>.reference.txt``: the spoken text, one turn a line;
