@@ -26,6 +26,10 @@ made close together, not absolute numbers.
     python benchmarks/notes_quality.py cafe_supplier --llm-model qwen2.5-coder-0.5b --json out.json
     python benchmarks/notes_quality.py --work /tmp/nq --rescore                   # score an earlier run again
     python benchmarks/notes_quality.py --transcript reference --work /tmp/nq-ref  # the LM on a perfect transcript
+    python benchmarks/notes_quality.py --synth festival --work /tmp/nq-fest      # festival's voices instead of espeak's
+
+`--synth` only changes the voices (samples/make_meeting.py); with festival, audio and notes are kept as
+NAME-festival.* in --work, beside espeak's NAME.*, and scored the same way.
 """
 
 from __future__ import annotations
@@ -169,23 +173,40 @@ def _as_int(number: str) -> int | str:
     return int(digits) if digits.isdigit() else digits
 
 
-def run_meeting(script_path: Path, work: Path, cli_args: list[str], rescore: bool = False, transcript: str = "asr") -> Score:
+def meeting_stem(name: str, synth: str) -> str:
+    """A meeting's files in --work: NAME.* spoken by espeak, NAME-SYNTH.* by another synthesizer."""
+    return name if synth == "espeak" else f"{name}-{synth}"
+
+
+def synthesize(script_path: Path, work: Path, synth: str = "espeak") -> Path:
+    """The meeting's audio in `work`, spoken by samples/make_meeting.py unless it is there already; its
+    .reference.txt and .expected.json lie beside it."""
+    audio = work / f"{meeting_stem(script_path.stem, synth)}.wav"
+    if not audio.exists():
+        made = subprocess.run([sys.executable, str(REPO / "samples" / "make_meeting.py"), "--script", str(script_path),
+                               "--out", str(audio), "--synth", synth], capture_output=True, text=True)
+        if made.returncode != 0:
+            raise SystemExit(f"{script_path.stem}: make_meeting failed: {made.stderr.strip()[-500:]}")
+    return audio
+
+
+def run_meeting(script_path: Path, work: Path, cli_args: list[str], rescore: bool = False, transcript: str = "asr",
+                synth: str = "espeak") -> Score:
     """Synthesize, run and score one meeting; with `rescore`, score the notes an earlier run left in `work`.
     `transcript`: "asr" runs `livesum file` on the audio; "reference" the same pipeline on the script's
-    own words, "speakers" on them labelled with who spoke (benchmarks/reference_transcript.py)."""
+    own words, "speakers" on them labelled with who spoke (benchmarks/reference_transcript.py).
+    `synth`: the voices samples/make_meeting.py speaks it with."""
     script = tomllib.loads(script_path.read_text())
     name = script_path.stem
-    audio = work / f"{name}.wav"
-    out = work / f"{name}.notes"
+    stem = meeting_stem(name, synth)
+    out = work / f"{stem}.notes"
     questions = script.get("questions", [])
     if not rescore:
-        if not audio.exists():
-            subprocess.run([sys.executable, str(REPO / "samples" / "make_meeting.py"), "--script", str(script_path),
-                            "--out", str(audio)], check=True, capture_output=True)
+        audio = synthesize(script_path, work, synth)
         # --force: a rerun replaces the notes of the run before
         command = [sys.executable, "-m", "livesum.cli", "file", str(audio), "--out", str(out), "-q", "--force", *cli_args]
         if transcript != "asr":
-            command = [sys.executable, str(REPO / "benchmarks" / "reference_transcript.py"), str(work / f"{name}.expected.json"),
+            command = [sys.executable, str(REPO / "benchmarks" / "reference_transcript.py"), str(work / f"{stem}.expected.json"),
                        "--out", str(out), *(["--speakers"] if transcript == "speakers" else []), *cli_args]
         for question in questions:
             command += ["--ask", question["question"]]
@@ -276,10 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rescore", action="store_true", help="score the notes already in --work, without running livesum")
     parser.add_argument("--transcript", choices=["asr", "reference", "speakers"], default="asr",
                         help="what the LM reads: Whisper's transcript (as users get), the script's own words, or those labelled by speaker")
+    parser.add_argument("--synth", choices=["espeak", "festival"], default="espeak",
+                        help="the voices the meetings are spoken with (samples/make_meeting.py --synth)")
     args, cli_args = parser.parse_known_args(argv)  # the rest goes to `livesum file` (--llm-model, --set, -c)
     args.work.mkdir(parents=True, exist_ok=True)
     names = args.meetings or sorted(p.stem for p in MEETINGS.glob("*.toml"))
-    scores = [run_meeting(MEETINGS / f"{name}.toml", args.work, cli_args, args.rescore, args.transcript) for name in names]
+    scores = [run_meeting(MEETINGS / f"{name}.toml", args.work, cli_args, args.rescore, args.transcript, args.synth)
+              for name in names]
     for score in scores:
         for question, answer, right in score.answers:
             print(f"[{score.meeting}] {'ok ' if right else 'BAD'} {question} -> {answer!r}", file=sys.stderr)

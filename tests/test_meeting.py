@@ -4,7 +4,7 @@ decision and action item rests on words that were said, every owner is a person 
 every question gets an answer, key points do not echo the instruction, and the rolling summaries of
 a meeting longer than the window cover it in order (on the fast profile: 22 minutes of the default
 model would take CI 15). How *right* the notes are is measured by benchmarks/notes_quality.py on
-five meetings, three of them held out of the tests; one reduced check of it runs here."""
+eight meetings, six of them held out of the tests; one reduced check of it runs here."""
 
 import importlib.util
 import json
