@@ -429,6 +429,28 @@ def test_a_failing_pinned_encode_leaves_the_live_cache_intact() -> None:
     assert engine.cache_length <= engine.cache.live_limit
 
 
+def test_a_feed_that_fails_mid_forward_rolls_the_cache_back_and_the_stream_goes_on() -> None:
+    engine, clean = tiny_engine(window=512), tiny_engine(window=512)  # no eviction: the rollback alone is seen
+    engine.feed(TEXT)
+    clean.feed(TEXT)
+    before, length = snapshot(engine), engine.cache_length
+    second = engine.model.model.layers[1]
+    original = second.forward
+
+    def failing(*args, **kwargs):  # layer 0 has written its keys for the chunk; this one fails
+        raise RuntimeError("out of memory")
+
+    second.forward = failing
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.feed("The supplier quoted twelve thousand.")
+    second.forward = original
+    assert engine.cache_length == length and all(layer.length == length for layer in engine.cache.layers)
+    assert all(torch.equal(a, b) for a, b in zip(before, snapshot(engine)))
+    engine.feed("Anna will call them.")
+    clean.feed("Anna will call them.")
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(clean), snapshot(engine)))
+
+
 def test_pinned_summary_sits_behind_the_sinks_and_is_replaced() -> None:
     """One layer: with a summary pinned, logits equal a dense run over sinks + pinned block + kept
     window, so the block sits right behind the sinks and the window moved intact behind it."""

@@ -350,22 +350,22 @@ class FeedRun:
         self.ids, self.text = engine.feed_ids(text)
         self.pending = engine.chunks(self.ids)
         self.result: int | None = None if self.pending else self._done()
-        self._prepared = False
+        self._mark: int | None = None  # cache length before the chunk being run (after eviction)
 
     @property
     def done(self) -> bool:
         return self.result is not None
 
     def want(self) -> tuple[SinkCache, list[int]]:
-        if not self._prepared:
+        if self._mark is None:
             self.cache.make_room(len(self.pending[0]))
-            self._prepared = True
+            self._mark = self.cache.length
         return self.cache, self.pending[0]
 
     def accept(self, logits: torch.Tensor | None) -> bool:
         """The wanted chunk is in the cache; True when the whole text is."""
         self.pending.pop(0)
-        self._prepared = False
+        self._mark = None
         self.engine.ingested()
         if self.pending:
             return False
@@ -380,7 +380,13 @@ class FeedRun:
         """Nothing to save: every chunk run is part of the stream."""
 
     def close(self) -> None:
-        """A feed given up half way keeps the chunks it ran (they are whole tokens of the transcript)."""
+        """A feed given up half way keeps the chunks it ran (they are whole tokens of the transcript); a
+        chunk whose forward failed part way (some layers written, others not) is rolled back, so the
+        cache is whole again and the stream goes on from the last good chunk."""
+        if self._mark is not None and not self.done:
+            self.cache.truncate(self._mark)
+            self._mark = None
+            self.engine.ingested()
 
 
 class ForkRun:
