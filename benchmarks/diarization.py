@@ -1,0 +1,284 @@
+"""Diarization error rate, speed and memory of livesum's speaker labels (livesum/asr/diarize.py).
+
+The labels are scored as users see them: each final segment's words (Whisper's timings) with the
+speaker the segment was given, against a reference of who spoke when. DER uses pyannote.metrics with
+the usual 0.25 s collar, and missed speech, false alarm and confusion are reported apart (missed and
+false alarm come mostly from Whisper's word timings; confusion is the diarizer's own share).
+
+Data (docs/diarization.md says which informed the defaults):
+- the synthesized meetings of samples/meetings and samples/meeting_script.toml (espeak-ng voices),
+  reference from make_meeting.py's turn times, cut at the silences inside each turn;
+- real read speech of different people joined into a conversation (turns alternate, 0.5 s apart):
+  `two_readers` = samples/two_readers.flac (LibriVox reader + the pocketsphinx "cards" speaker; the
+  tests use it), and held out from tests and tuning, from Debian packages: `alsa_and_digits` (the
+  alsa-utils channel-test voice + the pocketsphinx goforward/numbers/something speaker) and
+  `three_readers` (LibriVox + alsa + goforward speaker).
+
+    python benchmarks/diarization.py                       # every recording, file (batch) policy
+    python benchmarks/diarization.py --policy streaming --only cafe_supplier two_readers
+    python benchmarks/diarization.py --json out.json --asr-model tiny.en
+
+Speed is the time spent in the diarizer (CAM++ windows and the assignment) over the audio duration;
+peak RSS is the whole process (Whisper included) and the diarizer's own load is reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "samples"))
+
+from livesum.asr.diarize import DiarizingTranscriber, shared_voice_embedder  # noqa: E402
+from livesum.asr.policy import make_transcriber  # noqa: E402
+from livesum.asr.transcriber import load_whisper  # noqa: E402
+from livesum.config import load_settings  # noqa: E402
+from livesum.events import Segment  # noqa: E402
+from livesum.source.audio import AudioChunk  # noqa: E402
+
+RATE = 16000
+PAUSE = 0.5
+POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
+ALSA = Path("/usr/share/sounds/alsa")
+LIBRIVOX = [POCKETSPHINX / "librivox" / f"sense_and_sensibility_01_austen_64kb-{n}.wav" for n in ("0870", "0880", "0890", "0920", "0930")]
+CARDS = [POCKETSPHINX / "cards" / f"00{n}.wav" for n in range(1, 6)]
+ALSA_VOICE = [ALSA / f"{name}.wav" for name in ("Front_Center", "Front_Left", "Front_Right", "Rear_Center", "Rear_Left", "Rear_Right", "Side_Left", "Side_Right")]
+DIGITS = [POCKETSPHINX / f"{name}.raw" for name in ("goforward", "numbers", "something")]
+MEETINGS = ["cafe_supplier", "garden_committee", "incident_review", "school_trip", "housing_coop", "meeting_script"]
+CONVERSATIONS = {
+    "two_readers": None,  # samples/two_readers.flac + .rttm
+    "alsa_and_digits": [("alsa", ALSA_VOICE[:4]), ("digits", DIGITS)],
+    "three_readers": [("librivox", LIBRIVOX[:3]), ("alsa", ALSA_VOICE[4:]), ("digits", DIGITS)],
+}
+
+
+# -- data ---------------------------------------------------------------------------------------------
+
+def read_audio(path: Path) -> np.ndarray:
+    """16 kHz mono float32 through sox (wav, flac, and pocketsphinx's headerless .raw)."""
+    source = ["-t", "raw", "-r", "16000", "-e", "signed", "-b", "16", "-c", "1", str(path)] if path.suffix == ".raw" else [str(path)]
+    raw = subprocess.run(["sox", *source, "-t", "raw", "-r", str(RATE), "-e", "float", "-b", "32", "-c", "1", "-"],
+                         check=True, capture_output=True).stdout
+    return np.frombuffer(raw, dtype=np.float32).copy()
+
+
+def speech_runs(audio: np.ndarray, offset: float, relative: float = 0.1, gap: float = 0.3) -> list[tuple[float, float]]:
+    """Where a clip's 10 ms frames are loud (RMS above `relative` of its loud frames), pauses over `gap` cut."""
+    frames = audio[: len(audio) // 160 * 160].reshape(-1, 160)
+    rms = np.sqrt((frames ** 2).mean(axis=1))
+    loud = np.flatnonzero(rms > relative * np.percentile(rms, 95))
+    runs: list[tuple[float, float]] = []
+    for index in loud:
+        at = offset + index * 0.01
+        if runs and at - runs[-1][1] <= gap:
+            runs[-1] = (runs[-1][0], at + 0.01)
+        else:
+            runs.append((at, at + 0.01))
+    return runs
+
+
+def assemble(turns: list[tuple[str, Path]], out: Path) -> list[tuple[float, float, str]]:
+    """Join clips into one conversation (PAUSE apart); returns the reference (start, end, speaker)."""
+    pieces, reference, at = [np.zeros(int(PAUSE * RATE), np.float32)], [], PAUSE
+    for speaker, path in turns:
+        audio = read_audio(path)
+        reference += [(a, b, speaker) for a, b in speech_runs(audio, at)]
+        pieces += [audio, np.zeros(int(PAUSE * RATE), np.float32)]
+        at += len(audio) / RATE + PAUSE
+    import soundfile
+
+    soundfile.write(str(out), np.concatenate(pieces), RATE, subtype="PCM_16")
+    return reference
+
+
+def alternate(groups: list[tuple[str, list[Path]]]) -> list[tuple[str, Path]]:
+    turns, longest = [], max(len(paths) for _, paths in groups)
+    for index in range(longest):
+        turns += [(speaker, paths[index]) for speaker, paths in groups if index < len(paths)]
+    return turns
+
+
+def make_sample() -> None:
+    """samples/two_readers.flac: the LibriVox reader and the pocketsphinx "cards" speaker, turn about."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "two_readers.wav"
+        reference = assemble(alternate([("reader", LIBRIVOX), ("cards", CARDS)]), wav)
+        subprocess.run(["sox", str(wav), str(REPO / "samples" / "two_readers.flac")], check=True)
+    write_rttm(reference, "two_readers", REPO / "samples" / "two_readers.rttm")
+
+
+def write_rttm(reference: list[tuple[float, float, str]], name: str, path: Path) -> None:
+    path.write_text("".join(f"SPEAKER {name} 1 {a:.3f} {b - a:.3f} <NA> <NA> {s} <NA> <NA>\n" for a, b, s in reference))
+
+
+def read_rttm(path: Path) -> list[tuple[float, float, str]]:
+    rows = [line.split() for line in path.read_text().splitlines() if line.startswith("SPEAKER")]
+    return [(float(r[3]), float(r[3]) + float(r[4]), r[7]) for r in rows]
+
+
+def meeting(name: str, workdir: Path) -> tuple[Path, list[tuple[float, float, str]]]:
+    from make_meeting import synthesize_meeting
+
+    script = REPO / "samples" / ("meeting_script.toml" if name == "meeting_script" else f"meetings/{name}.toml")
+    info = synthesize_meeting(script, workdir / f"{name}.wav")
+    audio = read_audio(Path(info.audio_path))
+    reference = []
+    for turn in info.turns:
+        lo, hi = int(turn.start * RATE), int(turn.end * RATE)
+        reference += [(a, b, turn.name) for a, b in speech_runs(audio[lo:hi], turn.start, relative=0.02)]
+    return Path(info.audio_path), reference
+
+
+def recording(name: str, workdir: Path) -> tuple[Path, list[tuple[float, float, str]]]:
+    if name in MEETINGS:
+        return meeting(name, workdir)
+    if name == "two_readers":
+        return REPO / "samples" / "two_readers.flac", read_rttm(REPO / "samples" / "two_readers.rttm")
+    out = workdir / f"{name}.wav"
+    return out, assemble(alternate(CONVERSATIONS[name]), out)
+
+
+# -- scoring ------------------------------------------------------------------------------------------
+
+def annotation(spans: list[tuple[float, float, str]]):
+    from pyannote.core import Annotation, Segment as Span
+
+    result = Annotation()
+    for start, end, speaker in spans:
+        if end > start:
+            result[Span(start, end)] = speaker
+    return result
+
+
+def hypothesis(segments: list[Segment], gap: float = 0.5) -> list[tuple[float, float, str]]:
+    """Who spoke when, as the labelled transcript says: each word's time with its segment's speaker."""
+    spans: list[tuple[float, float, str]] = []
+    for segment in segments:
+        times = [(w.start, w.end) for w in segment.words] if segment.words else [(segment.start, segment.end)]
+        for start, end in times:
+            speaker = segment.speaker or "?"
+            if spans and spans[-1][2] == speaker and start - spans[-1][1] <= gap:
+                spans[-1] = (spans[-1][0], max(spans[-1][1], end), speaker)
+            else:
+                spans.append((start, end, speaker))
+    return spans
+
+
+@dataclass
+class Score:
+    name: str
+    policy: str
+    seconds: float
+    speakers_true: int
+    speakers_found: int
+    der: float
+    missed: float
+    false_alarm: float
+    confusion: float
+    diarize_seconds: float
+    diarize_x_audio: float
+    windows: int
+    asr_seconds: float
+
+
+def score(name: str, policy: str, seconds: float, reference, segments: list[Segment], diarize_seconds: float, windows: int, asr_seconds: float) -> Score:
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    metric = DiarizationErrorRate(collar=0.25, skip_overlap=False)
+    detail = metric(annotation(reference), annotation(hypothesis(segments)), detailed=True)
+    total = detail["total"] or 1.0
+    return Score(
+        name, policy, round(seconds, 1), len({s for _, _, s in reference}), len({s.speaker for s in segments if s.speaker}),
+        round(100 * detail["diarization error rate"], 1), round(100 * detail["missed detection"] / total, 1),
+        round(100 * detail["false alarm"] / total, 1), round(100 * detail["confusion"] / total, 1),
+        round(diarize_seconds, 2), round(diarize_seconds / seconds, 4), windows, round(asr_seconds, 1),
+    )
+
+
+# -- running ------------------------------------------------------------------------------------------
+
+def run_one(path: Path, whisper, settings, policy: str, voices) -> tuple[list[Segment], float, float, float, int]:
+    """(final segments, audio seconds, seconds in Whisper, seconds in the diarizer, windows embedded)."""
+    settings = settings.model_copy(deep=True)
+    settings.asr.policy = policy
+    transcriber = make_transcriber(whisper, settings.asr, RATE, live=policy == "streaming", voices=voices)
+    assert isinstance(transcriber, DiarizingTranscriber)
+    diarizing = 0.0
+    label = transcriber.label
+
+    def timed_label(segments: list[Segment]) -> list[Segment]:  # embedding, assignment and splitting
+        nonlocal diarizing
+        began = time.perf_counter()
+        try:
+            return label(segments)
+        finally:
+            diarizing += time.perf_counter() - began
+
+    transcriber.label = timed_label  # type: ignore[method-assign]
+    audio = read_audio(path)
+    step = int(settings.audio.chunk_seconds * RATE)
+    began = time.perf_counter()
+    segments: list[Segment] = []
+    for at in range(0, len(audio), step):
+        segments += transcriber.push(AudioChunk(audio[at:at + step], at / RATE, RATE))
+    segments += transcriber.flush()
+    total = time.perf_counter() - began
+    return [s for s in segments if s.final], len(audio) / RATE, total - diarizing, diarizing, transcriber.windows_embedded
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="*", help="recordings to run (default: all)")
+    parser.add_argument("--policy", choices=["batch", "streaming"], default="batch")
+    parser.add_argument("--asr-model", default="tiny.en")
+    parser.add_argument("--set", action="append", default=[], help="diarization tunables, e.g. --set threshold=0.5")
+    parser.add_argument("--speakers", type=int, default=None, help="the --speakers hint")
+    parser.add_argument("--json", type=Path, help="write the scores here")
+    parser.add_argument("--make-sample", action="store_true", help="(re)write samples/two_readers.flac and .rttm, then exit")
+    args = parser.parse_args()
+    if args.make_sample:
+        return make_sample()
+    overrides = {"asr": {"model": args.asr_model, "speakers": args.speakers, "diarize": True,
+                         "diarization": dict(item.split("=", 1) for item in args.set)}}
+    settings = load_settings(overrides=overrides)
+    whisper = load_whisper(settings.asr, settings.resolved_cache_dir())
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    began = time.perf_counter()
+    voices = shared_voice_embedder()
+    load_seconds = time.perf_counter() - began
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"diarizer loaded in {load_seconds:.1f} s, +{rss_loaded - rss_before:.0f} MiB peak RSS", flush=True)
+    names = args.only or [*MEETINGS, *CONVERSATIONS]
+    scores = []
+    with tempfile.TemporaryDirectory(prefix="diarization-") as tmp:
+        for name in names:
+            path, reference = recording(name, Path(tmp))
+            segments, seconds, asr_seconds, diarizing, windows = run_one(path, whisper, settings, args.policy, voices)
+            result = score(name, args.policy, seconds, reference, segments, diarizing, windows, asr_seconds)
+            scores.append(result)
+            print(json.dumps(asdict(result)), flush=True)
+    total_audio = sum(s.seconds for s in scores)
+    total_diarizing = sum(s.diarize_seconds for s in scores)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    summary = {"diarizer_load_seconds": round(load_seconds, 1), "diarizer_rss_mib": round(rss_loaded - rss_before),
+               "peak_rss_mib": round(peak), "diarize_x_audio": round(total_diarizing / total_audio, 4),
+               "diarize_seconds": round(total_diarizing, 1), "audio_seconds": round(total_audio, 1), "policy": args.policy,
+               "settings": settings.asr.diarization.model_dump(), "speakers_hint": args.speakers}
+    print(json.dumps(summary))
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "scores": [asdict(s) for s in scores]}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

