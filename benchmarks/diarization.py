@@ -188,11 +188,12 @@ class Score:
     confusion: float
     diarize_seconds: float
     diarize_x_audio: float
+    diarize_cpu_x_audio: float
     windows: int
     asr_seconds: float
 
 
-def score(name: str, policy: str, seconds: float, reference, segments: list[Segment], diarize_seconds: float, windows: int, asr_seconds: float) -> Score:
+def score(name: str, policy: str, seconds: float, reference, segments: list[Segment], diarizing: tuple[float, float], windows: int, asr_seconds: float) -> Score:
     from pyannote.metrics.diarization import DiarizationErrorRate
 
     metric = DiarizationErrorRate(collar=0.25, skip_overlap=False)
@@ -202,28 +203,67 @@ def score(name: str, policy: str, seconds: float, reference, segments: list[Segm
         name, policy, round(seconds, 1), len({s for _, _, s in reference}), len({s.speaker for s in segments if s.speaker}),
         round(100 * detail["diarization error rate"], 1), round(100 * detail["missed detection"] / total, 1),
         round(100 * detail["false alarm"] / total, 1), round(100 * detail["confusion"] / total, 1),
-        round(diarize_seconds, 2), round(diarize_seconds / seconds, 4), windows, round(asr_seconds, 1),
+        round(diarizing[0], 2), round(diarizing[0] / seconds, 4), round(diarizing[1] / seconds, 4), windows, round(asr_seconds, 1),
     )
 
 
 # -- running ------------------------------------------------------------------------------------------
 
-def run_one(path: Path, whisper, settings, policy: str, voices) -> tuple[list[Segment], float, float, float, int]:
-    """(final segments, audio seconds, seconds in Whisper, seconds in the diarizer, windows embedded)."""
+class Recorder:
+    """Passes a transcriber's segments on and keeps its finals (Whisper's, before any speaker)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.finals = inner, []
+
+    def push(self, chunk: AudioChunk) -> list[Segment]:
+        return self._keep(self.inner.push(chunk))
+
+    def flush(self) -> list[Segment]:
+        return self._keep(self.inner.flush())
+
+    def _keep(self, segments: list[Segment]) -> list[Segment]:
+        self.finals += [s for s in segments if s.final]
+        return segments
+
+
+class Replay:
+    """Whisper's finals of an earlier run, each given back once the audio has passed its end: tuning the
+    diarizer's settings without paying for Whisper again (`--cache`)."""
+
+    def __init__(self, segments: list[Segment]) -> None:
+        self.waiting = list(segments)
+
+    def push(self, chunk: AudioChunk) -> list[Segment]:
+        ready = [s for s in self.waiting if s.end <= chunk.end]
+        self.waiting = self.waiting[len(ready):]
+        return ready
+
+    def flush(self) -> list[Segment]:
+        ready, self.waiting = self.waiting, []
+        return ready
+
+
+def run_one(path: Path, whisper, settings, policy: str, voices, cached: list[Segment] | None = None) -> tuple[list[Segment], list[Segment], float, float, tuple[float, float], int]:
+    """(final segments, Whisper's own finals, audio seconds, seconds in Whisper, (wall, CPU) seconds in the diarizer, windows embedded)."""
     settings = settings.model_copy(deep=True)
     settings.asr.policy = policy
-    transcriber = make_transcriber(whisper, settings.asr, RATE, live=policy == "streaming", voices=voices)
+    if cached is None:
+        transcriber = make_transcriber(whisper, settings.asr, RATE, live=policy == "streaming", voices=voices)
+    else:
+        transcriber = DiarizingTranscriber(Replay(cached), voices, settings.asr)
     assert isinstance(transcriber, DiarizingTranscriber)
-    diarizing = 0.0
+    transcriber.inner = recorder = Recorder(transcriber.inner)
+    diarizing = diarizing_cpu = 0.0
     label = transcriber.label
 
     def timed_label(segments: list[Segment]) -> list[Segment]:  # embedding, assignment and splitting
-        nonlocal diarizing
-        began = time.perf_counter()
+        nonlocal diarizing, diarizing_cpu
+        began, began_cpu = time.perf_counter(), time.process_time()
         try:
             return label(segments)
         finally:
             diarizing += time.perf_counter() - began
+            diarizing_cpu += time.process_time() - began_cpu
 
     transcriber.label = timed_label  # type: ignore[method-assign]
     audio = read_audio(path)
@@ -234,7 +274,7 @@ def run_one(path: Path, whisper, settings, policy: str, voices) -> tuple[list[Se
         segments += transcriber.push(AudioChunk(audio[at:at + step], at / RATE, RATE))
     segments += transcriber.flush()
     total = time.perf_counter() - began
-    return [s for s in segments if s.final], len(audio) / RATE, total - diarizing, diarizing, transcriber.windows_embedded
+    return [s for s in segments if s.final], recorder.finals, len(audio) / RATE, total - diarizing, (diarizing, diarizing_cpu), transcriber.windows_embedded
 
 
 def main() -> None:
@@ -245,6 +285,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="diarization tunables, e.g. --set threshold=0.5")
     parser.add_argument("--speakers", type=int, default=None, help="the --speakers hint")
     parser.add_argument("--json", type=Path, help="write the scores here")
+    parser.add_argument("--cache", type=Path, help="keep Whisper's segments here and replay them on later runs (tuning)")
     parser.add_argument("--make-sample", action="store_true", help="(re)write samples/two_readers.flac and .rttm, then exit")
     args = parser.parse_args()
     if args.make_sample:
@@ -264,15 +305,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="diarization-") as tmp:
         for name in names:
             path, reference = recording(name, Path(tmp))
-            segments, seconds, asr_seconds, diarizing, windows = run_one(path, whisper, settings, args.policy, voices)
+            cache = args.cache / f"{name}.{args.policy}.{args.asr_model}.json" if args.cache else None
+            cached = None
+            if cache is not None and cache.is_file():
+                cached = [Segment.model_validate(item) for item in json.loads(cache.read_text())]
+            segments, whisper_finals, seconds, asr_seconds, diarizing, windows = run_one(path, whisper, settings, args.policy, voices, cached)
+            if cache is not None and cached is None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps([s.model_dump(mode="json") for s in whisper_finals]))
             result = score(name, args.policy, seconds, reference, segments, diarizing, windows, asr_seconds)
             scores.append(result)
             print(json.dumps(asdict(result)), flush=True)
     total_audio = sum(s.seconds for s in scores)
     total_diarizing = sum(s.diarize_seconds for s in scores)
+    total_cpu = sum(s.diarize_cpu_x_audio * s.seconds for s in scores)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary = {"diarizer_load_seconds": round(load_seconds, 1), "diarizer_rss_mib": round(rss_loaded - rss_before),
                "peak_rss_mib": round(peak), "diarize_x_audio": round(total_diarizing / total_audio, 4),
+               "diarize_cpu_x_audio": round(total_cpu / total_audio, 4), "load_average": round(__import__("os").getloadavg()[0], 1),
                "diarize_seconds": round(total_diarizing, 1), "audio_seconds": round(total_audio, 1), "policy": args.policy,
                "settings": settings.asr.diarization.model_dump(), "speakers_hint": args.speakers}
     print(json.dumps(summary))

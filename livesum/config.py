@@ -59,6 +59,7 @@ class DiarizationConfig(Section):
     max_speakers: int = Field(8, ge=1, le=64, description="Most labels one stream gets; past it speech goes to the nearest voice.")
     hop_seconds: float = Field(0.75, ge=0.25, le=1.5, description="Step between the 1.5 s windows a segment is embedded in (the cost: one CAM++ forward per window).")
     history_seconds: float = Field(60.0, ge=35, le=600, description="Recent audio kept for embedding; must cover the longest stretch the ASR holds before a final.")
+    threads: int = Field(1, ge=1, le=64, description="torch threads of a CAM++ forward: a few windows at a time run best on one (two spun at barriers beside Whisper and the LM: 20x the CPU).")
 
 
 class AsrConfig(Section):

