@@ -127,7 +127,22 @@ def read_rttm(path: Path) -> list[tuple[float, float, str]]:
     return [(float(r[3]), float(r[3]) + float(r[4]), r[7]) for r in rows]
 
 
-def meeting(name: str, workdir: Path) -> tuple[Path, list[tuple[float, float, str]]]:
+def espeak_timbre(voice: str, workdir: Path) -> str:
+    """The formant set espeak-ng really speaks `voice` with: its +variant, unless espeak ignores it (it
+    does for en-gb: "en-gb+f3" gives the very bytes of "en-gb"); without one, the default male voice,
+    which en-us and en-gb share (they differ in accent only). Pitch is left out: voice models ignore it."""
+    base, _, variant = voice.partition("+")
+    if not variant:
+        return "default"
+    probe = []
+    for name in (voice, base):
+        out = workdir / f"probe-{name}.wav"
+        subprocess.run(["espeak-ng", "-v", name, "-w", str(out), "a probe of the voice"], check=True, capture_output=True)
+        probe.append(out.read_bytes())
+    return "default" if probe[0] == probe[1] else variant
+
+
+def meeting(name: str, workdir: Path) -> tuple[Path, list[tuple[float, float, str]], dict[str, str]]:
     from make_meeting import synthesize_meeting
 
     script = REPO / "samples" / ("meeting_script.toml" if name == "meeting_script" else f"meetings/{name}.toml")
@@ -137,16 +152,20 @@ def meeting(name: str, workdir: Path) -> tuple[Path, list[tuple[float, float, st
     for turn in info.turns:
         lo, hi = int(turn.start * RATE), int(turn.end * RATE)
         reference += [(a, b, turn.name) for a, b in speech_runs(audio[lo:hi], turn.start, relative=0.02)]
-    return Path(info.audio_path), reference
+    timbres = {speaker["name"]: "voice " + espeak_timbre(speaker["voice"], workdir) for speaker in info.speakers}
+    return Path(info.audio_path), reference, timbres
 
 
-def recording(name: str, workdir: Path) -> tuple[Path, list[tuple[float, float, str]]]:
+def recording(name: str, workdir: Path) -> tuple[Path, list[tuple[float, float, str]], dict[str, str]]:
+    """(audio, reference, speaker -> distinguishable voice); real people are each their own voice."""
     if name in MEETINGS:
         return meeting(name, workdir)
     if name == "two_readers":
-        return REPO / "samples" / "two_readers.flac", read_rttm(REPO / "samples" / "two_readers.rttm")
+        reference = read_rttm(REPO / "samples" / "two_readers.rttm")
+        return REPO / "samples" / "two_readers.flac", reference, {s: s for _, _, s in reference}
     out = workdir / f"{name}.wav"
-    return out, assemble(alternate(CONVERSATIONS[name]), out)
+    reference = assemble(alternate(CONVERSATIONS[name]), out)
+    return out, reference, {s: s for _, _, s in reference}
 
 
 # -- scoring ------------------------------------------------------------------------------------------
@@ -186,6 +205,9 @@ class Score:
     missed: float
     false_alarm: float
     confusion: float
+    voices_true: int  # speakers that sound different (espeak's meetings reuse one voice for several)
+    der_by_voice: float  # DER against those voices: what a voice model can tell apart
+    confusion_by_voice: float
     diarize_seconds: float
     diarize_x_audio: float
     diarize_cpu_x_audio: float
@@ -193,16 +215,25 @@ class Score:
     asr_seconds: float
 
 
-def score(name: str, policy: str, seconds: float, reference, segments: list[Segment], diarizing: tuple[float, float], windows: int, asr_seconds: float) -> Score:
+def der(reference, segments: list[Segment]) -> dict[str, float]:
+    """DER and its parts, in % of the reference speech (pyannote.metrics, 0.25 s collar)."""
     from pyannote.metrics.diarization import DiarizationErrorRate
 
     metric = DiarizationErrorRate(collar=0.25, skip_overlap=False)
     detail = metric(annotation(reference), annotation(hypothesis(segments)), detailed=True)
     total = detail["total"] or 1.0
+    return {"der": round(100 * detail["diarization error rate"], 1), "missed": round(100 * detail["missed detection"] / total, 1),
+            "false_alarm": round(100 * detail["false alarm"] / total, 1), "confusion": round(100 * detail["confusion"] / total, 1)}
+
+
+def score(name: str, policy: str, seconds: float, reference, voices: dict[str, str], segments: list[Segment],
+          diarizing: tuple[float, float], windows: int, asr_seconds: float) -> Score:
+    by_speaker = der(reference, segments)
+    by_voice = der([(a, b, voices[s]) for a, b, s in reference], segments)
     return Score(
         name, policy, round(seconds, 1), len({s for _, _, s in reference}), len({s.speaker for s in segments if s.speaker}),
-        round(100 * detail["diarization error rate"], 1), round(100 * detail["missed detection"] / total, 1),
-        round(100 * detail["false alarm"] / total, 1), round(100 * detail["confusion"] / total, 1),
+        by_speaker["der"], by_speaker["missed"], by_speaker["false_alarm"], by_speaker["confusion"],
+        len(set(voices.values())), by_voice["der"], by_voice["confusion"],
         round(diarizing[0], 2), round(diarizing[0] / seconds, 4), round(diarizing[1] / seconds, 4), windows, round(asr_seconds, 1),
     )
 
@@ -304,7 +335,7 @@ def main() -> None:
     scores = []
     with tempfile.TemporaryDirectory(prefix="diarization-") as tmp:
         for name in names:
-            path, reference = recording(name, Path(tmp))
+            path, reference, voices_of = recording(name, Path(tmp))
             cache = args.cache / f"{name}.{args.policy}.{args.asr_model}.json" if args.cache else None
             cached = None
             if cache is not None and cache.is_file():
@@ -313,7 +344,7 @@ def main() -> None:
             if cache is not None and cached is None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 cache.write_text(json.dumps([s.model_dump(mode="json") for s in whisper_finals]))
-            result = score(name, args.policy, seconds, reference, segments, diarizing, windows, asr_seconds)
+            result = score(name, args.policy, seconds, reference, voices_of, segments, diarizing, windows, asr_seconds)
             scores.append(result)
             print(json.dumps(asdict(result)), flush=True)
     total_audio = sum(s.seconds for s in scores)

@@ -51,7 +51,7 @@ class DiarizationConfig(Section):
     """Who speaks when on one-track audio (livesum/asr/diarize.py): CAM++ voice embeddings, assigned online."""
 
     threshold: float = Field(
-        0.5, gt=0, lt=1,
+        0.65, gt=0, lt=1,
         description="Cosine similarity to a known voice at or above which a stretch of speech is that speaker; "
         "below it a new speaker starts (docs/diarization.md).",
     )

