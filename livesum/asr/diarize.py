@@ -5,12 +5,13 @@ the wheel; its kaldi filterbank extractor and its CAM++ forward are used as they
 is the online assignment, because a segment's speaker must be known when the segment is emitted
 (the LM reads "Speaker 2: ..." lines as they come, and a final never changes):
 
-- each final segment's speech is cut into 1.5 s windows (one window for a shorter one: the 1.5 s
-  up to its end) and each window gets a 192-d voice embedding;
+- each final segment is cut at the pauses between its words (a change of speaker mostly falls in
+  one), each stretch into 1.5 s windows (a shorter stretch is one window; a live final of a few words
+  may reach back half a second), and each window gets a 192-d voice embedding;
 - a window goes to the known voice it is most similar to (cosine of the running mean of that
-  voice's windows) when the similarity reaches `threshold`; two unmatched windows in a row, or one
-  unmatched segment of at least `min_new_speaker_seconds`, start a new voice; other unmatched
-  speech goes to the nearest voice;
+  voice's windows) when the similarity reaches `threshold`; a window that matches no voice starts a
+  new one when it is a whole phrase of at least `min_new_speaker_seconds`, or when the window beside
+  it matches no voice either and sounds like it; other unmatched windows go with their neighbours;
 - a segment whose words fall to different voices is split there, at word boundaries.
 
 Labels are "Speaker 1", "Speaker 2"... in order of first appearance. State per stream: one sum
@@ -41,7 +42,6 @@ SHORT_LEAD_SECONDS = 0.5  # audio before a short segment that its window may tak
 PHRASE_GAP_SECONDS = 0.3  # a pause between words this long may be a change of speaker
 MIN_WINDOW_SECONDS = 0.3  # shorter audio says too little about a voice; it is labelled from its neighbours
 MAX_WEIGHT = 200  # windows a voice's mean remembers at full weight; older ones fade, so a voice may drift
-SENTENCE_PUNCTUATION = (".", "!", "?", "…")
 NO_SPACE_BEFORE = ("-", "'", ",", ".", "!", "?", ";", ":", "%", "…")
 
 
