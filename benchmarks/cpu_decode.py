@@ -39,7 +39,7 @@ from livesum.config import EngineConfig, load_settings  # noqa: E402
 from livesum.llm.compact import CompactLinear, compact_decode_weights  # noqa: E402
 from livesum.llm.engine import StreamingEngine  # noqa: E402
 from livesum.models import (  # noqa: E402
-    LANGUAGE_MODELS, _concatenate, language_model_dir, load_language_model, package_file, packed_weights_dir,
+    LANGUAGE_MODELS, assemble_gguf, language_model_dir, load_language_model, packed_weights_dir,
 )
 
 TEXT_SOURCE = REPO / "samples" / "meetings"
@@ -119,12 +119,8 @@ def measure(engine: StreamingEngine, steps: int) -> tuple[float, float]:
     return statistics.median(times[3:]), prefill
 
 
-def gguf_file(name: str, work: Path) -> Path:
-    spec = LANGUAGE_MODELS[name]
-    target = work / spec.gguf_name
-    if not target.is_file():
-        _concatenate([package_file(part) for part in spec.parts], target)
-    return target
+def gguf_file(name: str, work: Path, cache_dir: Path) -> Path:
+    return assemble_gguf(name, cache_dir, work / LANGUAGE_MODELS[name].gguf_name)
 
 
 def main() -> None:
@@ -159,7 +155,7 @@ def main() -> None:
         print(f"| {label} | {decode * 1e3:.1f} | {floor * 1e3:.1f} | {decode / floor:.2f} | {prefill:.0f} |", flush=True)
     if args.llama_python:
         args.work.mkdir(parents=True, exist_ok=True)
-        path = gguf_file(args.model, args.work)
+        path = gguf_file(args.model, args.work, cache_dir)
         done = subprocess.run([str(args.llama_python), "-c", LLAMA_SCRIPT, str(path), str(args.threads),
                                str(engine.cache.length), str(args.steps)], input=text * 4, capture_output=True, text=True)
         if done.returncode != 0:

@@ -75,6 +75,14 @@ class Score:
     notes_seconds: float | None = None  # after it ended: questions and final notes
     peak_rss_mib: float | None = None
     answers: list[tuple[str, str, bool]] = field(default_factory=list)
+    funnel: dict = field(default_factory=dict)  # kind -> stage -> (found, right, listed): see funnel()
+
+
+def item_matches(item: dict, candidate: dict) -> bool:
+    """Whether a listed item says the annotated one (see the module docstring)."""
+    listed = squash(candidate["text"])
+    return all(squash(k) in listed for k in item["keywords"]) or fuzz.token_set_ratio(
+        item["text"].lower(), candidate["text"].lower()) >= TEXT_MATCH_SCORE
 
 
 def match_items(expected: list[dict], listed: list[dict]) -> list[tuple[dict, dict]]:
@@ -83,14 +91,44 @@ def match_items(expected: list[dict], listed: list[dict]) -> list[tuple[dict, di
     pairs = []
     for item in expected:
         for candidate in free:
-            listed = squash(candidate["text"])
-            if all(squash(k) in listed for k in item["keywords"]) or fuzz.token_set_ratio(
-                item["text"].lower(), candidate["text"].lower()
-            ) >= TEXT_MATCH_SCORE:
+            if item_matches(item, candidate):
                 pairs.append((item, candidate))
                 free.remove(candidate)
                 break
     return pairs
+
+
+FUNNEL_STAGES = ("written", "parsed", "grounded", "notes")
+KINDS = (("decision", "decisions"), ("action", "action_items"))
+
+
+def funnel(script: dict, out: Path, notes: dict) -> dict[str, dict[str, tuple[int, int, int]]]:
+    """Per kind and stage, (expected items found, listed items that are right, listed items), from the
+    extraction rounds in notes_trace.json (`--set output.notes_trace=true`): what the model wrote (an
+    object or a '- ' line each), what parsed, what grounding kept, over all rounds (an item listed again
+    in a later round counts again), then what reached the notes (one to one, as scored above)."""
+    trace_path = out / "notes_trace.json"
+    if not trace_path.exists():
+        return {}
+    rounds = json.loads(trace_path.read_text())
+    result: dict[str, dict[str, tuple[int, int, int]]] = {}
+    for kind, key in KINDS:
+        expected = script.get(key, [])
+        stages: dict[str, tuple[int, int, int]] = {}
+        mine = [r for r in rounds if r["kind"] == kind]
+        written = sum(len(re.findall(r"\{[^{}]*\}", r["raw"])) or len(re.findall(r"(?m)^\s*(?:[-*]|\d+[.)])\s+\S", r["raw"]))
+                      for r in mine)
+        stages["written"] = (0, 0, written)
+        for stage in ("parsed", "grounded"):
+            listed = [item for r in mine for item in r[stage]]
+            found = sum(any(item_matches(e, c) for c in listed) for e in expected)
+            right = sum(any(item_matches(e, c) for e in expected) for c in listed)
+            stages[stage] = (found, right, len(listed))
+        final = notes[key]
+        matched = len(match_items(expected, final))
+        stages["notes"] = (matched, matched, len(final))
+        result[kind] = stages
+    return result
 
 
 def answer_right(question: dict, answer: str) -> bool:
@@ -144,7 +182,8 @@ def run_meeting(script_path: Path, work: Path, cli_args: list[str], rescore: boo
         if not audio.exists():
             subprocess.run([sys.executable, str(REPO / "samples" / "make_meeting.py"), "--script", str(script_path),
                             "--out", str(audio)], check=True, capture_output=True)
-        command = [sys.executable, "-m", "livesum.cli", "file", str(audio), "--out", str(out), "-q", *cli_args]
+        # --force: a rerun replaces the notes of the run before
+        command = [sys.executable, "-m", "livesum.cli", "file", str(audio), "--out", str(out), "-q", "--force", *cli_args]
         if transcript != "asr":
             command = [sys.executable, str(REPO / "benchmarks" / "reference_transcript.py"), str(work / f"{name}.expected.json"),
                        "--out", str(out), *(["--speakers"] if transcript == "speakers" else []), *cli_args]
@@ -163,6 +202,7 @@ def score_notes(script: dict, name: str, out: Path) -> Score:
     notes = next(json.loads(line) for line in lines if '"type":"notes"' in line.replace(" ", ""))
     transcript = (out / "transcript.txt").read_text()
     score = Score(meeting=name, audio_seconds=notes["duration"])
+    score.funnel = funnel(script, out, notes)
     matched = match_items(script.get("decisions", []), notes["decisions"])
     score.decisions = (len(matched), len(script.get("decisions", [])), len(notes["decisions"]))
     matched = match_items(script.get("action_items", []), notes["action_items"])
@@ -213,6 +253,21 @@ def table(scores: list[Score]) -> str:
     return "\n".join(rows)
 
 
+def funnel_table(scores: list[Score]) -> str:
+    """Recall (expected found) and precision (listed right) at each stage, per kind, summed over meetings."""
+    rows = ["| kind | " + " | ".join(FUNNEL_STAGES) + " |", "| --- |" + " --- |" * len(FUNNEL_STAGES)]
+    for kind, key in KINDS:
+        cells = []
+        for stage in FUNNEL_STAGES:
+            found = sum(s.funnel[kind][stage][0] for s in scores if s.funnel)
+            right = sum(s.funnel[kind][stage][1] for s in scores if s.funnel)
+            listed = sum(s.funnel[kind][stage][2] for s in scores if s.funnel)
+            total = sum((s.decisions if kind == "decision" else s.actions)[1] for s in scores if s.funnel)
+            cells.append(f"{listed} listed" if stage == "written" else f"found {found}/{total}, right {right}/{listed}")
+        rows.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("meetings", nargs="*", help="script names under samples/meetings (default: all)")
@@ -229,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         for question, answer, right in score.answers:
             print(f"[{score.meeting}] {'ok ' if right else 'BAD'} {question} -> {answer!r}", file=sys.stderr)
     print(table(scores))
+    if any(s.funnel for s in scores):
+        print("\nFunnel (all extraction rounds; notes one to one):\n" + funnel_table(scores))
     if args.json:
         args.json.write_text(json.dumps([asdict(s) for s in scores], indent=2))
     return 0

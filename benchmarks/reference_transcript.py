@@ -27,6 +27,7 @@ import numpy as np
 from livesum.cli import model_flags, settings_from
 from livesum.events import Segment
 from livesum.llm.service import LmService
+from livesum.outputs.files import write_notes_trace
 from livesum.pipeline import Pipeline
 from livesum.runner import ensure_writable, load_engine, open_sinks
 from livesum.source.audio import AudioChunk
@@ -74,6 +75,7 @@ async def run(expected: dict, out: Path, args: argparse.Namespace) -> None:
     chunks = silence(expected["duration_s"], settings.audio.sample_rate, settings.audio.chunk_seconds)
     try:
         await pipeline.run(chunks, expected["duration_s"], args.ask)
+        write_notes_trace(out, pipeline.minutes.trace)
     finally:
         await asyncio.to_thread(service.close, True)  # exiting with the worker inside torch aborts the process
 

@@ -11,15 +11,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from livesum.config import ConfigError, Settings, load_settings, parse_value
+from livesum import __version__
+from livesum.config import TOKEN_ENV, ConfigError, Settings, deep_merge, load_settings, nest, parse_assignments
 from livesum.events import event_json_schema_text
 from livesum.models import ModelNotInstalled, install_embedded_models
+from livesum.outputs.files import existing_outputs
 from livesum.source.audio import AudioSourceError
 
 if TYPE_CHECKING:
     from livesum.pipeline import RunResult
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Live transcription into rolling summaries and meeting notes, offline.")
+app = typer.Typer(add_completion=False, no_args_is_help=True)
 models_app = typer.Typer(no_args_is_help=True, help="The embedded models.")
 app.add_typer(models_app, name="models")
 
@@ -28,33 +30,32 @@ EXIT_CONFIG = 2  # bad config, missing model
 EXIT_INTERRUPTED = 130  # Ctrl-C on a file: the notes for what was heard are still written
 
 
+def show_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"livesum {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Live transcription into rolling summaries and meeting notes, offline."""
+
+
 def fail(message: str, code: int) -> typer.Exit:
     typer.echo(f"livesum: error: {message}", err=True)
     return typer.Exit(code)
 
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="A TOML profile, e.g. configs/cpu.toml.")]
+ConfigOption = Annotated[str | None, typer.Option("--config", "-c", help="A profile: a shipped one by name ('cpu', 'gpu') or a TOML file's path.")]
 AsrModelOption = Annotated[str | None, typer.Option("--asr-model", help="'base', 'tiny.en' or a CTranslate2 dir.")]
 LlmModelOption = Annotated[str | None, typer.Option("--llm-model", help="'qwen2.5-coder-1.5b' (default), 'smollm2-135m' (fast), 'qwen2.5-coder-0.5b' or a model dir.")]
 NoLlmOption = Annotated[bool, typer.Option("--no-llm", help="Transcribe only.")]
 SummaryEveryOption = Annotated[float | None, typer.Option("--summary-every", help="Audio seconds between summaries.")]
 SpeakersOption = Annotated[int | None, typer.Option("--speakers", help="How many people speak, when known (diarization hint; asr.speakers).")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override any key: --set llm.engine.window=2048, --set 'output.formats=[\"md\"]' (repeatable).")]
-
-
-def parse_assignments(assignments: list[str]) -> dict[str, Any]:
-    """['llm.engine.window=2048'] -> {'llm': {'engine': {'window': '2048'}}} (pydantic coerces)."""
-    tree: dict[str, Any] = {}
-    for assignment in assignments:
-        key, sep, value = assignment.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got '{assignment}'")
-        node = tree
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = parse_value(value.strip())
-    return tree
+ForceOption = Annotated[bool, typer.Option("--force", "-f", help="Overwrite the outputs of an earlier run in the --out folder.")]
 
 
 def model_flags(asr_model: str | None, llm_model: str | None, no_llm: bool, summary_every: float | None,
@@ -67,6 +68,14 @@ def model_flags(asr_model: str | None, llm_model: str | None, no_llm: bool, summ
         "llm.enabled": False if no_llm else None,
         "llm.summary_every_seconds": summary_every,
     }
+
+
+def refuse_overwrite(out: Path, settings: Settings, force: bool) -> None:
+    """An --out folder holding an earlier run's outputs is not overwritten silently: a one-line
+    error (exit 1) unless --force. Other files in it are never touched."""
+    existing = existing_outputs(out, settings.output.formats)
+    if existing and not force:
+        raise fail(f"{out} already holds {', '.join(existing)} from an earlier run; pass --force to overwrite them, or another --out", EXIT_INPUT)
 
 
 def run_stream(stream: Coroutine[Any, Any, RunResult], out: Path) -> RunResult:
@@ -86,19 +95,11 @@ def run_stream(stream: Coroutine[Any, Any, RunResult], out: Path) -> RunResult:
     return result
 
 
-def settings_from(config: Path | None, assignments: list[str] | None, flags: dict[str, Any]) -> Settings:
+def settings_from(config: str | None, assignments: list[str] | None, flags: dict[str, Any]) -> Settings:
     """The layered settings with `flags` (dotted keys, None = not given) on top; a bad config exits 2."""
     try:
-        overrides = parse_assignments(assignments or [])
-        for dotted, value in flags.items():
-            if value is None:
-                continue
-            node = overrides
-            *parents, leaf = dotted.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
-        return load_settings(config, overrides)
+        given = nest({key: value for key, value in flags.items() if value is not None})
+        return load_settings(config, deep_merge(parse_assignments(assignments or []), given))
     except ConfigError as error:
         raise fail(str(error), EXIT_CONFIG) from None
 
@@ -116,10 +117,12 @@ def file_command(
     summary_every: SummaryEveryOption = None,
     speakers: SpeakersOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or scrolling transcript.")] = False,
+    force: ForceOption = False,
 ) -> None:
     """Transcribe a recording into transcript.txt/.srt/.vtt, events.jsonl and notes.md."""
     flags = {**model_flags(asr_model, llm_model, no_llm, summary_every, speakers), "output.console": False if quiet else None}
     settings = settings_from(config, assignments, flags)
+    refuse_overwrite(out, settings, force)
     from livesum.runner import run_file
 
     result = run_stream(run_file(path, out, settings, ask or []), out)
@@ -131,7 +134,7 @@ def file_command(
 def serve_command(
     host: Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1; others need --token).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="TCP port (default 8765; 0 = any free port).")] = None,
-    token: Annotated[str | None, typer.Option("--token", envvar="LIVESUM_TOKEN", help="Shared secret clients must present.")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar=TOKEN_ENV, help="Shared secret clients must present.")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Sessions write their files under DATA_DIR/<session>/.")] = None,
     config: ConfigOption = None,
     assignments: SetOption = None,
@@ -162,7 +165,7 @@ def serve_command(
 def send_command(
     path: Annotated[Path, typer.Argument(help="Audio file streamed as if live.")],
     url: Annotated[str, typer.Option("--url", help="Server's native endpoint.")] = "ws://127.0.0.1:8765/v1/stream",
-    token: Annotated[str | None, typer.Option("--token", envvar="LIVESUM_TOKEN", help="The server's token.")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar=TOKEN_ENV, help="The server's token.")] = None,
     speed: Annotated[float, typer.Option("--speed", min=0, help="Times real time; 0 = as fast as possible.")] = 1.0,
     ask: Annotated[list[str] | None, typer.Option("--ask", help="A question sent mid-stream (repeatable).")] = None,
     session: Annotated[str | None, typer.Option("--session", help="Session id (default: random).")] = None,
@@ -211,10 +214,13 @@ def mic_command(
     summary_every: SummaryEveryOption = None,
     speakers: SpeakersOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain lines instead of the live view.")] = False,
+    force: ForceOption = False,
 ) -> None:
     """Transcribe and summarize the microphone live; type a question + Enter any time; Ctrl-C writes the notes."""
     flags = {**model_flags(asr_model, llm_model, no_llm, summary_every, speakers), "capture.device": device}
     settings = settings_from(config, assignments, flags)
+    if out is not None:  # the default is a new folder
+        refuse_overwrite(out, settings, force)
     from livesum.live import default_out_dir, run_mic
 
     out = out or default_out_dir()

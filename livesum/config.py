@@ -1,22 +1,35 @@
 """Every tunable of livesum, as pydantic models.
 
-Settings are layered, later wins: built-in defaults < `configs/default.toml` < a profile TOML
-(`--config configs/cpu.toml`) < environment (`LIVESUM_ASR__MODEL=tiny.en`) < CLI flags. Unknown
-keys are errors at every layer, so a typo never silently falls back to a default.
+Settings are layered, later wins: built-in defaults < the default profile < a profile
+(`--config cpu` or `--config path/to/x.toml`) < environment (`LIVESUM_ASR__MODEL=tiny.en`) < CLI
+flags (`--set asr.model=tiny.en`). Profiles ship inside the package (livesum/profiles/, package
+data), so a wheel install has them too; the default profile writes out every built-in default.
+Unknown keys are errors at every layer, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings.sources.utils import parse_env_vars
 
 ENV_PREFIX = "LIVESUM_"
 ENV_NESTING = "__"
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+NONE_VALUE = "null"  # `LIVESUM_ASR__LANGUAGE=null` / `--set asr.language=null` unset a key
+PROFILES: Traversable = resources.files("livesum") / "profiles"
+DEFAULT_PROFILE = "default"
+# Variables that feed a command-line option (cli.py's `envvar=`), not a config key: the settings
+# loader leaves them to the option instead of rejecting them as unknown keys.
+TOKEN_ENV = "LIVESUM_TOKEN"
+OPTION_ENV_VARS = frozenset({TOKEN_ENV})
 
 
 class Section(BaseModel):
@@ -180,6 +193,8 @@ class OutputConfig(Section):
     formats: list[Literal["txt", "srt", "vtt", "jsonl", "md"]] = ["txt", "srt", "vtt", "jsonl", "md"]
     console: bool = Field(True, description="Progress bar and scrolling transcript on the terminal.")
     progress_every_seconds: float = Field(5.0, gt=0, description="Audio seconds between progress status events.")
+    notes_trace: bool = Field(False, description="Also write notes_trace.json: every extraction round's raw model output and what "
+                              "parsing and grounding kept (for benchmarks/notes_quality.py's funnel; grows with the meeting).")
 
 
 class Settings(Section):
@@ -212,7 +227,22 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def profile_names() -> list[str]:
+    return sorted(item.name.removesuffix(".toml") for item in PROFILES.iterdir() if item.name.endswith(".toml"))
+
+
+def resolve_profile(config: str | Path) -> Traversable:
+    """A profile's file: a bare name (`cpu`) is one of the package's profiles, anything else a path."""
+    text = str(config)
+    if os.sep in text or "/" in text or text.endswith(".toml"):
+        return Path(text)
+    profile = PROFILES / f"{text}.toml"
+    if not profile.is_file():
+        raise ConfigError(f"unknown profile '{text}': use one of {', '.join(profile_names())} or the path of a TOML file")
+    return profile
+
+
+def read_toml(path: Traversable) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
@@ -222,28 +252,70 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
 
 
-def env_overrides(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
-    """`LIVESUM_LLM__ENGINE__WINDOW=2048` -> {"llm": {"engine": {"window": "2048"}}}; pydantic coerces."""
-    overrides: dict[str, Any] = {}
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        path = name[len(ENV_PREFIX):].lower().split(ENV_NESTING)
-        node = overrides
-        for part in path[:-1]:
+def nest(dotted: Mapping[str, Any]) -> dict[str, Any]:
+    """{'llm.engine.window': 2048} -> {'llm': {'engine': {'window': 2048}}}: flags and client overrides."""
+    tree: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
             node = node.setdefault(part, {})
-        node[path[-1]] = parse_value(value)
-    return overrides
+        node[leaf] = value
+    return tree
 
 
-def parse_value(value: str) -> Any:
-    """Lists arrive as TOML arrays (`["txt","md"]`) from env or --set; the rest stays a string for pydantic."""
-    if value.startswith("["):
-        try:
-            return tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            return value
-    return value
+class _EnvironmentSchema(BaseSettings, Settings):
+    """Settings as pydantic-settings reads them from `LIVESUM_SECTION__KEY` variables (lists as JSON)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTING, env_parse_none_str=NONE_VALUE, extra="forbid",
+    )
+
+
+class _VariablesSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (the process's, or --set turned into variables)."""
+
+    def __init__(self, variables: Mapping[str, str]) -> None:
+        self.variables = variables
+        super().__init__(_EnvironmentSchema)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self.variables, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+def variables_layer(variables: Mapping[str, str], origin: str, options: Iterable[str] = ()) -> dict[str, Any]:
+    """The config keys set by `LIVESUM_*` variables; `options` are variables a CLI option reads instead.
+
+    pydantic-settings skips a variable whose first part names no section; that is a typo here
+    (`LIVESUM_LLMM__WINDOW`) unless it belongs to an option (`LIVESUM_TOKEN`)."""
+    keys = {
+        name: name[len(ENV_PREFIX):].lower().replace(ENV_NESTING, ".")
+        for name in variables if name.upper().startswith(ENV_PREFIX) and name.upper() not in options
+    }
+    for key in keys.values():
+        if key.split(".")[0] not in Settings.model_fields:
+            raise ConfigError(f"{origin}: unknown key '{key.split('.')[0]}'")
+    try:
+        return _VariablesSource(variables)()
+    except SettingsError as error:  # it names only the section: show what was set under it
+        section = str(error).split('"')[1] if '"' in str(error) else ""
+        given = ", ".join(f"{key}={variables[name]}" for name, key in keys.items() if key.split(".")[0] == section)
+        raise ConfigError(f"{origin}: cannot parse {given or section} (a list is a JSON array, e.g. [\"md\", \"txt\"])") from None
+
+
+def environment_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    return variables_layer(environ, "environment", OPTION_ENV_VARS)
+
+
+def parse_assignments(assignments: Iterable[str]) -> dict[str, Any]:
+    """`--set llm.engine.window=2048` -> {'llm': {'engine': {'window': '2048'}}}; values as in the environment."""
+    variables: dict[str, str] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got '{assignment}'")
+        variables[ENV_PREFIX + key.strip().replace(".", ENV_NESTING)] = value.strip()
+    return variables_layer(variables, "--set")
 
 
 def validate_settings(data: dict[str, Any], origin: str) -> Settings:
@@ -261,20 +333,17 @@ def validate_settings(data: dict[str, Any], origin: str) -> Settings:
 
 
 def load_settings(
-    config_path: Path | None = None,
+    config: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Defaults, then configs/default.toml, then `config_path`, then environment, then `overrides`."""
-    data: dict[str, Any] = {}
-    layers: list[tuple[str, dict[str, Any]]] = []
-    default_file = REPO_CONFIGS / "default.toml"
-    if default_file.is_file():
-        layers.append((str(default_file), read_toml(default_file)))
-    if config_path is not None:
-        layers.append((str(config_path), read_toml(Path(config_path))))
-    layers.append(("environment", env_overrides(os.environ if environ is None else environ)))
+    """Built-in defaults, then the default profile, then `config` (a profile name or a TOML path),
+    then the environment (`environ`, default os.environ), then `overrides` (a nested dict)."""
+    profiles = [PROFILES / f"{DEFAULT_PROFILE}.toml", *([] if config is None else [resolve_profile(config)])]
+    layers = [(str(profile), read_toml(profile)) for profile in profiles]
+    layers.append(("environment", environment_layer(os.environ if environ is None else environ)))
     layers.append(("command line", overrides or {}))
+    data: dict[str, Any] = {}
     for origin, layer in layers:
         data = deep_merge(data, layer)
         validate_settings(data, origin)  # name the layer that introduced the problem

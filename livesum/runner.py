@@ -16,7 +16,7 @@ from livesum.asr.policy import make_transcriber
 from livesum.asr.transcriber import load_whisper
 from livesum.config import Settings
 from livesum.outputs.console import ConsoleView
-from livesum.outputs.files import EventSink, file_sinks
+from livesum.outputs.files import EventSink, file_sinks, write_notes_trace
 from livesum.pipeline import LanguageEngine, Pipeline, RunResult, TranscriberFactory
 from livesum.source.file import probe_duration, stream_file
 
@@ -142,3 +142,4 @@ async def run_file(path: Path, out_dir: Path, settings: Settings, questions: lis
         return await pipeline.run(chunks, duration, questions)
     finally:
         restore()
+        write_notes_trace(out_dir, pipeline.minutes.trace)

@@ -17,10 +17,19 @@ SPEECH_SAMPLE = SAMPLES / "librivox.flac"
 SPEECH_REFERENCE = SAMPLES / "librivox.txt"
 
 
-def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`livesum ...` in a fresh interpreter, as a user runs it."""
     command = [sys.executable, "-m", "livesum.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The CLI's stderr when it fails as it promises: one `livesum: error:` line, no traceback."""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("livesum: error: ")
+    return lines[0]
 
 
 @pytest.fixture(scope="session")

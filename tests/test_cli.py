@@ -6,7 +6,7 @@ from pathlib import Path
 import jiwer
 import pytest
 
-from conftest import SPEECH_REFERENCE, SPEECH_SAMPLE, run_cli
+from conftest import SPEECH_REFERENCE, SPEECH_SAMPLE, one_line_error, run_cli
 from livesum.events import Error, Segment, parse_event
 
 # Measured with our pipeline (24 s windows cut at pauses): base and tiny.en int8 both make one
@@ -19,14 +19,6 @@ MAX_WER = 0.06
 def normalise(text: str) -> str:
     words = re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
     return " ".join("mister" if word == "mr" else word for word in words)
-
-
-def one_line_error(result) -> str:
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("livesum: error: ")
-    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -92,6 +84,31 @@ def test_file_breaking_half_way_keeps_the_first_half(tmp_path: Path) -> None:
     assert any(isinstance(e, Error) and e.fatal and e.source == "source" for e in events)
     assert events[-1].type == "status" and events[-1].state == "finished"
     assert (out / "notes.md").is_file()
+
+
+def test_existing_outputs_are_not_overwritten_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.md").write_text("# Yesterday's notes\n")
+    (out / "events.jsonl").write_text("{}\n")
+    for command in (["file", str(SPEECH_SAMPLE)], ["mic", "--device", "999"]):
+        refused = run_cli(*command, "--out", str(out), "--no-llm", "-q")
+        assert refused.returncode == 1
+        assert one_line_error(refused) == (f"livesum: error: {out} already holds events.jsonl, notes.md from an earlier run; "
+                                           "pass --force to overwrite them, or another --out")
+    assert (out / "notes.md").read_text() == "# Yesterday's notes\n"
+    noise = tmp_path / "noise.wav"
+    noise.write_bytes(b"not audio" * 100)
+    forced = run_cli("file", str(noise), "--out", str(out), "-q", "--force")  # past the check, to the audio's own error
+    assert forced.returncode == 1 and "not a readable audio" in one_line_error(forced)
+
+
+def test_version() -> None:
+    from livesum import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"livesum {__version__}\n"
 
 
 def test_schema_command_exports_json_schema(tmp_path: Path) -> None:

@@ -1,24 +1,58 @@
+import os
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from livesum.cli import parse_assignments
-from livesum.config import REPO_CONFIGS, ConfigError, Settings, load_settings
+from conftest import REPO, one_line_error, run_cli
+from livesum.config import (
+    DEFAULT_PROFILE, OPTION_ENV_VARS, PROFILES, ConfigError, Settings, load_settings, nest, parse_assignments, profile_names,
+)
 
 
-def test_defaults_file_matches_built_in_defaults() -> None:
+def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'llm': {'engine': {'window': 1}}} -> {'llm.engine.window': 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_default_profile_writes_out_every_built_in_default() -> None:
+    """The defaults live in config.py; the default profile must not drift from them, key by key
+    (keys whose default is unset cannot be written in TOML)."""
+    built_in = leaves(Settings().model_dump(mode="json"))
+    with (PROFILES / f"{DEFAULT_PROFILE}.toml").open("rb") as handle:
+        written = leaves(tomllib.load(handle))
+    assert written == {key: value for key, value in built_in.items() if value is not None}
     assert load_settings(environ={}) == Settings()
 
 
-@pytest.mark.parametrize("profile", sorted(REPO_CONFIGS.glob("*.toml")), ids=lambda p: p.name)
-def test_every_shipped_profile_is_valid(profile: Path) -> None:
+def test_repo_configs_are_the_package_profiles() -> None:
+    """configs/ (the repo layout) points at the profiles the package ships: one copy of each."""
+    shipped = {name: (PROFILES / f"{name}.toml") for name in profile_names()}
+    assert set(shipped) == {"default", "cpu", "gpu"}
+    assert sorted(path.stem for path in (REPO / "configs").glob("*.toml")) == sorted(shipped)
+    for name, profile in shipped.items():
+        assert (REPO / "configs" / f"{name}.toml").resolve() == Path(str(profile)).resolve()
+
+
+@pytest.mark.parametrize("profile", ["default", "cpu", "gpu"])
+def test_every_shipped_profile_is_valid(profile: str) -> None:
     load_settings(profile, environ={})
 
 
-def test_profiles_pick_their_models() -> None:
-    assert load_settings(REPO_CONFIGS / "cpu.toml", environ={}).asr.model == "tiny.en"
-    gpu = load_settings(REPO_CONFIGS / "gpu.toml", environ={})
+def test_profiles_pick_their_models_by_name_or_path() -> None:
+    assert load_settings("cpu", environ={}).asr.model == "tiny.en"
+    assert load_settings(REPO / "configs" / "cpu.toml", environ={}) == load_settings("cpu", environ={})
+    gpu = load_settings("gpu", environ={})
     assert (gpu.llm.model, gpu.asr.compute_type) == ("qwen2.5-coder-1.5b", "float16")
+    with pytest.raises(ConfigError, match=r"unknown profile 'cpuu': use one of cpu, default, gpu"):
+        load_settings("cpuu", environ={})
 
 
 def test_layers_apply_in_order(tmp_path: Path) -> None:
@@ -44,8 +78,47 @@ def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
 def test_unknown_section_and_env_typo_are_named() -> None:
     with pytest.raises(ConfigError, match=r"environment: unknown key 'asr.modle'"):
         load_settings(environ={"LIVESUM_ASR__MODLE": "x"})
+    with pytest.raises(ConfigError, match=r"environment: unknown key 'llmm'"):
+        load_settings(environ={"LIVESUM_LLMM__WINDOW": "3"})
     with pytest.raises(ConfigError, match=r"unknown key 'llmm'"):
         load_settings(overrides={"llmm": {"x": 1}}, environ={})
+
+
+def test_variables_of_cli_options_are_not_config_keys() -> None:
+    """`LIVESUM_TOKEN` feeds `--token`; the settings loader must leave it alone (it exited 2)."""
+    settings = load_settings(environ={"LIVESUM_TOKEN": "abc", "LIVESUM_SERVER__PORT": "9000", "OTHER": "x"})
+    assert settings.server.port == 9000
+    assert settings.server.token is None  # the option, not the loader, turns it into server.token
+
+
+def test_every_cli_envvar_is_known_to_the_loader() -> None:
+    import typer.main
+
+    from livesum.cli import app
+
+    def envvars(command) -> set[str]:
+        found = {name for param in command.params for name in ([param.envvar] if isinstance(param.envvar, str) else param.envvar or [])}
+        for sub in getattr(command, "commands", {}).values():
+            found |= envvars(sub)
+        return found
+
+    used = envvars(typer.main.get_command(app))
+    assert "LIVESUM_TOKEN" in used
+    assert used <= OPTION_ENV_VARS
+
+
+def cli_env(**variables: str) -> dict[str, str]:
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("LIVESUM_")}
+    return {**environ, **variables}
+
+
+def test_token_variable_and_env_typo_through_the_cli() -> None:
+    ok = run_cli("config", "--config", "cpu", env=cli_env(LIVESUM_TOKEN="abc", LIVESUM_LLM__ENGINE__WINDOW="300"))
+    assert ok.returncode == 0, ok.stderr
+    assert '"window": 300' in ok.stdout
+    typo = run_cli("config", env=cli_env(LIVESUM_LLM__WINDOWW="3"))
+    assert typo.returncode == 2
+    assert one_line_error(typo) == "livesum: error: environment: unknown key 'llm.windoww'"
 
 
 def test_wrong_type_names_key_and_reason() -> None:
@@ -62,10 +135,31 @@ def test_bad_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
         load_settings(tmp_path / "absent.toml", environ={})
 
 
-def test_set_assignments_parse_lists_and_nesting() -> None:
-    assert parse_assignments(["llm.engine.window=64", 'output.formats=["md","txt"]']) == {
+def test_set_assignments_parse_lists_nesting_and_null() -> None:
+    assert parse_assignments(["llm.engine.window=64", 'output.formats=["md","txt"]', "asr.language=null"]) == {
         "llm": {"engine": {"window": "64"}},
         "output": {"formats": ["md", "txt"]},
+        "asr": {"language": None},
     }
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_assignments(["window"])
+    with pytest.raises(ConfigError, match=r"--set: unknown key 'windw'"):
+        parse_assignments(["windw=3"])
+    with pytest.raises(ConfigError, match=r"--set: cannot parse output.formats=md \(a list is a JSON array"):
+        parse_assignments(["output.formats=md"])
+
+
+def test_environment_and_set_read_values_alike() -> None:
+    environ = {"LIVESUM_OUTPUT__FORMATS": '["md"]', "LIVESUM_ASR__LANGUAGE": "null"}
+    from_env = load_settings(environ=environ)
+    from_set = load_settings(overrides=parse_assignments(['output.formats=["md"]', "asr.language=null"]), environ={})
+    assert from_env == from_set
+    assert (from_env.output.formats, from_env.asr.language) == (["md"], None)
+
+
+def test_dotted_keys_nest_into_sections() -> None:
+    """The one parser of dotted keys: CLI flags and a websocket client's overrides."""
+    assert nest({"llm.engine.window": 64, "llm.summary_every_seconds": 8, "cache_dir": "/tmp"}) == {
+        "llm": {"engine": {"window": 64}, "summary_every_seconds": 8},
+        "cache_dir": "/tmp",
+    }

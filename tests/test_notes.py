@@ -188,3 +188,23 @@ def test_minutes_merge_rolling_extractions_and_map_reduce_the_final_summary() ->
     assert notes.summary == "They kept the supplier. Training moves to the 21st."
     # The final forks carry the earlier summaries as text, never the raw history.
     assert any("They talked about the supplier." in asked and "twenty first" not in asked for asked in engine.asked)
+
+
+def test_the_notes_trace_keeps_each_extraction_round_stage_by_stage() -> None:
+    settings = Settings()
+    settings.output.notes_trace = True
+    minutes = MeetingMinutes(settings)
+    engine = ScriptedEngine(
+        decisions=['[{"text": "Training day on the twenty first of March", "evidence": "let\'s move it to the twenty first"},'
+                   ' {"text": "Buy a boat", "evidence": "nobody said this"}]'],
+        actions=['not json at all'],
+    )
+    for segment in segments():
+        minutes.on_segment(segment)
+    minutes.extract(engine, since=0)
+    decisions, actions = minutes.trace
+    assert (decisions["kind"], actions["kind"]) == ("decision", "action")
+    assert [item["text"] for item in decisions["parsed"]] == ["Training day on the twenty first of March", "Buy a boat"]
+    assert [item["text"] for item in decisions["grounded"]] == ["Training day on the twenty first of March"]
+    assert actions["raw"] == "not json at all" and actions["parsed"] == [] and actions["grounded"] == []
+    assert MeetingMinutes(Settings()).trace is None  # off by default: it grows with the meeting

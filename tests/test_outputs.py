@@ -2,7 +2,7 @@ from pathlib import Path
 
 from livesum.events import ActionItem, Answer, Decision, Notes, Segment, Summary, parse_event
 from livesum.llm.notes import bullet_lines, first_line, whole_sentences
-from livesum.outputs.files import file_sinks, render_notes, timestamp
+from livesum.outputs.files import OUTPUT_FILES, existing_outputs, file_sinks, render_notes, timestamp
 
 
 def test_timestamps() -> None:
@@ -32,6 +32,15 @@ def test_writers_produce_every_format(tmp_path: Path) -> None:
     lines = (tmp_path / "events.jsonl").read_text().splitlines()
     assert [parse_event(line) for line in lines] == events
     assert (tmp_path / "notes.md").read_text().startswith("# T\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(OUTPUT_FILES.values())
+
+
+def test_existing_outputs_are_those_the_formats_would_write(tmp_path: Path) -> None:
+    (tmp_path / "notes.md").write_text("earlier")
+    (tmp_path / "my-notes.txt").write_text("the user's own")
+    assert existing_outputs(tmp_path, ["txt", "md"]) == ["notes.md"]
+    assert existing_outputs(tmp_path, ["txt", "srt", "jsonl"]) == []
+    assert existing_outputs(tmp_path / "absent", ["md"]) == []
 
 
 def test_notes_markdown_has_every_section() -> None:

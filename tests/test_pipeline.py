@@ -5,6 +5,7 @@ import asyncio
 import io
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from livesum.config import Settings
-from livesum.events import Error, Segment, Status, Summary, parse_event
+from livesum.events import Error, Event, Segment, Status, Summary, parse_event
 from livesum.outputs.console import ConsoleView
 from livesum.outputs.files import file_sinks
 from livesum.pipeline import Pipeline
@@ -108,17 +109,58 @@ async def test_questions_at_the_end_see_the_earlier_rolling_summaries(tmp_path: 
 
 
 class RecordingEngine(CountingEngine):
-    """Keeps what it was fed; `feed_delay` makes it slower than the speech (a small CPU, a big model)."""
+    """Keeps what it was fed; `feed_delay` makes it slower than the speech (a small CPU, a big model).
+    A test waits for what it needs with `reached` (the model runs on another thread)."""
 
     def __init__(self, feed_delay: float = 0.0) -> None:
         super().__init__()
         self.fed: list[str] = []
         self.feed_delay = feed_delay
+        self.changed = threading.Condition()
 
     def feed(self, text: str) -> int:
-        time.sleep(self.feed_delay)
-        self.fed.append(text)
+        time.sleep(self.feed_delay)  # a slow model, not a way to order threads
+        with self.changed:
+            self.fed.append(text)
+            self.changed.notify_all()
         return len(text.split())
+
+    def summarize(self, max_new_tokens: int | None = None) -> str:
+        with self.changed:
+            summary = super().summarize(max_new_tokens)
+            self.changed.notify_all()
+        return summary
+
+    async def reached(self, condition: Callable[[], bool], timeout: float = 30) -> None:
+        def wait() -> bool:
+            with self.changed:
+                return self.changed.wait_for(condition, timeout)
+
+        assert await asyncio.to_thread(wait), f"the engine did not get there within {timeout} s"
+
+
+class Heard:
+    """A sink a test waits on: the events so far, and `until` a condition on them holds (with a deadline)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.arrived = asyncio.Event()
+
+    def handle(self, event: Event) -> None:
+        self.events.append(event)
+        self.arrived.set()
+
+    def close(self) -> None:
+        pass
+
+    def finals(self) -> int:
+        return sum(isinstance(event, Segment) and event.final for event in self.events)
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 30) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self.arrived.clear()
+                await self.arrived.wait()
 
 
 class BrokenFeedCount(CountingEngine):
@@ -154,10 +196,10 @@ async def endless_chunks():
 
 async def test_stop_ends_a_live_stream_and_still_writes_notes(tmp_path: Path) -> None:
     settings = Settings.model_validate({})
-    pipeline = Pipeline(settings, OneSegmentPerChunk(), RecordingEngine(), file_sinks(tmp_path, settings.output.formats), live=True)
+    heard = Heard()
+    pipeline = Pipeline(settings, OneSegmentPerChunk(), RecordingEngine(), [*file_sinks(tmp_path, settings.output.formats), heard], live=True)
     running = asyncio.create_task(pipeline.run(endless_chunks()))
-    while len(pipeline.result.segments) < 5:
-        await asyncio.sleep(0.01)
+    await heard.until(lambda: heard.finals() >= 5)
     pipeline.stop()
     result = await asyncio.wait_for(running, timeout=60)
     assert result.interrupted and result.fatal_error is None
@@ -168,10 +210,10 @@ async def test_stop_ends_a_live_stream_and_still_writes_notes(tmp_path: Path) ->
 
 async def test_cancelling_a_run_still_writes_notes_then_propagates(tmp_path: Path) -> None:
     settings = Settings.model_validate({"llm": {"enabled": False}})
-    pipeline = Pipeline(settings, OneSegmentPerChunk(), None, file_sinks(tmp_path, settings.output.formats))
+    heard = Heard()
+    pipeline = Pipeline(settings, OneSegmentPerChunk(), None, [*file_sinks(tmp_path, settings.output.formats), heard])
     running = asyncio.create_task(pipeline.run(endless_chunks()))
-    while len(pipeline.result.segments) < 3:
-        await asyncio.sleep(0.01)
+    await heard.until(lambda: heard.finals() >= 3)
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
@@ -192,16 +234,15 @@ async def test_live_mode_coalesces_transcript_for_a_slow_model_and_never_stalls_
 
 async def test_a_question_mid_stream_is_answered_while_audio_goes_on(tmp_path: Path) -> None:
     settings = Settings.model_validate({})
-    pipeline = Pipeline(settings, OneSegmentPerChunk(), RecordingEngine(), file_sinks(tmp_path, ["jsonl"]), live=True)
+    heard = Heard()
+    pipeline = Pipeline(settings, OneSegmentPerChunk(), RecordingEngine(), [*file_sinks(tmp_path, ["jsonl"]), heard], live=True)
     running = asyncio.create_task(pipeline.run(endless_chunks()))
-    while len(pipeline.result.segments) < 2:
-        await asyncio.sleep(0.01)
+    await heard.until(lambda: heard.finals() >= 2)
     answer = await pipeline.ask("When do we ship?")
-    heard_after_answer = len(pipeline.result.segments)
-    while len(pipeline.result.segments) < heard_after_answer + 3:  # capture and ASR carry on
-        await asyncio.sleep(0.01)
+    heard_after_answer = heard.finals()
+    await heard.until(lambda: heard.finals() >= heard_after_answer + 3)  # capture and ASR carry on
     pipeline.stop()
-    await running
+    await asyncio.wait_for(running, timeout=60)  # a guard against a hang
     assert answer is not None and answer.text == "April."
     answers = [e for e in read_events(tmp_path) if e.type == "answer"]
     assert [a.question for a in answers] == ["When do we ship?"]
@@ -235,7 +276,8 @@ async def test_each_track_gets_its_own_transcriber_and_speaker_label(tmp_path: P
     result = await pipeline.run(two_tracks())
     assert made == ["in", "out"]
     assert {(s.speaker, s.text) for s in result.segments} == {("Caller", "I am on in."), ("Agent", "I am on out.")}
-    assert "Caller: I am on in.\n" in engine.fed and "Agent: I am on out.\n" in engine.fed
+    fed = "".join(engine.fed)  # a busy model gets queued segments in one feed
+    assert "Caller: I am on in.\n" in fed and "Agent: I am on out.\n" in fed
 
 
 def test_console_shows_bracketed_speech_literally() -> None:
@@ -252,17 +294,14 @@ async def test_a_requested_summary_is_made_once_even_when_it_waits_behind_a_feed
     engine = RecordingEngine(feed_delay=0.2)  # the request arrives while a feed is running
     pipeline = Pipeline(settings, OneSegmentPerChunk(), engine, file_sinks(tmp_path, ["jsonl"]), live=True)
     running = asyncio.create_task(pipeline.run(endless_chunks()))
-    while not engine.fed:
-        await asyncio.sleep(0.01)
+    await engine.reached(lambda: bool(engine.fed))
     assert pipeline.request_summary()
     assert not pipeline.request_summary()  # one is pending already: skipped
-    while engine.summaries < 1:
-        await asyncio.sleep(0.01)
+    await engine.reached(lambda: engine.summaries >= 1)
     feeds_after_summary = len(engine.fed) + 2  # let the stage take the queued request and more text
-    while len(engine.fed) < feeds_after_summary:
-        await asyncio.sleep(0.01)
+    await engine.reached(lambda: len(engine.fed) >= feeds_after_summary)
     pipeline.stop()
-    await running
+    await asyncio.wait_for(running, timeout=60)  # a guard against a hang
     rolling = [e for e in read_events(tmp_path) if e.type == "summary" and not e.final]
     assert len(rolling) == 1
 
@@ -282,12 +321,13 @@ class SlowAnswers(RecordingEngine):
 async def test_questions_beyond_the_pending_limit_are_refused_and_the_rest_answered(tmp_path: Path) -> None:
     settings = Settings.model_validate({"llm": {"max_pending_questions": 2}})
     engine = SlowAnswers()
-    pipeline = Pipeline(settings, OneSegmentPerChunk(), engine, file_sinks(tmp_path, ["jsonl"]), live=True)
+    heard = Heard()
+    pipeline = Pipeline(settings, OneSegmentPerChunk(), engine, [*file_sinks(tmp_path, ["jsonl"]), heard], live=True)
     running = asyncio.create_task(pipeline.run(endless_chunks()))
-    while len(pipeline.result.segments) < 2:
-        await asyncio.sleep(0.01)
+    await heard.until(lambda: heard.finals() >= 2)
     asked = [asyncio.create_task(pipeline.ask(f"q{n}")) for n in range(4)]
-    await asyncio.sleep(0.1)
+    # the two beyond the limit are refused while the first two are still being answered
+    await heard.until(lambda: sum(isinstance(e, Error) and "question refused" in e.message for e in heard.events) >= 2)
     engine.release.set()
     answers = await asyncio.gather(*asked)
     pipeline.stop()

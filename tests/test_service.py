@@ -25,32 +25,38 @@ MEETING = (
 LONG_INSTRUCTION = "Write out, one per line, every word of the meeting above in order, with its speaker."
 
 
+async def occupy(service: LmService, priority: Priority = Priority.FEED) -> tuple[asyncio.Future, threading.Event]:
+    """A job that holds the worker until the returned gate is set; returns once the worker is inside it."""
+    started, gate = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        gate.wait(timeout=30)
+
+    job = asyncio.wrap_future(service.submit_call(priority, hold))
+    assert await asyncio.to_thread(started.wait, 30), "the worker never took the job"
+    return job, gate
+
+
 async def test_a_question_overtakes_queued_summaries_and_feeds() -> None:
     service = LmService()
-    gate = threading.Event()
     order: list[str] = []
-
-    def blocking_first() -> None:
-        gate.wait(timeout=30)
-        order.append("first")
 
     def job(name: str) -> str:
         order.append(name)
         return name
 
-    first = asyncio.create_task(service.run(Priority.SUMMARY, blocking_first))
-    await asyncio.sleep(0.05)  # let the worker pick it up and block
-    queued = [
-        asyncio.create_task(service.run(Priority.SUMMARY, job, "summary")),
-        asyncio.create_task(service.run(Priority.FEED, job, "feed 1")),
-        asyncio.create_task(service.run(Priority.FEED, job, "feed 2")),
-        asyncio.create_task(service.run(Priority.QUESTION, job, "question")),
+    first, gate = await occupy(service, Priority.SUMMARY)
+    queued = [  # submitted in this order while the worker is busy
+        asyncio.wrap_future(service.submit_call(Priority.SUMMARY, job, "summary")),
+        asyncio.wrap_future(service.submit_call(Priority.FEED, job, "feed 1")),
+        asyncio.wrap_future(service.submit_call(Priority.FEED, job, "feed 2")),
+        asyncio.wrap_future(service.submit_call(Priority.QUESTION, job, "question")),
     ]
-    await asyncio.sleep(0.05)
     gate.set()
     await first
     assert await asyncio.gather(*queued) == ["summary", "feed 1", "feed 2", "question"]
-    assert order == ["first", "question", "feed 1", "feed 2", "summary"]
+    assert order == ["question", "feed 1", "feed 2", "summary"]
     service.close(wait=True)
 
 
@@ -70,13 +76,12 @@ async def test_every_call_runs_on_the_one_worker_thread_and_errors_reach_the_cal
 
 async def test_a_caller_that_went_away_is_skipped() -> None:
     service = LmService()
-    gate = threading.Event()
     ran: list[str] = []
-    blocker = asyncio.create_task(service.run(Priority.FEED, gate.wait, 30))
-    await asyncio.sleep(0.05)
-    abandoned = asyncio.create_task(service.run(Priority.FEED, ran.append, "abandoned"))
-    await asyncio.sleep(0.05)
-    abandoned.cancel()
+    blocker, gate = await occupy(service)
+    submitted = service.submit_call(Priority.FEED, ran.append, "abandoned")
+    asyncio.wrap_future(submitted).cancel()  # the caller goes away (its await is cancelled)...
+    await asyncio.sleep(0)  # ...and one turn of the loop later, so is the job's own future
+    assert submitted.cancelled()
     gate.set()
     await blocker
     await service.run(Priority.FEED, ran.append, "kept")
@@ -97,8 +102,8 @@ async def test_close_with_wait_returns_once_the_worker_has_stopped() -> None:
     job = asyncio.create_task(service.run(Priority.FEED, running))
     await asyncio.to_thread(started.wait, 30)
     closing = asyncio.create_task(asyncio.to_thread(service.close, True))
-    await asyncio.sleep(0.05)
-    assert not closing.done()  # still inside the job
+    await asyncio.wait({closing}, timeout=0.1)
+    assert not closing.done()  # still inside the job, a tenth of a second on
     release.set()
     await closing
     assert not workers[0].is_alive()
@@ -147,16 +152,14 @@ async def test_a_question_overtakes_a_running_extraction_and_the_extraction_resu
 async def test_a_question_is_answered_after_the_feeds_sent_before_it(smollm2) -> None:
     engine = engine_on(smollm2)
     service = LmService()
-    gate = threading.Event()
-    blocker = asyncio.create_task(service.run(Priority.NOTES, gate.wait, 30))  # the model is busy meanwhile
-    await asyncio.sleep(0.05)
+    blocker, gate = await occupy(service, Priority.NOTES)  # the model is busy meanwhile
     before = engine.tokens_seen
     feed = asyncio.create_task(service.feed(engine, " Anna: One more thing: the builder we chose is Hartley and Sons."))
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one turn of the loop: the task submits its feed before awaiting it
     seen_when_answering: list[int] = []
     ask = asyncio.create_task(service.ask(engine, "Which builder did they choose?",
                                           on_text=lambda text: seen_when_answering.append(engine.tokens_seen)))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)
     gate.set()
     await blocker
     fed = await feed
@@ -171,7 +174,7 @@ async def test_a_flood_of_questions_from_one_session_leaves_another_sessions_fee
     service = LmService()
     questions = [asyncio.create_task(service.ask(flooder, f"What did Ben say about the roof, part {n}?", session="a"))
                  for n in range(8)]
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # one turn of the loop: every task submits its question before awaiting it
     fed_at = []
     for n in range(5):
         await service.feed(other, f" Dan: Note number {n} for the record.", session="b")

@@ -310,6 +310,9 @@ class MeetingMinutes:
         self.segments_at_last_summary = -1
         self.segments_at_last_extraction = 0
         self._segments_requested = 0
+        # Every extraction round as it went (raw output, parsed, kept): what benchmarks/notes_quality.py
+        # scores stage by stage. Only when asked for (`output.notes_trace`): it grows with the meeting.
+        self.trace: list[dict] | None = [] if settings.output.notes_trace else None
 
     def on_segment(self, segment: Segment) -> None:
         if segment.final and segment.text.strip():
@@ -336,7 +339,13 @@ class MeetingMinutes:
         window = [segment for segment in self.segments if segment.end >= since] or self.segments
         names = self.names()
         for (kind, _), output in zip(EXTRACTIONS, outputs):
-            self.items = merge(self.items, ground(parse_items(output, kind), window, names))
+            parsed = parse_items(output, kind)
+            grounded = ground(parsed, window, names)
+            self.items = merge(self.items, grounded)
+            if self.trace is not None:
+                self.trace.append({"kind": kind, "since": since, "until": window[-1].end if window else since, "raw": output,
+                                   "parsed": [item.model_dump() for item in parsed],
+                                   "grounded": [item.model_dump() for item in grounded]})
 
     def extract(self, engine: Engine, since: float = 0.0) -> None:
         """The extraction forks, decoded together, grounded in the segments from `since` on."""

@@ -4,10 +4,14 @@ a crash or a broken input is already on disk."""
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 from typing import IO, Protocol
 
 from livesum.events import Event, Notes, Segment
+
+# The file each output format writes into the output folder.
+OUTPUT_FILES = {"txt": "transcript.txt", "srt": "transcript.srt", "vtt": "transcript.vtt", "jsonl": "events.jsonl", "md": "notes.md"}
 
 
 class EventSink(Protocol):
@@ -81,11 +85,11 @@ class TranscriptWriter:
     def __init__(self, out_dir: Path, formats: set[str]) -> None:
         self.files: dict[str, _LineFile] = {}
         if "txt" in formats:
-            self.files["txt"] = _LineFile(out_dir / "transcript.txt")
+            self.files["txt"] = _LineFile(out_dir / OUTPUT_FILES["txt"])
         if "srt" in formats:
-            self.files["srt"] = _LineFile(out_dir / "transcript.srt")
+            self.files["srt"] = _LineFile(out_dir / OUTPUT_FILES["srt"])
         if "vtt" in formats:
-            self.files["vtt"] = _LineFile(out_dir / "transcript.vtt", "WEBVTT\n\n")
+            self.files["vtt"] = _LineFile(out_dir / OUTPUT_FILES["vtt"], "WEBVTT\n\n")
         self.count = 0
         self.line: Segment | None = None  # the sentence being gathered
 
@@ -146,7 +150,7 @@ class NotesWriter:
     """notes.md, written when the Notes event arrives at the end of the stream."""
 
     def __init__(self, out_dir: Path) -> None:
-        self.path = out_dir / "notes.md"
+        self.path = out_dir / OUTPUT_FILES["md"]
 
     def handle(self, event: Event) -> None:
         if isinstance(event, Notes):
@@ -156,6 +160,11 @@ class NotesWriter:
         pass
 
 
+def existing_outputs(out_dir: Path, formats: list[str]) -> list[str]:
+    """The files these formats would write that `out_dir` already holds (an earlier run's)."""
+    return [OUTPUT_FILES[kind] for kind in formats if (out_dir / OUTPUT_FILES[kind]).exists()]
+
+
 def file_sinks(out_dir: Path, formats: list[str]) -> list[EventSink]:
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = set(formats)
@@ -163,7 +172,13 @@ def file_sinks(out_dir: Path, formats: list[str]) -> list[EventSink]:
     if wanted & {"txt", "srt", "vtt"}:
         sinks.append(TranscriptWriter(out_dir, wanted))
     if "jsonl" in wanted:
-        sinks.append(JsonlWriter(out_dir / "events.jsonl"))
+        sinks.append(JsonlWriter(out_dir / OUTPUT_FILES["jsonl"]))
     if "md" in wanted:
         sinks.append(NotesWriter(out_dir))
     return sinks
+
+
+def write_notes_trace(out_dir: Path, trace: list[dict] | None) -> None:
+    """notes_trace.json: the extraction rounds behind the notes (`output.notes_trace`), written at the end."""
+    if trace is not None:
+        (out_dir / "notes_trace.json").write_text(json.dumps(trace, indent=1), encoding="utf-8")

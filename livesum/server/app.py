@@ -26,7 +26,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from livesum.config import ConfigError, Settings, deep_merge, validate_settings
+from livesum.config import ConfigError, Settings, deep_merge, nest, validate_settings
 from livesum.llm.service import LmService, Priority
 from livesum.server.adapters import Adapter, AdapterError, Audio, Close, Open
 from livesum.server.adapters.recall import RecallAdapter
@@ -228,15 +228,10 @@ class LivesumServer:
     def session_settings(self, start: Start) -> Settings:
         """The server's settings with the start's allow-listed overrides (and language)."""
         allowed = set(self.settings.server.allowed_overrides)
-        tree: dict[str, Any] = {}
-        for key, value in start.overrides.items():
+        for key in start.overrides:
             if key not in allowed:
                 raise ProtocolError(f"override {key[:60]!r} is not allowed; allowed: {', '.join(sorted(allowed)) or 'none'}")
-            node = tree
-            *parents, leaf = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
+        tree = nest(start.overrides)
         if start.language is not None:
             tree = deep_merge(tree, {"asr": {"language": start.language}})
         if not tree:
