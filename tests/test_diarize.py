@@ -20,7 +20,6 @@ from livesum.config import ConfigError, load_settings
 from livesum.events import Segment, Word
 from livesum.outputs.files import file_sinks
 from livesum.outputs.live_view import LiveView
-from livesum.source.audio import AudioChunk
 from livesum.source.file import stream_file
 from tests.conftest import SAMPLES, SPEECH_SAMPLE, run_cli
 
