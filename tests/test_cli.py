@@ -53,7 +53,9 @@ def test_sample_transcript_word_error_rate(tmp_path: Path, asr_model: str) -> No
     out = tmp_path / "out"
     result = run_cli("file", str(SPEECH_SAMPLE), "--out", str(out), "--asr-model", asr_model, "--no-llm", "-q")
     assert result.returncode == 0, result.stderr
-    hypothesis = " ".join(line.split("] ", 1)[1] for line in (out / "transcript.txt").read_text().splitlines())
+    lines = (out / "transcript.txt").read_text().splitlines()
+    assert all("] Speaker 1: " in line for line in lines)  # one reader: one speaker (the diarizer is on by default)
+    hypothesis = " ".join(line.split(": ", 1)[1] for line in lines)
     error_rate = jiwer.wer(normalise(SPEECH_REFERENCE.read_text()), normalise(hypothesis))
     assert error_rate < MAX_WER, f"WER {error_rate:.3f}: {hypothesis}"
     srt = (out / "transcript.srt").read_text()
@@ -78,7 +80,7 @@ def test_file_breaking_half_way_keeps_the_first_half(tmp_path: Path) -> None:
     first_sentence = normalise(SPEECH_REFERENCE.read_text().split(".")[0]).split()
     assert jiwer.wer(" ".join(first_sentence), " ".join(heard[: len(first_sentence)])) < 0.3
     assert "himself" not in heard  # the last sentence was in the lost half
-    assert (out / "transcript.txt").read_text().startswith("[00:00:00] And")
+    assert (out / "transcript.txt").read_text().startswith("[00:00:00] Speaker 1: And")
     assert any(isinstance(e, Error) and e.fatal and e.source == "source" for e in events)
     assert events[-1].type == "status" and events[-1].state == "finished"
     assert (out / "notes.md").is_file()

@@ -7,13 +7,16 @@ the open utterance and commits what two passes agree on). The pipeline only sees
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from faster_whisper import WhisperModel
 
 from livesum.config import AsrConfig
 from livesum.events import Segment
 from livesum.source.audio import AudioChunk
+
+if TYPE_CHECKING:
+    from livesum.asr.diarize import VoiceEmbedder
 
 
 class Transcriber(Protocol):
@@ -35,12 +38,22 @@ def resolve_policy(config: AsrConfig, *, live: bool) -> str:
     return config.policy
 
 
-def make_transcriber(model: WhisperModel, config: AsrConfig, sample_rate: int, *, live: bool) -> Transcriber:
-    """A new transcriber on the shared Whisper model, of the policy the config asks for."""
+def make_transcriber(
+    model: WhisperModel, config: AsrConfig, sample_rate: int, *, live: bool, voices: VoiceEmbedder | None = None
+) -> Transcriber:
+    """A new transcriber on the shared Whisper model, of the policy the config asks for; with `voices`,
+    its final segments carry speaker labels (livesum/asr/diarize.py)."""
+    transcriber: Transcriber
     if resolve_policy(config, live=live) == "streaming":
         from livesum.asr.streaming import LocalAgreementTranscriber
 
-        return LocalAgreementTranscriber.with_whisper(model, config, sample_rate)
-    from livesum.asr.transcriber import StreamingTranscriber
+        transcriber = LocalAgreementTranscriber.with_whisper(model, config, sample_rate)
+    else:
+        from livesum.asr.transcriber import StreamingTranscriber
 
-    return StreamingTranscriber(model, config, sample_rate)
+        transcriber = StreamingTranscriber(model, config, sample_rate, word_timestamps=voices is not None)
+    if voices is None:
+        return transcriber
+    from livesum.asr.diarize import DiarizingTranscriber
+
+    return DiarizingTranscriber(transcriber, voices, config)

@@ -20,7 +20,7 @@ from faster_whisper import WhisperModel
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from livesum.config import AsrConfig
-from livesum.events import Segment
+from livesum.events import Segment, Word
 from livesum.models import resolve_device, whisper_model_dir
 from livesum.source.audio import AudioChunk
 
@@ -53,8 +53,9 @@ class StreamingTranscriber:
     Blocking: call `push`/`flush` from a worker thread. Not thread-safe; one per stream.
     """
 
-    def __init__(self, model: WhisperModel, config: AsrConfig, sample_rate: int) -> None:
+    def __init__(self, model: WhisperModel, config: AsrConfig, sample_rate: int, *, word_timestamps: bool = False) -> None:
         self.model = model
+        self.word_timestamps = word_timestamps  # the diarizer splits a segment at a change of speaker
         self.config = config
         self.sample_rate = sample_rate
         self.buffer = _Buffer(np.zeros(0, dtype=np.float32), 0.0)
@@ -114,6 +115,7 @@ class StreamingTranscriber:
             vad_filter=True,
             vad_parameters=self.vad,
             condition_on_previous_text=False,
+            word_timestamps=self.word_timestamps,
         )
         events = []
         for piece in segments:
@@ -127,9 +129,19 @@ class StreamingTranscriber:
                     end=round(offset + min(piece.end, len(audio) / self.sample_rate), 3),
                     text=text,
                     language=info.language,
+                    words=self._words(piece.words, offset) if self.word_timestamps else None,
                 )
             )
         return events
+
+    @staticmethod
+    def _words(words: list | None, offset: float) -> list[Word] | None:
+        kept = [word for word in words or () if word.word.strip()]
+        return [
+            Word(text=word.word.strip(), start=round(offset + word.start, 3), end=round(offset + max(word.start, word.end), 3),
+                 probability=min(1.0, max(0.0, float(word.probability))))
+            for word in kept
+        ] or None
 
     def _transcribe_until(self, cut: int) -> list[Segment]:
         audio, start = self.buffer.samples[:cut], self.buffer.start

@@ -3,6 +3,7 @@ a crash or a broken input is already on disk."""
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 from typing import IO, Protocol
@@ -28,6 +29,33 @@ def timestamp(seconds: float, decimal: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
 
 
+SENTENCE_END = (".", "!", "?", "…", '."', '?"', '!"')
+LINE_GAP_SECONDS = 2.0  # a pause longer than this starts a new line even mid-sentence
+LINE_MAX_CHARS = 400  # unpunctuated speech still breaks into lines
+
+
+def continues(line: Segment, segment: Segment) -> bool:
+    """Whether `segment` carries on the line `line` (same speaker, the sentence not ended, no long pause).
+
+    Live finals are committed a few words at a time; a reader wants sentences.
+    """
+    return (
+        segment.speaker == line.speaker
+        and not line.text.rstrip().endswith(SENTENCE_END)
+        and segment.start - line.end <= LINE_GAP_SECONDS
+        and len(line.text) + len(segment.text) < LINE_MAX_CHARS
+    )
+
+
+def extend_line(line: Segment, segment: Segment) -> Segment:
+    return line.model_copy(update={"end": max(line.end, segment.end), "text": f"{line.text} {segment.text.strip()}"})
+
+
+def spoken_text(segment: Segment) -> str:
+    """'Name: text' where the speaker is known (txt, srt and the terminal)."""
+    return f"{segment.speaker}: {segment.text}" if segment.speaker else segment.text
+
+
 class _LineFile:
     def __init__(self, path: Path, header: str = "") -> None:
         self.stream: IO[str] = path.open("w", encoding="utf-8")
@@ -50,7 +78,9 @@ class JsonlWriter(_LineFile):
 
 
 class TranscriptWriter:
-    """transcript.txt / .srt / .vtt from final segments; partials are for screens, not files."""
+    """transcript.txt / .srt / .vtt from final segments, a line per sentence of a speaker's turn (the
+    pieces a live stream commits are joined); partials are for screens, not files. A line is written as
+    soon as its sentence ends, the speaker changes or the stream closes."""
 
     def __init__(self, out_dir: Path, formats: set[str]) -> None:
         self.files: dict[str, _LineFile] = {}
@@ -61,21 +91,37 @@ class TranscriptWriter:
         if "vtt" in formats:
             self.files["vtt"] = _LineFile(out_dir / OUTPUT_FILES["vtt"], "WEBVTT\n\n")
         self.count = 0
+        self.line: Segment | None = None  # the sentence being gathered
 
     def handle(self, event: Event) -> None:
-        if not isinstance(event, Segment) or not event.final:
+        if not isinstance(event, Segment) or not event.final or not event.text.strip():
+            return
+        if self.line is not None and continues(self.line, event):
+            self.line = extend_line(self.line, event)
+        else:
+            self._write_line()
+            self.line = event
+        if self.line.text.rstrip().endswith(SENTENCE_END):
+            self._write_line()
+
+    def _write_line(self) -> None:
+        line, self.line = self.line, None
+        if line is None:
             return
         self.count += 1
         if "txt" in self.files:
-            self.files["txt"].write(f"[{timestamp(event.start, '.')[:-4]}] {event.text}\n")
+            self.files["txt"].write(f"[{timestamp(line.start, '.')[:-4]}] {spoken_text(line)}\n")
         if "srt" in self.files:
-            span = f"{timestamp(event.start, ',')} --> {timestamp(event.end, ',')}"
-            self.files["srt"].write(f"{self.count}\n{span}\n{event.text}\n\n")
+            span = f"{timestamp(line.start, ',')} --> {timestamp(line.end, ',')}"
+            self.files["srt"].write(f"{self.count}\n{span}\n{spoken_text(line)}\n\n")
         if "vtt" in self.files:
-            span = f"{timestamp(event.start, '.')} --> {timestamp(event.end, '.')}"
-            self.files["vtt"].write(f"{span}\n{event.text}\n\n")
+            span = f"{timestamp(line.start, '.')} --> {timestamp(line.end, '.')}"
+            text = html.escape(line.text, quote=False)
+            voice = f"<v {html.escape(line.speaker.replace('>', ''), quote=False)}>" if line.speaker else ""
+            self.files["vtt"].write(f"{span}\n{voice}{text}\n\n")
 
     def close(self) -> None:
+        self._write_line()
         for handle in self.files.values():
             handle.close()
 

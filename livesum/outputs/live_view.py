@@ -17,7 +17,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from livesum.events import Answer, AnswerPart, Error, Event, Notes, Segment, Status, Summary
-from livesum.outputs.files import timestamp
+from livesum.outputs.files import continues, extend_line, timestamp
 
 SHOWN_LINES = 12  # committed lines kept on screen (the files have them all)
 SHOWN_ANSWERS = 2
@@ -53,6 +53,7 @@ class LiveView:
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self.lines: deque[str] = deque(maxlen=SHOWN_LINES)
+        self.line: Segment | None = None  # the last line, which a live final may carry on
         self.partial: Segment | None = None
         self.summary = ""
         self.answers: deque[Answer | AnswerPart] = deque(maxlen=SHOWN_ANSWERS)  # a part until its answer comes
@@ -97,7 +98,7 @@ class LiveView:
             case Status(state="finished", detail=detail):
                 self.status = f"[bold]done:[/bold] {escape(detail)}"
             case Segment(final=True):
-                self.lines.append(segment_line(event))
+                self._show_final(event)
                 if self.partial is not None and self.partial.id == event.id:
                     self.partial = None
             case Segment(final=False):
@@ -111,6 +112,15 @@ class LiveView:
             case Notes(title=title):
                 self.warning = f"notes ready: {title}"
         self.refresh()
+
+    def _show_final(self, segment: Segment) -> None:
+        """A final carries on the last line while its sentence goes on (same speaker), else starts one."""
+        if self.line is not None and self.lines and continues(self.line, segment):
+            self.line = extend_line(self.line, segment)
+            self.lines[-1] = segment_line(self.line)
+        else:
+            self.line = segment
+            self.lines.append(segment_line(segment))
 
     def _show_answer(self, answer: Answer | AnswerPart) -> None:
         """An answer's words as they come: a part replaces the earlier text of the same answer."""

@@ -88,7 +88,10 @@ def load_shared_models(settings: Settings) -> SharedModels:
 
     from livesum.runner import load_language
 
+    from livesum.asr.diarize import voices_for
+
     whisper = load_whisper(settings.asr, settings.resolved_cache_dir())
+    voices_for(settings.asr)  # the diarizer's voice model, cached for the sessions' transcribers
     loaded = load_language(settings)
     return SharedModels(whisper) if loaded is None else SharedModels(whisper, *loaded)
 
