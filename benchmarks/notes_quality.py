@@ -25,6 +25,7 @@ made close together, not absolute numbers.
     python benchmarks/notes_quality.py                                  # all meetings, default profile
     python benchmarks/notes_quality.py cafe_supplier --llm-model qwen2.5-coder-0.5b --json out.json
     python benchmarks/notes_quality.py --work /tmp/nq --rescore                   # score an earlier run again
+    python benchmarks/notes_quality.py --work /tmp/nq --replay    # again, items re-made from its recorded model outputs
     python benchmarks/notes_quality.py --transcript reference --work /tmp/nq-ref  # the LM on a perfect transcript
     python benchmarks/notes_quality.py --synth festival --work /tmp/nq-fest      # festival's voices instead of espeak's
 
@@ -106,15 +107,11 @@ FUNNEL_STAGES = ("written", "parsed", "grounded", "notes")
 KINDS = (("decision", "decisions"), ("action", "action_items"))
 
 
-def funnel(script: dict, out: Path, notes: dict) -> dict[str, dict[str, tuple[int, int, int]]]:
+def funnel(script: dict, rounds: list[dict], notes: dict) -> dict[str, dict[str, tuple[int, int, int]]]:
     """Per kind and stage, (expected items found, listed items that are right, listed items), from the
-    extraction rounds in notes_trace.json (`--set output.notes_trace=true`): what the model wrote (an
+    extraction rounds of notes_trace.json (`--set output.notes_trace=true`): what the model wrote (an
     object or a '- ' line each), what parsed, what grounding kept, over all rounds (an item listed again
     in a later round counts again), then what reached the notes (one to one, as scored above)."""
-    trace_path = out / "notes_trace.json"
-    if not trace_path.exists():
-        return {}
-    rounds = json.loads(trace_path.read_text())
     result: dict[str, dict[str, tuple[int, int, int]]] = {}
     for kind, key in KINDS:
         expected = script.get(key, [])
@@ -133,6 +130,34 @@ def funnel(script: dict, out: Path, notes: dict) -> dict[str, dict[str, tuple[in
         stages["notes"] = (matched, matched, len(final))
         result[kind] = stages
     return result
+
+
+def replay(out: Path) -> tuple[list[dict], dict] | None:
+    """The notes stages after the model (parse, ground, merge: livesum.llm.minutes) run again on the model
+    outputs a run recorded in notes_trace.json, with the segments it had at each round: what a change to
+    those stages does, without running the model. (trace rounds, {"decisions": [...], "action_items": [...]})"""
+    trace_path = out / "notes_trace.json"
+    if not trace_path.exists():
+        return None
+    from livesum.config import Settings
+    from livesum.events import Segment
+    from livesum.llm.minutes import MeetingMinutes
+
+    rounds = json.loads(trace_path.read_text())
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    segments = [Segment.model_validate(e) for e in events if e["type"] == "segment" and e["final"]]
+    minutes = MeetingMinutes(Settings.model_validate({"output": {"notes_trace": True}}))
+    given = 0
+    for first in range(0, len(rounds), 2):  # one round = a decision fork and an action fork
+        pair = rounds[first:first + 2]
+        while given < len(segments) and segments[given].end <= pair[0].get("known_until", pair[0]["until"]):
+            minutes.on_segment(segments[given])
+            given += 1
+        minutes.extraction_requests(pair[0]["until"])
+        minutes.take_extractions([r["raw"] for r in pair], pair[0]["since"])
+    items = {"decisions": [item.model_dump() for item in minutes.decisions()],
+             "action_items": [item.model_dump() for item in minutes.action_items()]}
+    return minutes.trace or [], items
 
 
 def answer_right(question: dict, answer: str) -> bool:
@@ -191,7 +216,7 @@ def synthesize(script_path: Path, work: Path, synth: str = "espeak") -> Path:
 
 
 def run_meeting(script_path: Path, work: Path, cli_args: list[str], rescore: bool = False, transcript: str = "asr",
-                synth: str = "espeak") -> Score:
+                synth: str = "espeak", replayed: bool = False) -> Score:
     """Synthesize, run and score one meeting; with `rescore`, score the notes an earlier run left in `work`.
     `transcript`: "asr" runs `livesum file` on the audio; "reference" the same pipeline on the script's
     own words, "speakers" on them labelled with who spoke (benchmarks/reference_transcript.py).
@@ -213,17 +238,24 @@ def run_meeting(script_path: Path, work: Path, cli_args: list[str], rescore: boo
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{name}: livesum failed: {done.stderr.strip()[-500:]}")
-    return score_notes(script, name, out)
+    return score_notes(script, name, out, replayed)
 
 
-def score_notes(script: dict, name: str, out: Path) -> Score:
-    """Score the notes a `livesum file --ask ...` run wrote to `out` against the script's annotations."""
+def score_notes(script: dict, name: str, out: Path, replayed: bool = False) -> Score:
+    """Score the notes a `livesum file --ask ...` run wrote to `out` against the script's annotations;
+    `replayed`: its decisions and action items made again from its recorded model outputs (`replay`)."""
     questions = script.get("questions", [])
     lines = (out / "events.jsonl").read_text().splitlines()
     notes = next(json.loads(line) for line in lines if '"type":"notes"' in line.replace(" ", ""))
     transcript = (out / "transcript.txt").read_text()
     score = Score(meeting=name, audio_seconds=notes["duration"])
-    score.funnel = funnel(script, out, notes)
+    if replayed and (again := replay(out)) is not None:
+        rounds, items = again
+        notes = {**notes, **items}
+        (out / "notes_trace.replay.json").write_text(json.dumps(rounds, indent=1))
+        score.funnel = funnel(script, rounds, notes)
+    elif (out / "notes_trace.json").exists():
+        score.funnel = funnel(script, json.loads((out / "notes_trace.json").read_text()), notes)
     matched = match_items(script.get("decisions", []), notes["decisions"])
     score.decisions = (len(matched), len(script.get("decisions", [])), len(notes["decisions"]))
     matched = match_items(script.get("action_items", []), notes["action_items"])
@@ -295,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/livesum-notes-quality"), help="audio and notes go here")
     parser.add_argument("--json", type=Path, help="also write the scores as JSON")
     parser.add_argument("--rescore", action="store_true", help="score the notes already in --work, without running livesum")
+    parser.add_argument("--replay", action="store_true", help="like --rescore, but decisions and action items are made again "
+                        "from the model outputs the run recorded (notes_trace.json) by the current parse/ground/merge code")
     parser.add_argument("--transcript", choices=["asr", "reference", "speakers"], default="asr",
                         help="what the LM reads: Whisper's transcript (as users get), the script's own words, or those labelled by speaker")
     parser.add_argument("--synth", choices=["espeak", "festival"], default="espeak",
@@ -302,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     args, cli_args = parser.parse_known_args(argv)  # the rest goes to `livesum file` (--llm-model, --set, -c)
     args.work.mkdir(parents=True, exist_ok=True)
     names = args.meetings or sorted(p.stem for p in MEETINGS.glob("*.toml"))
-    scores = [run_meeting(MEETINGS / f"{name}.toml", args.work, cli_args, args.rescore, args.transcript, args.synth)
+    scores = [run_meeting(MEETINGS / f"{name}.toml", args.work, cli_args, args.rescore or args.replay, args.transcript, args.synth,
+                          args.replay)
               for name in names]
     for score in scores:
         for question, answer, right in score.answers:

@@ -155,6 +155,12 @@ class LlmConfig(Section):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default.")
     summary_every_seconds: float = Field(300.0, gt=0, description="Audio seconds between rolling summaries.")
     summary_every_tokens: int = Field(0, ge=0, description="Also summarize after this many new tokens; 0 = off.")
+    extract_every_seconds: float = Field(
+        120.0, gt=0,
+        description="Audio seconds between extractions of decisions and action items from the window (two forks on a "
+        "snapshot of the cache, beside the stream); items merge into a running list, and the end extracts only when "
+        "something was said since the last one.",
+    )
     question_lines: int = Field(3, ge=0, le=20, description="Transcript lines that best match a question (BM25), each with its neighbours, given to its fork; 0 = only the window and the summaries.")
     max_pending_questions: int = Field(4, ge=1, le=64, description="Questions of one stream being answered at once; one more is refused with an error (one client cannot flood the model).")
     engine: EngineConfig = EngineConfig()

@@ -151,6 +151,11 @@ class Pipeline:
         # (segment start, cumulative tokens after it): tells which audio the window still holds.
         self.token_marks: deque[tuple[float, int]] = deque()
         self.tokens_fed = 0
+        self._tokens_since_summary = 0
+        self._fed_until = 0.0  # stream time of the end of the last segment handed to the LM
+        self._feeding: set[asyncio.Task] = set()
+        self._extraction: asyncio.Task | None = None
+        self._last_extraction_at = 0.0
         self._to_llm: asyncio.Queue[object] = asyncio.Queue(maxsize=0 if live else settings.audio.queue_chunks)
         self._stopping = asyncio.Event()
         self._summary_pending = False
@@ -193,6 +198,7 @@ class Pipeline:
             return None
         self._questions_pending += 1
         try:
+            self._feed_queued()  # what was said before the question goes into the cache before it
             return await self._answer(question)
         finally:
             self._questions_pending -= 1
@@ -246,7 +252,7 @@ class Pipeline:
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._supervised("asr", self._asr_stage(chunks, duration)))
-                    group.create_task(self._supervised("llm", self._llm_stage()))
+                    group.create_task(self._supervised("llm", self._llm_stage(duration)))
             except* StageFailure as failures:
                 for failure in failures.exceptions:
                     self._fatal(str(failure), failure.stage)  # type: ignore[attr-defined]
@@ -413,15 +419,42 @@ class Pipeline:
         """This stream's engine as blocking calls through the service (for minutes, in a worker thread)."""
         return self.service.blocking(self.engine, priority, session=self, account=self._account_llm)
 
-    async def _feed(self, text: str) -> int | None:
-        """Transcript into the session's cache (batched with other sessions' feeds by the service)."""
-        return await self._guarded(self.service.feed(self.engine, text, session=self, account=self._account_llm))
+    def _feed_now(self, segments: list[Segment]) -> asyncio.Task | None:
+        """Submit the segments' text to the service now, as one feed (a feed of a few words costs a
+        forward over all the weights, like one of a hundred); the task does the bookkeeping once it is in.
+        Submitted at once, not when a task first runs: a question asked next must find it queued."""
+        if self.engine is None or not segments:
+            return None
+        text = "".join(self._line(segment) for segment in segments)
+        self._fed_until = max(self._fed_until, segments[-1].end)
+        submitted = self.service.submit_feed(self.engine, text, session=self, account=self._account_llm)
+        task = asyncio.ensure_future(self._fed(asyncio.wrap_future(submitted), segments[0].start))
+        self._feeding.add(task)
+        task.add_done_callback(self._feeding.discard)
+        return task
+
+    async def _fed(self, submitted: Awaitable[int], start: float) -> None:
+        added = await self._guarded(submitted)
+        if added:
+            self.tokens_fed += added
+            self._tokens_since_summary += added
+            self.token_marks.append((start, self.tokens_fed))
+
+    def _feed_queued(self) -> None:
+        """Feed every final segment still queued for the LLM stage (before a question)."""
+        queued: list[object] = []
+        while not self._to_llm.empty():
+            queued.append(self._to_llm.get_nowait())
+        for item in queued:  # the end-of-audio mark and summary requests stay for the stage
+            if not isinstance(item, Segment):
+                self._to_llm.put_nowait(item)
+        self._feed_now([item for item in queued if isinstance(item, Segment)])
 
     async def _take_batch(self, until: float) -> tuple[list[Segment], bool]:
-        """(segments, done): everything queued, coalesced into one feed (a feed of a few words costs a
-        forward over all the weights, like one of a hundred). A file's batch stops at the segment that
-        reaches `until`, so every rolling summary is still made at its point in the audio. A summary
-        request in the queue only wakes the stage: `_summary_pending` says whether one is owed."""
+        """(segments, done): everything queued, coalesced into one feed. A file's batch stops at the
+        segment that reaches `until`, so every rolling summary and extraction is still made at its
+        point in the audio. A summary request in the queue only wakes the stage: `_summary_pending`
+        says whether one is owed."""
         items = [await self._to_llm.get()]
         while not self._to_llm.empty() and items[-1] is not _DONE:
             last = items[-1]
@@ -430,27 +463,41 @@ class Pipeline:
             items.append(self._to_llm.get_nowait())
         return [item for item in items if isinstance(item, Segment)], any(item is _DONE for item in items)
 
-    async def _llm_stage(self) -> None:
+    async def _llm_stage(self, duration: float | None = None) -> None:
         llm = self.settings.llm
-        last_summary_at, tokens_since, done = 0.0, 0, False
+        last_summary_at, done = 0.0, False
         while not done:
-            segments, done = await self._take_batch(last_summary_at + llm.summary_every_seconds)
-            if self.engine is not None and segments:
-                text = "".join(self._line(segment) for segment in segments)
-                added = await self._feed(text)
-                if added:
-                    self.tokens_fed += added
-                    tokens_since += added
-                    self.token_marks.append((segments[0].start, self.tokens_fed))
+            next_point = min(last_summary_at + llm.summary_every_seconds, self._last_extraction_at + llm.extract_every_seconds)
+            segments, done = await self._take_batch(next_point)
+            feeding = self._feed_now(segments)
+            if feeding is not None:
+                await feeding
             self.stats.oldest_unfed = None if self._to_llm.empty() else self.stats.oldest_unfed
-            if self.engine is None:
+            if self.engine is None or done:
                 continue
-            at = segments[-1].end if segments else self.result.audio_seconds
+            at = self._fed_until
+            # A file's last stretch is left to the notes at its end, which extract it anyway.
+            near_end = duration is not None and not self.live and duration - at < llm.extract_every_seconds / 2
+            if at - self._last_extraction_at >= llm.extract_every_seconds and not near_end:
+                await self._start_extraction(at)
             due_by_time = bool(segments) and at - last_summary_at >= llm.summary_every_seconds
-            due_by_tokens = bool(llm.summary_every_tokens) and tokens_since >= llm.summary_every_tokens
-            if (due_by_time or due_by_tokens or self._summary_pending) and not done:
+            due_by_tokens = bool(llm.summary_every_tokens) and self._tokens_since_summary >= llm.summary_every_tokens
+            if due_by_time or due_by_tokens or self._summary_pending:
                 await self._summarize(at)
-                last_summary_at, tokens_since = at, 0
+                last_summary_at, self._tokens_since_summary = at, 0
+
+    async def _start_extraction(self, at: float) -> None:
+        """Decisions and action items of what the window holds, in the background: its forks run on a
+        snapshot of the cache, so feeds, summaries and questions go on beside them. One at a time: live,
+        a due extraction is put off while one runs; a file's waits for it (backpressure), so each is
+        made at its point in the audio."""
+        if self._extraction is not None and not self._extraction.done():
+            if self.live:
+                return
+            await self._extraction
+        self._last_extraction_at = at
+        extract = asyncio.to_thread(self.minutes.extract, self._served(Priority.SUMMARY), self._memory_start(), at)
+        self._extraction = asyncio.ensure_future(self._guarded(extract))
 
     def _line(self, segment: Segment) -> str:
         """What the LM reads of a segment: 'Name: text' when speakers are known."""
@@ -476,7 +523,7 @@ class Pipeline:
             summary = Summary(start=self._memory_start(), end=at, text=whole_sentences(text))
             self.latest_summary = summary.text
             self.emit(summary)
-            await self._guarded(asyncio.to_thread(self.minutes.on_rolling_summary, self._served(Priority.SUMMARY), summary))
+            self.minutes.add_summary(summary)
         finally:
             self._summary_pending = False
 
@@ -497,8 +544,13 @@ class Pipeline:
         notes: Notes | None = None
         answering = asyncio.ensure_future(answer_all())
         try:
+            if self._feeding:  # an interrupted stage may leave a feed in flight
+                await asyncio.gather(*self._feeding, return_exceptions=True)
+            if self._extraction is not None:  # its items merge before the last stretch's
+                await self._extraction
             if self.engine is not None:
-                notes = await self._guarded(asyncio.to_thread(self.minutes.final_notes, self._served(Priority.NOTES), [], end))
+                notes = await self._guarded(asyncio.to_thread(self.minutes.final_notes, self._served(Priority.NOTES), [], end,
+                                                              memory_start))
             if notes is None:  # no model, or it failed: notes from what the transcript alone gives
                 notes = await asyncio.to_thread(self.minutes.final_notes, None, [], end)
             if notes.summary:

@@ -14,6 +14,7 @@ from livesum.llm.minutes import (
     merge,
     names_in,
     not_echo,
+    owner_of,
     parse_items,
 )
 from livesum.llm.notes import whole_sentences
@@ -75,30 +76,53 @@ def test_names_are_people_addressed_or_labelled_not_sentence_starts_or_days() ->
     assert not names & {"So", "That", "Sure", "Actually", "Friday", "Morning"}
 
 
-def test_items_are_kept_only_when_said_and_owned_by_a_person_of_the_meeting() -> None:
+def test_items_are_kept_when_the_meeting_spoke_of_them_and_owned_only_by_its_people() -> None:
     items = parse_items(
         '[{"kind": "action", "text": "Call the supplier", "owner": "Tom", "evidence": "Tom, could you give them a ring tomorrow"},'
-        ' {"kind": "action", "text": "Book a venue", "owner": "Sarah", "evidence": "I\'ll call them first thing"},'
+        ' {"kind": "action", "text": "Book a venue", "owner": "Tom", "evidence": "I\'ll call them first thing"},'
+        ' {"kind": "action", "text": "Ring the supplier about the quote", "owner": "Acme Ltd"},'
         ' {"kind": "decision", "text": "Budget of 50,000", "evidence": "we agreed a budget of fifty thousand pounds"},'
         ' {"kind": "decision", "text": "Stay with the current supplier", "evidence": "lets stay with the current one"}]'
     )
     said = segments()
     kept = ground(items, said, names_in(said))
-    assert [item.text for item in kept] == ["Call the supplier", "Stay with the current supplier"]
+    # "Book a venue" comes with a real quote, but nobody spoke of a venue; the budget was never said
+    assert [item.text for item in kept] == ["Call the supplier", "Ring the supplier about the quote", "Stay with the current supplier"]
     assert isinstance(kept[0], ActionItem) and kept[0].owner == "Tom" and kept[0].at == 30.0
-    assert isinstance(kept[1], Decision) and kept[1].at == 20.0
+    assert isinstance(kept[1], ActionItem) and kept[1].owner is None  # not a person of the meeting: unassigned, not lost
+    assert isinstance(kept[2], Decision) and kept[2].at == 20.0
 
 
-def test_a_paraphrased_quote_is_grounded_by_the_item_words_being_said_together() -> None:
+def test_an_item_that_copies_an_example_of_the_instruction_is_no_item() -> None:
+    said = segments([*TRANSCRIPT, "Sure, I can do that. I'll send it round tonight."])
+    items = parse_items('[{"kind": "action", "text": "I\'ll send it round", "owner": "Tom"},'
+                        ' {"kind": "action", "text": "Call the supplier first thing", "owner": "Tom"}]')
+    kept = ground(items, said, names_in(said), instruction='everything someone said they will do ("I\'ll send it round")')
+    assert [item.text for item in kept] == ["Call the supplier first thing"]
+
+
+def test_i_is_whoever_said_it_when_speakers_are_known() -> None:
+    said = [Segment(final=True, start=0, end=4, text="Who can call the supplier tomorrow?", speaker="Anna"),
+            Segment(final=True, start=5, end=9, text="I'll call the supplier first thing tomorrow.", speaker="Ben")]
+    items = parse_items('[{"kind": "action", "text": "Call the supplier tomorrow", "owner": "I", '
+                        '"evidence": "I\'ll call the supplier first thing tomorrow"}]')
+    assert [(item.owner, item.at) for item in ground(items, said, names_in(said))] == [("Ben", 5)]
+    assert owner_of("me", {"Anna"}) is None and owner_of("Anna Smith", {"Anna"}) == "Anna"
+    assert owner_of("Speaker 2", {"Speaker 1", "Speaker 2", "Anna"}) == "Speaker 2"  # a diarizer's labels
+    assert owner_of("Speaker 3", {"Speaker 1", "Speaker 2"}) is None
+
+
+def test_a_paraphrased_quote_is_placed_where_the_item_words_were_said() -> None:
     said = segments()
     items = parse_items(
         '[{"kind": "decision", "text": "Move the training day to the twenty first", "evidence": "They agreed to move it."},'
         ' {"kind": "decision", "text": "Hire a second barista", "evidence": "They agreed to hire."},'
-        ' {"kind": "decision", "text": "Training day with the supplier", "evidence": "Both were discussed."}]'
+        ' {"kind": "decision", "text": "Keep the current supplier", "evidence": "Both were discussed."}]'
     )
     kept = ground(items, said, names_in(said))
-    assert [item.text for item in kept] == ["Move the training day to the twenty first"]
+    assert [item.text for item in kept] == ["Move the training day to the twenty first", "Keep the current supplier"]
     assert kept[0].at == 60.0 and kept[0].evidence == TRANSCRIPT[6]  # the evidence is what was actually said
+    assert kept[1].at == 10.0 and kept[1].evidence == TRANSCRIPT[1]  # said apart: the segment with most of its words
     assert locate_said("the supplier", said) is None  # one content word proves nothing
 
 
@@ -177,9 +201,11 @@ def test_minutes_merge_rolling_extractions_and_map_reduce_the_final_summary() ->
     )
     for segment in segments()[:6]:
         minutes.on_segment(segment)
-    minutes.on_rolling_summary(engine, Summary(start=0, end=60, text="They talked about the supplier."))
+    minutes.add_summary(Summary(start=0, end=60, text="They talked about the supplier."))
+    minutes.extract(engine, since=0, until=60)
     minutes.on_segment(segments()[6])
-    minutes.on_rolling_summary(engine, Summary(start=30, end=70, text="The training day moved."))
+    minutes.add_summary(Summary(start=30, end=70, text="The training day moved."))
+    minutes.extract(engine, since=30, until=70)
     notes = minutes.final_notes(engine, [], 70.0)
     assert [d.text for d in notes.decisions] == ["Training day on the twenty first of March"]
     assert [(a.owner, a.due) for a in notes.action_items] == [("Tom", "tomorrow")]
@@ -201,10 +227,22 @@ def test_the_notes_trace_keeps_each_extraction_round_stage_by_stage() -> None:
     )
     for segment in segments():
         minutes.on_segment(segment)
-    minutes.extract(engine, since=0)
+    minutes.extract(engine, since=0, until=70)
     decisions, actions = minutes.trace
     assert (decisions["kind"], actions["kind"]) == ("decision", "action")
     assert [item["text"] for item in decisions["parsed"]] == ["Training day on the twenty first of March", "Buy a boat"]
     assert [item["text"] for item in decisions["grounded"]] == ["Training day on the twenty first of March"]
     assert actions["raw"] == "not json at all" and actions["parsed"] == [] and actions["grounded"] == []
     assert MeetingMinutes(Settings()).trace is None  # off by default: it grows with the meeting
+
+
+def test_a_decision_that_restates_a_task_is_the_task() -> None:
+    minutes = MeetingMinutes(Settings())
+    minutes.items = [
+        Decision(text="Lucy will do a poster like last year.", at=1.0),
+        Decision(text="The open day is on the twelfth of September.", at=2.0),
+        ActionItem(text="do a poster like last year", owner="Lucy", at=1.0),
+        ActionItem(text="email the first six on the waiting list", owner="Raj", at=3.0),
+    ]
+    assert [d.text for d in minutes.decisions()] == ["The open day is on the twelfth of September."]
+    assert [a.owner for a in minutes.action_items()] == ["Lucy", "Raj"]

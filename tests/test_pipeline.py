@@ -335,3 +335,71 @@ async def test_questions_beyond_the_pending_limit_are_refused_and_the_rest_answe
     assert [a.text if a else None for a in answers] == ["About q0", "About q1", None, None]
     refusals = [e for e in read_events(tmp_path) if isinstance(e, Error) and "question refused" in e.message]
     assert len(refusals) == 2 and not any(e.fatal for e in refusals)
+
+
+class NumberedSegments(BreaksOnSecondChunk):
+    """Each chunk is a sentence of its own, so a test can tell which ones the model had read."""
+
+    def push(self, chunk: AudioChunk) -> list[Segment]:
+        return [Segment(final=True, start=chunk.start, end=chunk.end, text=f"Sentence {round(chunk.start * 2)}.")]
+
+
+class HeldSummary(RecordingEngine):
+    """A summary that takes as long as the test says (`release`); remembers what was fed when asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.summarizing = threading.Event()
+        self.release = threading.Event()
+        self.fed_when_asked = ""
+
+    def summarize(self, max_new_tokens: int | None = None) -> str:
+        self.summarizing.set()
+        self.release.wait(timeout=30)
+        return super().summarize(max_new_tokens)
+
+    def ask(self, question: str, max_new_tokens: int | None = None, context: str = "") -> str:
+        self.fed_when_asked = "".join(self.fed)
+        return "April."
+
+
+async def test_a_question_is_answered_on_what_was_said_before_it_even_while_a_summary_holds_the_stage(tmp_path: Path) -> None:
+    settings = Settings.model_validate({"llm": {"summary_every_seconds": 1000}})
+    engine = HeldSummary()
+    heard = Heard()
+    pipeline = Pipeline(settings, NumberedSegments(), engine, [*file_sinks(tmp_path, ["jsonl"]), heard], live=True)
+    running = asyncio.create_task(pipeline.run(endless_chunks()))
+    await engine.reached(lambda: bool(engine.fed))
+    assert pipeline.request_summary()
+    assert await asyncio.to_thread(engine.summarizing.wait, 30)
+    await heard.until(lambda: heard.finals() >= 8)  # said while the stage waits for the summary
+    last_said = [e for e in heard.events if isinstance(e, Segment) and e.final][-1].text
+    asking = asyncio.create_task(pipeline.ask("When do we ship?"))
+    await asyncio.sleep(0)
+    engine.release.set()
+    assert (await asyncio.wait_for(asking, timeout=30)) is not None
+    pipeline.stop()
+    await asyncio.wait_for(running, timeout=60)
+    assert last_said in engine.fed_when_asked
+
+
+class CountsExtractions(CountingEngine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.extractions: list[int] = []  # summaries made before each extraction fork
+
+    def complete(self, instruction: str, max_new_tokens: int, *, structured: bool = False) -> str:
+        if structured:
+            self.extractions.append(self.summaries)
+        return super().complete(instruction, max_new_tokens, structured=structured)
+
+
+async def test_decisions_and_tasks_are_extracted_on_their_own_cadence_and_once_more_at_the_end(tmp_path: Path) -> None:
+    settings = Settings.model_validate({"llm": {"summary_every_seconds": 1000, "extract_every_seconds": 1.0}})
+    engine = CountsExtractions()
+    pipeline = Pipeline(settings, OneSegmentPerChunk(), engine, file_sinks(tmp_path, ["jsonl", "md"]))
+    await pipeline.run(chunks(7), duration=3.5)
+    # Two forks (decisions, tasks) per round: at 1.0, 2.0 and 3.0 s of audio, then the last half second
+    # at the end; no rolling summary was due, so extraction did not wait for one.
+    assert len(engine.extractions) == 2 * 4 and engine.summaries == 0
+    assert (tmp_path / "notes.md").exists()

@@ -46,8 +46,8 @@ def test_question_context_is_earlier_summaries_then_matching_lines_with_gaps_mar
     minutes = MeetingMinutes(Settings())
     for segment in segments():
         minutes.on_segment(segment)
-    minutes.on_rolling_summary(None, Summary(start=0, end=20, text="They discussed the supplier's quote."))
-    minutes.on_rolling_summary(None, Summary(start=20, end=50, text="Training day dates."))
+    minutes.add_summary(Summary(start=0, end=20, text="They discussed the supplier's quote."))
+    minutes.add_summary(Summary(start=20, end=50, text="Training day dates."))
     context = minutes.question_context("How much was the supplier's quote, and when is the training?")
     summaries, lines = context.split(RELEVANT_LINES_INTRO)
     assert "They discussed the supplier's quote." in summaries and "Training day dates." not in summaries  # the window has the latest

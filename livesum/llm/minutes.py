@@ -16,12 +16,14 @@ summaries, never over the raw history).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from rapidfuzz import fuzz
+from rapidfuzz.utils import default_process
 
 from livesum.config import Settings
 from livesum.events import ActionItem, Answer, Decision, Notes, Segment, Summary
@@ -32,13 +34,16 @@ from livesum.llm.recall import relevant_segments
 # Two focused forks, not one: asked for decisions and tasks in one array, Qwen2.5-Coder-1.5B listed one
 # kind and stopped, or copied one object until the token limit. Tasks are asked for as "follow-up tasks"
 # with first-person examples: asked for "tasks someone agreed or offered to do" it often answered [].
+# No evidence quote: the model mostly made them up ("Priya said 'Lovely'"), they doubled the tokens to
+# decode, and grounding places an item by its own words. A decision is asked for as a sentence: as "the
+# choice in a few words" it came back as fragments ("iced tea", "the eighteenth").
 # Wording chosen on cafe_supplier and garden_committee only (docs/notes-quality.md).
 DECISIONS_INSTRUCTION = (
     "List what the people in the meeting above settled on: for each topic, the choice they ended up with "
     '(they rarely say "we decided"; agreeing is enough). If they changed their mind, give only the final '
     "choice. Leave out ideas that were dropped.\n"
     "Reply with a JSON array, one object per line, nothing else, in this form:\n"
-    '[{"text": "the choice in a few words", "evidence": "the words of the transcript that say it"}]\n'
+    '[{"text": "the decision, as a short sentence"}]\n'
     "[] if there are none."
 )
 ACTIONS_INSTRUCTION = (
@@ -46,8 +51,7 @@ ACTIONS_INSTRUCTION = (
     '("I\'ll send it round", "leave that with me", "sure, I can do that") or agreed to do when asked. '
     "Leave out things people only might do.\n"
     "Reply with a JSON array, one object per line, nothing else, in this form:\n"
-    '[{"owner": "first name or null", "text": "the task in a few words", "due": "when, as said, or null", '
-    '"evidence": "the words of the transcript that say it"}]'
+    '[{"owner": "first name or null", "text": "the task in a few words", "due": "when, as said, or null"}]'
 )
 EXTRACTIONS: tuple[tuple[str, str], ...] = (("decision", DECISIONS_INSTRUCTION), ("action", ACTIONS_INSTRUCTION))
 TITLE_INSTRUCTION = "Give this meeting a short title of at most eight words. Reply with the title only."
@@ -59,7 +63,7 @@ FINAL_SUMMARY_INSTRUCTION = (
     "what was discussed and what was decided."
 )
 DEFAULT_TITLE = "Meeting notes"
-EXTRACT_MAX_TOKENS = 240  # five or so one-line JSON objects; a cut-off tail is still parsed
+EXTRACT_MAX_TOKENS = 200  # eight or so one-line JSON objects; a cut-off tail is still parsed
 EVIDENCE_MIN_SCORE = 80.0  # rapidfuzz partial_ratio (0-100) of the evidence against the transcript
 EVIDENCE_MIN_WORDS = 2  # "yes" is evidence of nothing
 TEXT_MIN_WORDS_SAID = 0.7  # without a quote found, this share of the item's content words must have been said
@@ -69,6 +73,7 @@ FUNCTION_WORDS = {
     "there", "then", "than", "have", "been", "were", "what", "when", "which", "into", "onto", "also", "just",
     "group", "team", "meeting", "decided", "agreed", "some", "more", "each", "every", "after", "before",
 }
+TASK_RESTATED_SCORE = 85.0  # token_set_ratio: the task's words (all but one or two) inside the decision
 SAME_ITEM_SCORE = 72.0  # token_set_ratio above which two items are one (a duplicate or a change of mind)
 ECHO_SCORE = 70.0  # a key point this close to the instruction is the instruction echoed back
 MAX_CONTEXT_SUMMARIES = 6  # earlier summaries given to the final forks (the latest ones)
@@ -81,12 +86,18 @@ NOT_NAMES = {
     "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
     "November", "December", "Sure", "Actually", "Good", "Great", "Well", "Right", "Thanks", "Yeah", "Morning",
     "Hi", "Hello", "Oh", "Also", "And", "But", "Anyway", "Fine", "Perfect", "Maybe", "Then", "Now",
+    "Honestly", "Lovely", "Brilliant", "Cheers", "Agreed", "Absolutely", "Exactly", "Definitely", "Sorry", "Please",
+    "Look", "Listen", "Alright", "Cool", "Nice", "True", "Correct", "Indeed", "Obviously", "Basically", "Hey", "Wait",
+    "Remember", "Honest", "Sounds", "Great", "Yep", "Nope", "Ok", "Um", "Uh", "Hmm", "Right", "Mind", "Speaking",
 }
+PRONOUN_OWNERS = {"i", "me", "myself", "i'll", "i will"}
 OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)
+EXAMPLE = re.compile(r'"([^"]{3,60})"')  # quoted examples in an instruction, which small models copy as items
 CAPITALIZED = re.compile(r"\b[A-Z][a-z]+\b")
 MID_SENTENCE_NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+)\b")
 # "Tom, could you..." at a sentence start: a name is addressed.
-ADDRESSED = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z]+), (?:could|can|would|will|do|are|please)\b")
+ADDRESSED = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z]+), ")  # "Priya, you had the smoothie idea." / "Tom, could you..."
+THANKED = re.compile(r"\b(?:[Tt]hanks|[Tt]hank you|[Cc]heers),? ([A-Z][a-z]+)\b")
 
 
 class Engine(Protocol):
@@ -172,27 +183,36 @@ def _loads(raw: str) -> object:
 
 
 def names_in(segments: Iterable[Segment], speakers: Iterable[str] = ()) -> set[str]:
-    """People a meeting names: capitalized words said mid-sentence or addressed at a sentence start
-    ("Tom, could you..."), plus speaker labels. Whisper capitalizes names and sentence starts only."""
+    """People a meeting names: capitalized words said mid-sentence, addressed at a sentence start
+    ("Tom, could you...", "Priya, you had...") or thanked ("Thanks Sam"), plus speaker labels.
+    Whisper capitalizes names and sentence starts only."""
     found = {name.strip() for name in speakers if name and name.strip()}
     for segment in segments:
         text = segment.text
         found.update(MID_SENTENCE_NAME.findall(text))
         found.update(ADDRESSED.findall(text))
+        found.update(THANKED.findall(text))
         if segment.speaker:
             found.add(segment.speaker)
     return {name for name in found if name not in NOT_NAMES}
 
 
-def _owner_name(owner: str | None, names: set[str]) -> tuple[bool, str | None]:
-    """(valid, name): no owner is valid (unassigned); an owner must be a name said in the meeting."""
+def owner_of(owner: str | None, names: set[str], speaker: str | None = None) -> str | None:
+    """The person an action item belongs to: the model's owner when it is a person of the meeting;
+    "I"/"me" is whoever said it (when speakers are known); anything else (a company, "the team", a name
+    nobody said) leaves the item unassigned rather than losing it."""
     if owner is None:
-        return True, None
+        return None
+    if owner.strip().lower() in PRONOUN_OWNERS:
+        return speaker
+    for name in sorted(names, key=len, reverse=True):  # whole labels first: "Speaker 2", "Anna Smith"
+        if " " in name and re.search(rf"\b{re.escape(name)}\b", owner, re.IGNORECASE):
+            return name
     lowered = {name.lower(): name for name in names}
     for word in CAPITALIZED.findall(owner) or owner.split():
         if word.lower() in lowered:
-            return True, lowered[word.lower()]
-    return False, None
+            return lowered[word.lower()]
+    return None
 
 
 STRETCH = 3  # a quote may run over up to this many segments
@@ -247,22 +267,51 @@ def locate_said(text: str, segments: Sequence[Segment]) -> tuple[float, str] | N
     return holder.start, holder.text.strip()
 
 
-def ground(items: Iterable[ExtractedItem], segments: Sequence[Segment], names: set[str]) -> list[Decision | ActionItem]:
-    """Keep the items whose evidence was said (the quote found, or else the item's own words said
-    together; the evidence is then the segment that holds them) and whose owner is a person of the meeting."""
+def mentioned(text: str, segments: Sequence[Segment]) -> Segment | None:
+    """The segment that says most of the item's content words, when at least half of them were said
+    somewhere in `segments`: an item whose words the meeting never used is invented."""
+    wanted = set(content_words(text))
+    if not wanted or not segments:
+        return None
+    words = [set(content_words(segment.text)) for segment in segments]
+    heard = set().union(*words)
+    if sum(1 for word in wanted if word in heard) < len(wanted) / 2:
+        return None
+    return segments[max(range(len(segments)), key=lambda index: len(wanted & words[index]))]
+
+
+def ground(items: Iterable[ExtractedItem], segments: Sequence[Segment], names: set[str],
+           instruction: str = "") -> list[Decision | ActionItem]:
+    """Keep the items the meeting spoke of: at least half of their own words said somewhere (`mentioned`);
+    drop the others (invented, whatever quote comes with them) and those that only repeat an example of
+    the `instruction`. An item is placed by its evidence quote when found, else by where its words were
+    said together, else by the segment that says most of them (the evidence is then what was said there).
+    The owner must be a person of the meeting, else the item is kept unassigned (`owner_of`)."""
     kept: list[Decision | ActionItem] = []
+    examples = [quote.lower() for quote in EXAMPLE.findall(instruction)]
     for item in items:
+        if any(fuzz.ratio(item.text.lower().strip(" ."), example.strip(" .")) >= ECHO_SCORE for example in examples):
+            continue
+        holder = mentioned(item.text, segments)
+        if holder is None:  # a real quote beside an item nobody spoke of proves nothing
+            continue
         at = locate(item.evidence, segments)
         if at is None and (said := locate_said(item.text, segments)) is not None:
             at, item = said[0], item.model_copy(update={"evidence": said[1]})
-        valid_owner, owner = _owner_name(item.owner, names)
-        if at is None or not valid_owner:
-            continue
+        if at is None:
+            at, item = holder.start, item.model_copy(update={"evidence": holder.text.strip()})
         if item.kind == "decision":
             kept.append(Decision(text=item.text, evidence=item.evidence, at=at))
         else:
-            kept.append(ActionItem(text=item.text, owner=owner, due=item.due, evidence=item.evidence, at=at))
+            speaker = next((s.speaker for s in segments if s.start == at), None)
+            kept.append(ActionItem(text=item.text, owner=owner_of(item.owner, names, speaker), due=item.due,
+                                   evidence=item.evidence, at=at))
     return kept
+
+
+def restates(decision: Decision, task: ActionItem) -> bool:
+    """Whether a decision is a task said again: every word of the task is in it (or nearly)."""
+    return fuzz.token_set_ratio(decision.text, task.text, processor=default_process) >= TASK_RESTATED_SCORE
 
 
 def same_item(a: Decision | ActionItem, b: Decision | ActionItem) -> bool:
@@ -308,8 +357,8 @@ class MeetingMinutes:
         self.summaries: list[Summary] = []
         self.items: list[Decision | ActionItem] = []
         self.segments_at_last_summary = -1
-        self.segments_at_last_extraction = 0
-        self._segments_requested = 0
+        self.extracted_until = -1.0  # stream time up to which extraction forks have read the transcript
+        self._requested_until = -1.0
         # Every extraction round as it went (raw output, parsed, kept): what benchmarks/notes_quality.py
         # scores stage by stage. Only when asked for (`output.notes_trace`): it grows with the meeting.
         self.trace: list[dict] | None = [] if settings.output.notes_trace else None
@@ -318,40 +367,52 @@ class MeetingMinutes:
         if segment.final and segment.text.strip():
             self.segments.append(segment)
 
-    def on_rolling_summary(self, engine: Engine | None, summary: Summary) -> None:
-        """Keep the summary as text; extract the items of the stretch the window holds and merge them."""
+    def add_summary(self, summary: Summary) -> None:
+        """Keep a rolling summary as text: the final summary and the questions' forks read them."""
         self.summaries.append(summary)
         self.segments_at_last_summary = len(self.segments)
-        if engine is not None:
-            self.extract(engine, since=summary.start)
 
-    def extraction_requests(self) -> list[ForkRequest]:
-        """The extraction forks (decisions, tasks), or none when nothing was said since the last ones."""
-        if len(self.segments) == self.segments_at_last_extraction:
+    def extraction_requests(self, until: float) -> list[ForkRequest]:
+        """The extraction forks over a cache fed up to stream time `until` (decisions, tasks), or none
+        when nothing was said since the last ones read. By stream time, not by the segments here: the
+        speech recognition runs ahead of what the model has read."""
+        read = [segment.end for segment in self.segments if segment.end <= until]
+        if not read or max(read) <= self.extracted_until:
             return []
-        self._segments_requested = len(self.segments)  # what the forks will have read (more may come meanwhile)
+        self._requested_until = max(read)
         return [ForkRequest(instruction, EXTRACT_MAX_TOKENS, structured=True) for _, instruction in EXTRACTIONS]
 
     def take_extractions(self, outputs: Sequence[str], since: float) -> None:
         """The extraction forks' outputs, grounded in the segments from `since` on (what the window
         holds), merged into the running list."""
-        self.segments_at_last_extraction = self._segments_requested
+        self.extracted_until = max(self.extracted_until, self._requested_until)
         window = [segment for segment in self.segments if segment.end >= since] or self.segments
         names = self.names()
-        for (kind, _), output in zip(EXTRACTIONS, outputs):
+        for (kind, instruction), output in zip(EXTRACTIONS, outputs):
             parsed = parse_items(output, kind)
-            grounded = ground(parsed, window, names)
+            grounded = ground(parsed, window, names, instruction)
             self.items = merge(self.items, grounded)
             if self.trace is not None:
-                self.trace.append({"kind": kind, "since": since, "until": window[-1].end if window else since, "raw": output,
+                self.trace.append({"kind": kind, "since": since, "until": self._requested_until,
+                                   "known_until": window[-1].end if window else since, "raw": output,
                                    "parsed": [item.model_dump() for item in parsed],
                                    "grounded": [item.model_dump() for item in grounded]})
 
-    def extract(self, engine: Engine, since: float = 0.0) -> None:
-        """The extraction forks, decoded together, grounded in the segments from `since` on."""
-        requests = self.extraction_requests()
+    def extract(self, engine: Engine, since: float, until: float) -> None:
+        """The extraction forks over a cache fed up to `until`, decoded together, grounded in the segments
+        from `since` (the oldest the window holds) on."""
+        requests = self.extraction_requests(until)
         if requests:
             self.take_extractions(complete_all(engine, requests), since)
+
+    def action_items(self) -> list[ActionItem]:
+        return [item for item in self.items if isinstance(item, ActionItem)]
+
+    def decisions(self) -> list[Decision]:
+        """The decisions, less those that only restate a task ("Lucy will do a poster" beside Lucy's task
+        "do a poster"): the model lists some tasks under both kinds, and a task is not a decision."""
+        tasks = self.action_items()
+        return [item for item in self.items if isinstance(item, Decision) and not any(restates(item, task) for task in tasks)]
 
     def source_of(self, answer: str) -> float | None:
         """Stream time of what an answer draws on: where its own words were said together
@@ -395,15 +456,15 @@ class MeetingMinutes:
             return ForkRequest(SUMMARY_INSTRUCTION, max_tokens)
         return ForkRequest(context + FINAL_SUMMARY_INSTRUCTION, max_tokens * 2)
 
-    def final_notes(self, engine: Engine | None, answers: list[Answer], end: float) -> Notes:
-        """The notes at the end: the last stretch's extraction, the final summary, the title and the key
-        points, all forks off the final cache decoded side by side (`complete_all`)."""
+    def final_notes(self, engine: Engine | None, answers: list[Answer], end: float, since: float = 0.0) -> Notes:
+        """The notes at the end: the extraction of what was said since the last one (over the window, from
+        `since`), the final summary, the title and the key points, all forks off the final cache decoded
+        side by side (`complete_all`)."""
         title, key_points = DEFAULT_TITLE, []
         summary = self.summaries[-1].text if self.summaries else ""
         if engine is not None and self.segments:
-            since = self.summaries[-1].start if self.summaries else 0.0
             context = self.earlier_context()
-            extraction = self.extraction_requests()
+            extraction = self.extraction_requests(math.inf)
             summary_request = self.final_summary_request()
             max_tokens = self.settings.llm.engine.max_answer_tokens
             requests = [*extraction, *([summary_request] if isinstance(summary_request, ForkRequest) else []),
@@ -422,8 +483,8 @@ class MeetingMinutes:
             title=title,
             summary=summary,
             key_points=key_points,
-            decisions=[item for item in self.items if isinstance(item, Decision)],
-            action_items=[item for item in self.items if isinstance(item, ActionItem)],
+            decisions=self.decisions(),
+            action_items=self.action_items(),
             answers=answers,
             duration=end,
         )

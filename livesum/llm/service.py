@@ -120,11 +120,12 @@ class LmService:
         return self._post(job)
 
     def submit_call(self, priority: Priority, function: Callable[..., Any], *args: Any, session: object = None,
-                    account: Callable[[float], None] | None = None) -> concurrent.futures.Future:
+                    account: Callable[[float], None] | None = None, engine: Any = None) -> concurrent.futures.Future:
         """`function(*args)` on the LM thread as one step (short calls: engine creation; engines that
-        have no step API)."""
-        job = _Job(int(priority), next(self._sequence), session, concurrent.futures.Future(),
-                   function=lambda: function(*args), account=account)
+        have no step API). With `engine`, a question call still waits for the feeds of that engine
+        submitted before it."""
+        job = _Job(int(priority), next(self._sequence), session if session is not None else engine, concurrent.futures.Future(),
+                   engine=engine, function=lambda: function(*args), account=account)
         return self._post(job)
 
     def on_worker(self) -> bool:
@@ -148,12 +149,18 @@ class LmService:
         """`function(*args)` on the LM thread, as one step."""
         return await asyncio.wrap_future(self.submit_call(priority, function, *args))
 
+    def submit_feed(self, engine: Any, text: str, *, session: object = None,
+                    account: Callable[[float], None] | None = None) -> concurrent.futures.Future:
+        """Transcript into `engine`'s cache, a prefill chunk per step; the future gets the tokens fed.
+        Queued at once: a question submitted after it is answered on this text."""
+        if not isinstance(engine, StreamingEngine):  # any other engine: one blocking call
+            return self.submit_call(Priority.FEED, engine.feed, text, session=session, account=account, engine=engine)
+        return self.submit_runs(Priority.FEED, engine, [engine.feed_run(text)], session=session, account=account)
+
     async def feed(self, engine: Any, text: str, *, session: object = None,
                    account: Callable[[float], None] | None = None) -> int:
-        """Transcript into `engine`'s cache, a prefill chunk per step; tokens fed."""
-        if not isinstance(engine, StreamingEngine):  # any other engine: one blocking call
-            return await self._called(Priority.FEED, engine.feed, (text,), session, account)
-        return await self._runs(Priority.FEED, engine, [engine.feed_run(text)], session, account)
+        """`submit_feed`, awaited."""
+        return await asyncio.wrap_future(self.submit_feed(engine, text, session=session, account=account))
 
     async def summarize(self, engine: Any, max_new_tokens: int | None = None, *, session: object = None,
                         account: Callable[[float], None] | None = None) -> str:
@@ -167,7 +174,8 @@ class LmService:
         """An answer off the live cache, ahead of other work; `on_text` (on the LM thread) gets the text
         so far after each token."""
         if not isinstance(engine, StreamingEngine):
-            return await self._called(Priority.QUESTION, engine.ask, (question, None, context), session, account)
+            return await asyncio.wrap_future(self.submit_call(Priority.QUESTION, engine.ask, question, None, context,
+                                                              session=session, account=account, engine=engine))
         run = engine.question_run(question, None, context, on_text=on_text)
         return await self._runs(Priority.QUESTION, engine, [run], session, account)
 
@@ -236,6 +244,10 @@ class LmService:
         return job.level - (now - job.waiting_since) / AGING_SECONDS + recent / SHARE_SECONDS, job.sequence
 
     def _eligible(self, job: _Job) -> bool:
+        if job.is_question and job.engine is not None and any(
+                other.engine is job.engine and other.priority == Priority.FEED and other.sequence < job.sequence
+                for other in self._jobs):
+            return False  # its session's earlier feeds first (they are promoted meanwhile)
         if job.function is not None or not job.live:
             return True
         key = id(job.engine)
@@ -243,9 +255,6 @@ class LmService:
         if open_job is job:
             return True
         if job.is_question:
-            if any(other.engine is job.engine and other.priority == Priority.FEED and other.sequence < job.sequence
-                   for other in self._jobs):
-                return False  # its session's earlier feeds first (they are promoted meanwhile)
             return open_job is None or open_job.priority not in (Priority.QUESTION, Priority.FEED)
         if open_job is None:
             return not self._parked.get(key)
