@@ -62,7 +62,8 @@ class RayCluster:
         if process.returncode != 0:
             raise RuntimeError(f"ray start failed:\n{output}")
 
-    def start(self, head_cpus: int, node_cpus: int) -> None:
+    def start(self, head_cpus: int, node_cpus: int = 0) -> None:
+        """A head with `head_cpus` CPUs and, if `node_cpus`, a second node with that many."""
         self.holder = subprocess.Popen(["unshare", "--net", "sh", "-c", "ip link set lo up && exec sleep 3600"], start_new_session=True)
         deadline = time.monotonic() + 10
         while subprocess.run(["nsenter", f"--net=/proc/{self.holder.pid}/ns/net", "ip", "-o", "link", "show", "up"],
@@ -72,7 +73,8 @@ class RayCluster:
             time.sleep(0.05)
         self._ray_start(["--head", f"--port={HEAD_PORT}", f"--num-cpus={head_cpus}", "--include-dashboard=false",
                          f"--ray-client-server-port={CLIENT_PORT}"])
-        self._ray_start([f"--address={self.gcs_address}", f"--num-cpus={node_cpus}"])
+        if node_cpus:
+            self._ray_start([f"--address={self.gcs_address}", f"--num-cpus={node_cpus}"])
 
     def stop(self) -> None:
         groups = [*self.groups, *([self.holder.pid] if self.holder else [])]

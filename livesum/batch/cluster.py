@@ -181,8 +181,10 @@ class _Pool:
         if planned.attempts >= self.config.max_attempts:
             outcome = Outcome("failed", error=f"its worker died {planned.attempts} times (last: {why})")
             self.batch.finished(planned, outcome, slot.info, None)
+        elif self.stopping:
+            self.batch.finished(planned, Outcome("interrupted", error=f"its worker died while stopping ({why})"), slot.info, None)
         else:
-            self.batch.retrying(planned, "its worker died")
+            self.batch.retrying(planned, slot.info, "its worker died")
             self.queue.appendleft(planned)
         self.starting[slot.actor.describe.remote(self.probe)] = slot  # resolves once the restart has loaded the models
 

@@ -42,6 +42,7 @@ class BatchRow(BaseModel):
     attempts: int = 0  # runs of this recording that a worker began in the last batch (a dead worker's count too)
     worker: str | None = None  # "host pid N" (and the Ray node) of the worker that ran it last
     node: str | None = None
+    pid: int | None = None
     transfer: Literal["local", "shared", "object"] | None = None
     updated_at: str | None = None
 

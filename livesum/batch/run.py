@@ -139,6 +139,7 @@ class BatchRun:
         return BatchRow(name=planned.name, path=str(recording.path), status=status, questions=list(recording.questions),
                         content_hash=planned.digest, settings_hash=self.settings_hash, size=planned.size, mtime_ns=planned.mtime_ns,
                         attempts=planned.attempts, worker=worker.label() if worker else None, node=worker.node if worker else None,
+                        pid=worker.pid if worker else None,
                         transfer=transfer, **values)  # type: ignore[arg-type]
 
     def started(self, planned: Planned, worker: WorkerInfo, transfer: str) -> None:
@@ -153,9 +154,10 @@ class BatchRun:
                         wall_seconds=round(outcome.wall_seconds, 3), real_time_factor=rtf and round(rtf, 4), error=outcome.error)
         self._record(row, planned.duration)
 
-    def retrying(self, planned: Planned, why: str) -> None:
-        """A worker died under this recording; it goes back in the queue."""
+    def retrying(self, planned: Planned, worker: WorkerInfo | None, why: str) -> None:
+        """A worker died under this recording; it goes back in the queue (the row says so until it runs again)."""
         self.running.pop(planned.name, None)
+        self.ledger.put(self._row(planned, "interrupted", worker, None, error=f"{why}; queued again"))
         assert self.reporter is not None
         self.reporter.say(f"[yellow]retrying[/yellow] {escape(planned.name)}: {escape(why)} (attempt {planned.attempts} of {self.settings.batch.max_attempts})")
 
