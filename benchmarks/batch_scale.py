@@ -1,8 +1,8 @@
 """`livesum batch` on this machine: audio hours per wall hour in one process and on Ray with 1 and
 2 workers, and what Ray costs against running the same recordings in one process.
 
-Makes N meetings of M minutes (samples/meetings/*.toml spoken by espeak-ng, whole turns up to M
-minutes: samples/make_meeting.py), then runs the same `livesum batch` command line three times, each
+Makes N recordings of M minutes (the meetings of samples/meetings/*.toml spoken by espeak-ng and
+joined, each recording starting at another meeting), then runs the same `livesum batch` command line three times, each
 into a fresh --out, timing the whole command (start, model loading, every recording, exit):
 
 - local: no Ray, one process, recordings one after another (torch and CTranslate2 on all cores);
@@ -36,14 +36,23 @@ MEETINGS = ["housing_coop", "incident_review", "garden_committee", "school_trip"
 
 
 def make_recordings(folder: Path, count: int, minutes: float) -> list[Path]:
+    """Recording i: the meetings joined from the i-th on (espeak-ng voices, samples/make_meeting.py),
+    cut at `minutes`: each as long as asked, no two alike."""
     folder.mkdir(parents=True, exist_ok=True)
+    spoken = []
+    for name in MEETINGS:
+        path = folder / "parts" / f"{name}.wav"
+        if not path.is_file():
+            path.parent.mkdir(exist_ok=True)
+            subprocess.run([sys.executable, str(REPO / "samples" / "make_meeting.py"), "--script",
+                            str(REPO / "samples" / "meetings" / f"{name}.toml"), "--out", str(path)], check=True, capture_output=True)
+        spoken.append(path)
     made = []
     for index in range(count):
-        script = REPO / "samples" / "meetings" / f"{MEETINGS[index % len(MEETINGS)]}.toml"
-        out = folder / f"{index:02d}-{script.stem}.wav"
+        out = folder / f"meeting-{index:02d}.wav"
         if not out.is_file():
-            subprocess.run([sys.executable, str(REPO / "samples" / "make_meeting.py"), "--script", str(script),
-                            "--out", str(out), "--minutes", str(minutes)], check=True, capture_output=True)
+            order = spoken[index % len(spoken):] + spoken[:index % len(spoken)]
+            subprocess.run(["sox", *map(str, order), str(out), "trim", "0", str(minutes * 60)], check=True)
         made.append(out)
     return made
 

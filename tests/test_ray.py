@@ -80,6 +80,25 @@ def test_recordings_spread_over_both_nodes_a_killed_worker_is_retried_and_a_reru
     assert all(rows(out)[row["name"]]["updated_at"] == row["updated_at"] for row in done)
 
 
+def test_ctrl_c_on_the_driver_ends_the_workers_recordings_with_notes(cluster: RayCluster, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "cafe_meeting.flac").write_bytes((SAMPLES / "cafe_meeting.flac").read_bytes())
+    out = tmp_path / "notes"
+    driver = subprocess.Popen(batch_command(cluster, cluster.gcs_address, str(inputs), "--out", str(out), "--no-llm"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_mid_recording(out, "cafe_meeting", driver)
+        driver.send_signal(signal.SIGINT)
+        _, stderr = driver.communicate(timeout=300)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, stderr
+    row = rows(out)["cafe_meeting"]
+    assert row["status"] == "interrupted" and 0 < row["audio_seconds"] < 124
+    assert (out / "cafe_meeting" / "notes.md").is_file()  # the worker wrote the notes for what was heard
+
+
 def test_object_store_carries_recordings_and_outputs_through_ray_client(cluster: RayCluster, tmp_path: Path) -> None:
     """The driver off the cluster's disk: Ray Client (ray://), a manifest with a per-file question, the
     recording's bytes and the outputs in the object store, the LM on; the worker never gets a path of

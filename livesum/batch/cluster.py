@@ -16,6 +16,7 @@ import os
 import secrets
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from livesum.batch.run import BatchRun, Interrupts, Planned
@@ -85,6 +86,8 @@ class _Pool:
         self.queue: deque[Planned] = deque()
         self.last_worker_error = ""
         self.stopping = False
+        self.probe: StorageProbe | None = None
+        self._probe_file: Path | None = None
 
     def _probe(self, todo: list[Planned]) -> StorageProbe | None:
         if self.config.transfer != "auto":
@@ -107,20 +110,19 @@ class _Pool:
             scheduling_strategy=config.placement,
         )
         threads = max(1, int(config.cpus_per_worker))
-        self._probe_file = None
         self.probe = self._probe(todo)
         self.queue.extend(todo)
         for _ in range(count):
             slot = Slot(actor_class.remote(self.batch.settings, threads))
             self.starting[slot.actor.describe.remote(self.probe)] = slot
         try:
-            with Interrupts(first=self._wind_down, second=self._abandon) as interrupts:
-                self._loop(interrupts)
+            with Interrupts(first=self._wind_down, second=self._abandon):
+                self._loop()
         finally:
             if self._probe_file is not None:
                 self._probe_file.unlink(missing_ok=True)
 
-    def _loop(self, interrupts: Interrupts) -> None:
+    def _loop(self) -> None:
         ray = self.ray
         while self.busy or (self.queue and not self.stopping):
             while self.idle and self.queue and not self.stopping:
