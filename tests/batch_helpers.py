@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from conftest import SAMPLES
@@ -41,3 +42,17 @@ def wait_until_mid_recording(out: Path, name: str, driver: subprocess.Popen[str]
             return row
         time.sleep(0.2)
     raise AssertionError(f"{name} never got half way")
+
+
+def act_mid_recording(command: list[str], out: Path, name: str, act: Callable[[subprocess.Popen[str], dict], None],
+                      timeout: float = 300) -> tuple[int, str, dict]:
+    """Run a `livesum batch` driver, `act(driver, row)` once `name` is half way, wait for the driver to end:
+    (exit code, stderr, the row `act` saw)."""
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        running = wait_until_mid_recording(out, name, driver)
+        act(driver, running)
+        _, stderr = driver.communicate(timeout=timeout)
+    finally:
+        driver.kill()
+    return driver.returncode, stderr, running

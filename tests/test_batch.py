@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_helpers import make_recordings, rows, wait_until_mid_recording
+from batch_helpers import act_mid_recording, make_recordings, rows
 from conftest import REPO, SAMPLES, run_cli
 from livesum.batch.inputs import BatchInputError, Recording, assign_names, collect
 from livesum.batch.ledger import BatchRow, Ledger, settings_hash
@@ -126,14 +126,8 @@ def test_ctrl_c_ends_the_recording_with_notes_and_the_ledger_says_interrupted(tm
     inputs = make_recordings(tmp_path / "in")
     out = tmp_path / "notes"
     command = [sys.executable, "-m", "livesum.cli", "batch", str(inputs), "--out", str(out), "-c", CPU, "--no-llm", "-q"]
-    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until_mid_recording(out, "cafe_meeting", driver)
-        driver.send_signal(signal.SIGINT)
-        _, stderr = driver.communicate(timeout=120)
-    finally:
-        driver.kill()
-    assert driver.returncode == 130, stderr
+    code, stderr, _ = act_mid_recording(command, out, "cafe_meeting", lambda driver, row: driver.send_signal(signal.SIGINT))
+    assert code == 130, stderr
     table = rows(out)
     assert table["cafe_meeting"]["status"] == "interrupted"
     assert 0 < table["cafe_meeting"]["audio_seconds"] < 124

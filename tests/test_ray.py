@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_helpers import make_recordings, rows, wait_until_mid_recording
+from batch_helpers import act_mid_recording, make_recordings, rows
 from conftest import REPO, SAMPLES
 from livesum.events import parse_event
 from ray_cluster import RayCluster, namespace_available
@@ -50,14 +50,9 @@ def test_recordings_spread_over_both_nodes_a_killed_worker_is_retried_and_a_reru
     inputs = make_recordings(tmp_path / "in")
     out = tmp_path / "notes"
     command = batch_command(cluster, cluster.gcs_address, str(inputs), "--out", str(out), "--no-llm")
-    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        running = wait_until_mid_recording(out, "cafe_meeting", driver)
-        os.kill(running["pid"], signal.SIGKILL)  # the worker process dies half way through the recording
-        _, stderr = driver.communicate(timeout=400)
-    finally:
-        driver.kill()
-    assert driver.returncode == 1, stderr  # the corrupt recording failed, nothing else
+    # The worker process dies half way through the recording.
+    code, stderr, running = act_mid_recording(command, out, "cafe_meeting", lambda driver, row: os.kill(row["pid"], signal.SIGKILL), timeout=400)
+    assert code == 1, stderr  # the corrupt recording failed, nothing else
     table = rows(out)
     assert {name: row["status"] for name, row in table.items()} == {
         "cafe_meeting": "done", "librivox": "done", "short": "done", "corrupt": "failed"}
@@ -85,15 +80,9 @@ def test_ctrl_c_on_the_driver_ends_the_workers_recordings_with_notes(cluster: Ra
     inputs.mkdir()
     (inputs / "cafe_meeting.flac").write_bytes((SAMPLES / "cafe_meeting.flac").read_bytes())
     out = tmp_path / "notes"
-    driver = subprocess.Popen(batch_command(cluster, cluster.gcs_address, str(inputs), "--out", str(out), "--no-llm"),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until_mid_recording(out, "cafe_meeting", driver)
-        driver.send_signal(signal.SIGINT)
-        _, stderr = driver.communicate(timeout=300)
-    finally:
-        driver.kill()
-    assert driver.returncode == 130, stderr
+    command = batch_command(cluster, cluster.gcs_address, str(inputs), "--out", str(out), "--no-llm")
+    code, stderr, _ = act_mid_recording(command, out, "cafe_meeting", lambda driver, row: driver.send_signal(signal.SIGINT))
+    assert code == 130, stderr
     row = rows(out)["cafe_meeting"]
     assert row["status"] == "interrupted" and 0 < row["audio_seconds"] < 124
     assert (out / "cafe_meeting" / "notes.md").is_file()  # the worker wrote the notes for what was heard

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ async def test_two_sessions_on_one_host_each_get_their_own_transcript_and_notes(
     host = SessionHost(settings(tmp_path), models=models)
     await host.open("reading", speakers=None)
     await host.open("silence")
-    for pcm in pcm_chunks(SAMPLES / "librivox.flac"):
+    for pcm in pcm_chunks(SAMPLES / "librivox.flac")[:24]:  # its first 12 s: the notes of a live session are the slow part
         await host.push("reading", pcm)
     await host.push("silence", np.zeros(16000 * 3, dtype="<f4").tobytes())
     await host.ask("reading", "Who is the story about?")
@@ -62,7 +63,7 @@ async def test_two_sessions_on_one_host_each_get_their_own_transcript_and_notes(
     assert [seq for seq, _ in reading] == list(range(1, len(reading) + 1))  # numbered, none lost
     events = [parse_event(text) for _, text in reading]
     text = " ".join(e.text for e in events if isinstance(e, Segment) and e.final).lower()
-    assert "dashwood" in text and "amiable" in text
+    assert "dashwood" in text and "consider" in text
     assert any(isinstance(e, Answer) for e in events) and isinstance(events[-2], Notes)
     assert not any(isinstance(e, Segment) and e.final for e in (parse_event(t) for _, t in silence))
     data = tmp_path / "sessions"
@@ -78,6 +79,7 @@ async def test_resume_from_a_seq_refusals_and_the_grace_period(tmp_path: Path, m
     with pytest.raises(SessionHostError) as full:
         await host.open("call-2")
     assert full.value.reason == "full"
+    assert pickle.loads(pickle.dumps(full.value)).reason == "full"  # crosses Ray (pickled) with its reason
     with pytest.raises(SessionHostError) as bad:
         await host.open("../x")
     assert bad.value.reason == "invalid"

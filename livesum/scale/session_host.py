@@ -48,6 +48,9 @@ class SessionHostError(RuntimeError):
         super().__init__(message)
         self.reason = reason  # "full", "unknown", "exists", "invalid": the front-end maps it to a close code
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # crosses Ray (pickled) with its reason
+        return SessionHostError, (str(self), self.reason)
+
 
 @dataclass
 class EventBatch:
