@@ -130,6 +130,59 @@ def file_command(
         raise fail(f"interrupted after {result.audio_seconds:.1f} s of audio; transcript and notes so far are in {out}", EXIT_INTERRUPTED)
 
 
+@app.command("batch")
+def batch_command(
+    inputs: Annotated[list[str], typer.Argument(help="Folders (searched recursively), files, globs, or CSV/JSONL manifests (path, questions, name).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Each recording's outputs go to OUT/<name>/; OUT/batch.jsonl has a row per recording.")] = Path("notes"),
+    ray_address: Annotated[str | None, typer.Option("--ray", help="Run on a Ray cluster: 'auto', HOST:PORT or ray://HEAD:10001 (needs the livesum\\[ray] extra).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Ray workers (default: as many as the cluster's free CPUs fit).")] = None,
+    ask: Annotated[list[str] | None, typer.Option("--ask", help="A question answered for every recording (repeatable).")] = None,
+    config: ConfigOption = None,
+    assignments: SetOption = None,
+    asr_model: AsrModelOption = None,
+    llm_model: LlmModelOption = None,
+    no_llm: NoLlmOption = False,
+    summary_every: SummaryEveryOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary at the end.")] = False,
+) -> None:
+    """Many recordings into notes: here, one after another, or on a Ray cluster; a second run skips what is done.
+
+    Exit 0 when every recording is done, 1 when some failed (see OUT/batch.jsonl), 130 when interrupted.
+    """
+    flags = {**model_flags(asr_model, llm_model, no_llm, summary_every), "batch.workers": workers}
+    settings = settings_from(config, assignments, flags)
+    from livesum.batch.cluster import RayUnavailable, run_on_ray
+    from livesum.batch.inputs import BatchInputError, collect
+    from livesum.batch.local import run_local
+    from livesum.batch.run import BatchRun
+    from livesum.runner import StartupError
+
+    try:
+        batch = BatchRun(collect(inputs, settings.batch.extensions, ask or []), out, settings, quiet=quiet)
+        todo = batch.plan()
+    except BatchInputError as error:
+        raise fail(str(error), EXIT_INPUT) from None
+    except OSError as error:
+        raise fail(f"cannot write to {out}: {error.strerror or error}", EXIT_INPUT) from None
+    try:
+        if ray_address:
+            run_on_ray(batch, todo, ray_address)
+        else:
+            run_local(batch, todo)
+    except (RayUnavailable, ModelNotInstalled, StartupError) as error:
+        batch.close()
+        raise fail(str(error), EXIT_CONFIG) from None
+    except KeyboardInterrupt:
+        batch.abandon_running()
+        batch.close()
+        raise fail(f"interrupted; rows in {batch.ledger.path}", EXIT_INTERRUPTED) from None
+    tally = batch.close()
+    if tally.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if tally.failed:
+        raise typer.Exit(EXIT_INPUT)
+
+
 @app.command("serve")
 def serve_command(
     host: Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1; others need --token).")] = None,

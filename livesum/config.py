@@ -203,6 +203,27 @@ class OutputConfig(Section):
                               "parsing and grounding kept (for benchmarks/notes_quality.py's funnel; grows with the meeting).")
 
 
+class BatchConfig(Section):
+    """`livesum batch`: many recordings, in this process or on a Ray cluster (docs/scale.md)."""
+
+    extensions: list[str] = Field(
+        [".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".wma", ".webm", ".mp4", ".mkv", ".mov", ".avi"],
+        description="File endings taken from a folder given as input (a file named on its own is always taken).",
+    )
+    workers: int = Field(0, ge=0, description="Ray workers (each loads the models once); 0 = as many as the cluster's free CPUs/GPUs fit, at most one per recording.")
+    cpus_per_worker: float = Field(2.0, gt=0, description="CPUs Ray reserves per worker: Whisper and the LM run side by side in it; torch and CTranslate2 get this many threads.")
+    gpus_per_worker: float | None = Field(None, ge=0, description="GPUs Ray reserves per worker; None = 1 where the cluster has GPUs, else 0.")
+    worker_restarts: int = Field(3, ge=0, description="Times Ray restarts a worker process that died (each restart loads the models again).")
+    max_attempts: int = Field(3, ge=1, description="Workers that may die on one recording before it becomes an error row.")
+    transfer: Literal["auto", "shared", "object"] = Field(
+        "auto",
+        description="How recordings and outputs reach the workers: 'shared' = the same paths on every node (NFS, a "
+        "mounted bucket), 'object' = through Ray's object store (the driver reads the recording and writes the outputs), "
+        "'auto' = 'shared' for each worker that sees the driver's --out folder and inputs, else 'object'.",
+    )
+    placement: Literal["SPREAD", "DEFAULT"] = Field("SPREAD", description="Ray's scheduling strategy for the workers: SPREAD puts them on as many nodes as possible.")
+
+
 class Settings(Section):
     audio: AudioConfig = AudioConfig()
     asr: AsrConfig = AsrConfig()
@@ -210,6 +231,7 @@ class Settings(Section):
     capture: CaptureConfig = CaptureConfig()
     server: ServerConfig = ServerConfig()
     output: OutputConfig = OutputConfig()
+    batch: BatchConfig = BatchConfig()
     cache_dir: Path | None = Field(None, description="Where converted models live; default ~/.cache/livesum.")
 
     def resolved_cache_dir(self) -> Path:

@@ -6,6 +6,7 @@ import asyncio
 import signal
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,20 @@ def load_engine(settings: Settings) -> LanguageEngine | None:
     return None if loaded is None else new_engine(settings, *loaded)
 
 
+@dataclass
+class FileModels:
+    """Whisper and the LM loaded once for many recordings in a row (`livesum batch`); each recording
+    still gets its own transcribers and its own sink cache on them."""
+
+    whisper: WhisperModel
+    language: tuple[Any, Any] | None  # (model, tokenizer); None when the LM is off
+
+
+def load_file_models(settings: Settings) -> FileModels:
+    """Both models, blocking (a batch worker loads them once, before its first recording)."""
+    return FileModels(load_whisper(settings.asr, settings.resolved_cache_dir()), load_language(settings))
+
+
 def transcriber_factory(whisper: WhisperModel, settings: Settings, *, live: bool) -> TranscriberFactory:
     """A new transcriber per track, all on the one shared Whisper model. One-track audio (track None) is
     diarized when `asr.diarize` says so; a named track is one speaker already."""
@@ -94,10 +109,14 @@ async def load_models(settings: Settings, status: Callable[[str], object] | None
     return whisper, engine
 
 
-async def build_pipeline(settings: Settings, out_dir: Path) -> Pipeline:
-    """Models first, then the files (so a model that fails to load leaves no empty outputs)."""
+async def build_pipeline(settings: Settings, out_dir: Path, models: FileModels | None = None) -> Pipeline:
+    """Models first (loaded now, or the ones given), then the files (so a model that fails to load
+    leaves no empty outputs)."""
     view = ConsoleView() if settings.output.console else None
-    whisper, engine = await load_models(settings, view.console.status if view else None)
+    if models is None:
+        whisper, engine = await load_models(settings, view.console.status if view else None)
+    else:
+        whisper, engine = models.whisper, None if models.language is None else new_engine(settings, *models.language)
     sinks = open_sinks(out_dir, settings)
     if view:
         sinks.append(view)
@@ -131,13 +150,18 @@ def stop_on_signals(pipeline: Pipeline, signals: tuple[signal.Signals, ...] = (s
     return restore
 
 
-async def run_file(path: Path, out_dir: Path, settings: Settings, questions: list[str]) -> RunResult:
+async def run_file(
+    path: Path, out_dir: Path, settings: Settings, questions: list[str], models: FileModels | None = None,
+    control: Callable[[Pipeline], Callable[[], None]] = stop_on_signals,
+) -> RunResult:
+    """One recording into `out_dir`. `models`: already loaded ones (a batch worker's), else loaded now.
+    `control` hooks the pipeline up to whatever may stop it (Ctrl-C by default) and returns its undo."""
     audio = settings.audio
     duration = probe_duration(path)  # an unreadable file fails here, before models load
     ensure_writable(out_dir)
-    pipeline = await build_pipeline(settings, out_dir)
+    pipeline = await build_pipeline(settings, out_dir, models)
     chunks = stream_file(path, audio.sample_rate, audio.chunk_seconds, audio.queue_chunks)
-    restore = stop_on_signals(pipeline)
+    restore = control(pipeline)
     try:
         return await pipeline.run(chunks, duration, questions)
     finally:
