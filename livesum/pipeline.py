@@ -122,7 +122,7 @@ class Pipeline:
         self,
         settings: Settings,
         transcriber: Transcriber | TranscriberFactory,
-        engine: LanguageEngine | None,
+        engine: LanguageEngine | asyncio.Future | None,
         sinks: Iterable[EventSink],
         *,
         live: bool = False,
@@ -136,7 +136,10 @@ class Pipeline:
         else:
             self.transcriber_factory = transcriber  # type: ignore[assignment]
         self.transcribers: dict[str | None, Transcriber] = {}
-        self.engine = engine
+        # The engine, or a future of it (still loading: awaited before the LM is first used, `_engine_ready`)
+        self._engine_loading = engine if isinstance(engine, asyncio.Future) else None
+        self.engine: LanguageEngine | None = None if self._engine_loading is not None else engine  # type: ignore[assignment]
+        self.engine_failure: BaseException | None = None  # why a loading engine never came
         self.sinks = list(sinks)
         self.live = live
         self.service = service or LmService()
@@ -171,7 +174,7 @@ class Pipeline:
 
     def request_summary(self) -> bool:
         """A rolling summary as soon as the LM is free; False (skipped) if one is already pending."""
-        if self._summary_pending or self.engine is None:
+        if self._summary_pending or (self.engine is None and self._engine_loading is None):
             return False
         self._summary_pending = True
         if self.live:  # wake the LLM stage now; a file's stage looks at the flag after each segment
@@ -188,6 +191,7 @@ class Pipeline:
         question = question.strip()
         if not question:
             return None
+        await self._engine_ready()
         if self.engine is None:
             self.emit(Error(message="cannot answer: the language model is switched off", source="llm"))
             return None
@@ -463,7 +467,24 @@ class Pipeline:
             items.append(self._to_llm.get_nowait())
         return [item for item in items if isinstance(item, Segment)], any(item is _DONE for item in items)
 
+    async def _engine_ready(self) -> None:
+        """Wait for an engine still loading; one that fails leaves the stream without the LM (an error
+        event, and `engine_failure` for the caller), never without its transcript."""
+        loading = self._engine_loading
+        if loading is None:
+            return
+        try:
+            engine = await asyncio.shield(loading)  # shared by the stage and questions: never cancelled by one
+        except Exception as error:
+            engine = None
+            if self._engine_loading is loading:
+                self.engine_failure = error
+                self.emit(Error(message=f"the language model could not be loaded: {error}", source="llm"))
+        if self._engine_loading is loading:
+            self._engine_loading, self.engine = None, engine
+
     async def _llm_stage(self, duration: float | None = None) -> None:
+        await self._engine_ready()
         llm = self.settings.llm
         last_summary_at, done = 0.0, False
         while not done:
@@ -540,6 +561,7 @@ class Pipeline:
             for question in questions:
                 await self.ask(question)
 
+        await self._engine_ready()  # in case the LLM stage never got to it
         memory_start = self._memory_start()
         notes: Notes | None = None
         answering = asyncio.ensure_future(answer_all())

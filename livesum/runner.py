@@ -110,11 +110,19 @@ async def load_models(settings: Settings, status: Callable[[str], object] | None
 
 
 async def build_pipeline(settings: Settings, out_dir: Path, models: FileModels | None = None) -> Pipeline:
-    """Models first (loaded now, or the ones given), then the files (so a model that fails to load
-    leaves no empty outputs)."""
+    """Speech recognition first (loaded now, or the models given), then the files (so a model that fails
+    to load leaves no empty outputs). The LM goes on loading while the first audio is transcribed (it
+    takes seconds and nothing needs it before the first words): the pipeline waits for it before its
+    first feed, and a failure seen before the audio starts is raised here, as before."""
     view = ConsoleView() if settings.output.console else None
+    engine: LanguageEngine | asyncio.Future | None
     if models is None:
-        whisper, engine = await load_models(settings, view.console.status if view else None)
+        engine = asyncio.ensure_future(asyncio.to_thread(load_engine, settings))
+        with view.console.status("loading models (the first run converts them once)") if view else nullcontext():
+            whisper, _ = await asyncio.gather(asyncio.to_thread(load_whisper, settings.asr, settings.resolved_cache_dir()),
+                                              asyncio.to_thread(voices_for, settings.asr))
+        if engine.done():
+            engine = engine.result()  # raises what stopped it (a missing package, a refused setting)
     else:
         whisper, engine = models.whisper, None if models.language is None else new_engine(settings, *models.language)
     sinks = open_sinks(out_dir, settings)
@@ -163,7 +171,10 @@ async def run_file(
     chunks = stream_file(path, audio.sample_rate, audio.chunk_seconds, audio.queue_chunks)
     restore = control(pipeline)
     try:
-        return await pipeline.run(chunks, duration, questions)
+        result = await pipeline.run(chunks, duration, questions)
     finally:
         restore()
         write_notes_trace(out_dir, pipeline.minutes.trace)
+    if pipeline.engine_failure is not None:  # the transcript is written; the run still fails as a startup would
+        raise pipeline.engine_failure
+    return result

@@ -403,3 +403,30 @@ async def test_decisions_and_tasks_are_extracted_on_their_own_cadence_and_once_m
     # at the end; no rolling summary was due, so extraction did not wait for one.
     assert len(engine.extractions) == 2 * 4 and engine.summaries == 0
     assert (tmp_path / "notes.md").exists()
+
+
+async def test_the_lm_may_still_be_loading_when_the_audio_starts(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    loading: asyncio.Future = loop.create_future()
+    engine = RecordingEngine()
+    heard = Heard()
+    pipeline = Pipeline(Settings.model_validate({}), OneSegmentPerChunk(), loading, [heard], live=True)
+    running = asyncio.create_task(pipeline.run(endless_chunks()))
+    await heard.until(lambda: heard.finals() >= 3)  # transcribed while the model loads
+    asking = asyncio.create_task(pipeline.ask("When do we ship?"))  # waits for the model, is not refused
+    loading.set_result(engine)
+    answer = await asyncio.wait_for(asking, timeout=30)
+    pipeline.stop()
+    await asyncio.wait_for(running, timeout=60)
+    assert answer is not None and answer.text == "April."
+    assert "".join(engine.fed).count("Words were said.") == len([e for e in heard.events if isinstance(e, Segment) and e.final])
+
+
+async def test_an_lm_that_fails_to_load_leaves_the_transcript_and_says_why(tmp_path: Path) -> None:
+    loading: asyncio.Future = asyncio.get_running_loop().create_future()
+    loading.set_exception(RuntimeError("model file is corrupt"))
+    pipeline = Pipeline(Settings.model_validate({}), OneSegmentPerChunk(), loading, file_sinks(tmp_path, ["jsonl", "txt", "md"]))
+    result = await pipeline.run(chunks(4))
+    assert len(result.segments) == 4 and isinstance(pipeline.engine_failure, RuntimeError)
+    assert any(e.type == "error" and "could not be loaded: model file is corrupt" in e.message for e in read_events(tmp_path))
+    assert (tmp_path / "notes.md").exists()
