@@ -41,6 +41,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,7 @@ class Score:
     audio_seconds: float = 0.0
     decisions: tuple[int, int, int] = (0, 0, 0)  # matched, expected, listed
     actions: tuple[int, int, int] = (0, 0, 0)
+    strict: tuple[int, int] = (0, 0)  # decisions, action items matched by item_matches_strictly
     owners: tuple[int, int] = (0, 0)  # right, matched action items
     questions: tuple[int, int] = (0, 0)  # right, asked
     invented: list[str] = field(default_factory=list)
@@ -83,6 +85,31 @@ class Score:
     funnel: dict = field(default_factory=dict)  # kind -> stage -> (found, right, listed): see funnel()
 
 
+UNITS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+         "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8, "ninth": 9}
+TEENS = {"ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
+         "seventeen": 17, "eighteen": 18, "nineteen": 19, "tenth": 10, "eleventh": 11, "twelfth": 12, "thirteenth": 13,
+         "fourteenth": 14, "fifteenth": 15, "sixteenth": 16, "seventeenth": 17, "eighteenth": 18, "nineteenth": 19}
+TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90,
+        "twentieth": 20, "thirtieth": 30}
+
+
+def number_words_as_digits(text: str) -> str:
+    """'the twenty-first', '21st' and 'twenty one' all become '21', so a keyword and an item that say the
+    same number the two ways Whisper and people write it match."""
+    words = re.findall(r"[a-z]+|\d+", text.lower().replace("-", " "))
+    out: list[str] = []
+    for word in words:
+        word = re.sub(r"^(\d+)(?:st|nd|rd|th)$", r"\1", word)
+        if word in UNITS and out and out[-1].isdigit() and int(out[-1]) % 10 == 0 and 20 <= int(out[-1]) < 100:
+            out[-1] = str(int(out[-1]) + UNITS[word])
+        elif word in UNITS or word in TEENS or word in TENS:
+            out.append(str(UNITS.get(word) or TEENS.get(word) or TENS[word]))
+        else:
+            out.append(word)
+    return " ".join(out)
+
+
 def item_matches(item: dict, candidate: dict) -> bool:
     """Whether a listed item says the annotated one (see the module docstring)."""
     listed = squash(candidate["text"])
@@ -90,13 +117,21 @@ def item_matches(item: dict, candidate: dict) -> bool:
         item["text"].lower(), candidate["text"].lower()) >= TEXT_MATCH_SCORE
 
 
-def match_items(expected: list[dict], listed: list[dict]) -> list[tuple[dict, dict]]:
+def item_matches_strictly(item: dict, candidate: dict) -> bool:
+    """The strict rule: every keyword is in the listed text (numbers compared as digits), no fuzzy
+    alternative. The lenient rule above lets a wrong item that shares a phrase with the annotation
+    match ("launched on the fifteenth of May" for "starts on the first of June, not the fifteenth of May")."""
+    listed = f" {number_words_as_digits(candidate['text'] + ' ' + (candidate.get('due') or ''))} "  # a task's due date is part of it
+    return all(f" {number_words_as_digits(k)} " in listed for k in item["keywords"])
+
+
+def match_items(expected: list[dict], listed: list[dict], rule: Callable[[dict, dict], bool] = item_matches) -> list[tuple[dict, dict]]:
     """One-to-one greedy matching of annotated items to listed ones (see the module docstring)."""
     free = list(listed)
     pairs = []
     for item in expected:
         for candidate in free:
-            if item_matches(item, candidate):
+            if rule(item, candidate):
                 pairs.append((item, candidate))
                 free.remove(candidate)
                 break
@@ -261,6 +296,8 @@ def score_notes(script: dict, name: str, out: Path, replayed: bool = False) -> S
     matched = match_items(script.get("action_items", []), notes["action_items"])
     score.actions = (len(matched), len(script.get("action_items", [])), len(notes["action_items"]))
     score.owners = (sum((c.get("owner") or "").lower() == e["owner"].lower() for e, c in matched), len(matched))
+    score.strict = (len(match_items(script.get("decisions", []), notes["decisions"], item_matches_strictly)),
+                    len(match_items(script.get("action_items", []), notes["action_items"], item_matches_strictly)))
     answers = {a["question"]: a["text"] for a in notes["answers"]}
     for question in questions:
         answer = answers.get(question["question"], "")
@@ -306,6 +343,18 @@ def table(scores: list[Score]) -> str:
     return "\n".join(rows)
 
 
+def strict_table(scores: list[Score]) -> str:
+    """Decisions and action items again under the strict rule (item_matches_strictly): recall and precision."""
+    rows = ["| meeting | decisions recall | decisions precision | actions recall | actions precision |", "| --- | --- | --- | --- | --- |"]
+    totals = [0, 0, 0, 0, 0, 0]
+    for s in scores:
+        cells = (s.strict[0], s.decisions[1], s.decisions[2], s.strict[1], s.actions[1], s.actions[2])
+        totals = [a + b for a, b in zip(totals, cells)]
+        rows.append(f"| {s.meeting} | {ratio(cells[0], cells[1])} | {ratio(cells[0], cells[2])} | {ratio(cells[3], cells[4])} | {ratio(cells[3], cells[5])} |")
+    rows.append(f"| **total** | {ratio(totals[0], totals[1])} | {ratio(totals[0], totals[2])} | {ratio(totals[3], totals[4])} | {ratio(totals[3], totals[5])} |")
+    return "\n".join(rows)
+
+
 def funnel_table(scores: list[Score]) -> str:
     """Recall (expected found) and precision (listed right) at each stage, per kind, summed over meetings."""
     rows = ["| kind | " + " | ".join(FUNNEL_STAGES) + " |", "| --- |" + " --- |" * len(FUNNEL_STAGES)]
@@ -343,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         for question, answer, right in score.answers:
             print(f"[{score.meeting}] {'ok ' if right else 'BAD'} {question} -> {answer!r}", file=sys.stderr)
     print(table(scores))
+    print("\nStrict matching (every keyword, numbers as digits; no fuzzy alternative):\n" + strict_table(scores))
     if any(s.funnel for s in scores):
         print("\nFunnel (all extraction rounds; notes one to one):\n" + funnel_table(scores))
     if args.json:
