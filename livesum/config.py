@@ -87,7 +87,7 @@ class AsrConfig(Section):
         5, ge=1, le=10,
         description="Beam of the batch policy (files): 5 mishears fewer words than 1 on all five benchmark meetings, at 1.2-1.4x the ASR time (docs/notes-quality.md).",
     )
-    cpu_threads: int = Field(0, ge=0, description="0 = CTranslate2's default.")
+    cpu_threads: int = Field(0, ge=0, description="Whisper's threads on the CPU; 0 = half the cores when the LM computes on the CPU too, else all of them (livesum/compute.py).")
     vad_threshold: float = Field(0.5, gt=0, lt=1)
     min_silence_ms: int = Field(500, ge=50, description="Silence that closes an utterance.")
     window_seconds: float = Field(
@@ -152,7 +152,7 @@ class LlmConfig(Section):
         "full ones (CPU only; 2.5x faster decode for Qwen2.5-Coder-1.5B on 2 cores, +0.8 GB), 'full' = the model's own "
         "dtype, 'auto' = int4 on the CPU, full on CUDA. Prefill always uses the full weights (faster there).",
     )
-    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default.")
+    threads: int = Field(0, ge=0, description="The LM's torch threads on the CPU; 0 = all the cores while no speech recognition runs, the cores Whisper leaves while it does (livesum/compute.py).")
     summary_every_seconds: float = Field(300.0, gt=0, description="Audio seconds between rolling summaries.")
     summary_every_tokens: int = Field(0, ge=0, description="Also summarize after this many new tokens; 0 = off.")
     extract_every_seconds: float = Field(

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from livesum.asr.policy import Transcriber
+from livesum.compute import SHARE
 from livesum.config import Settings
 from livesum.events import Answer, AnswerPart, Error, Event, Notes, Segment, Status, Summary
 from livesum.llm.minutes import MeetingMinutes, spoken_line
@@ -102,6 +103,15 @@ class LiveStats:
     level_db: float | None = None
     asr_lag: float | None = None
     oldest_unfed: float | None = None  # wall time the oldest final text not yet in the LM was emitted
+
+
+def recognizing(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` (a transcriber's push or flush) counted as speech recognition on the cores (livesum.compute)."""
+    def run(*args: Any) -> Any:
+        with SHARE.recognition():
+            return function(*args)
+
+    return run
 
 
 class StageFailure(Exception):
@@ -350,14 +360,14 @@ class Pipeline:
                 if self.live:
                     self.stats.level_db = level_dbfs(chunk.samples)
                 transcriber = self._transcriber(chunk.track)
-                await self._publish(await self.clock.run("asr", transcriber.push, chunk), chunk.track)
+                await self._publish(await self.clock.run("asr", recognizing(transcriber.push), chunk), chunk.track)
                 if chunk.captured_at is not None:
                     self.stats.asr_lag = max(0.0, time.time() - chunk.captured_at)
                 if chunk.end - last_progress >= self.settings.output.progress_every_seconds:
                     self.emit(self._progress(chunk.end, duration))
                     last_progress = chunk.end
             for track, transcriber in list(self.transcribers.items()):
-                await self._publish(await self.clock.run("asr", transcriber.flush), track)
+                await self._publish(await self.clock.run("asr", recognizing(transcriber.flush)), track)
         except Exception as error:  # keep what was transcribed: notes and files still get finished
             self._fatal(f"speech recognition failed: {error}", "asr")
         finally:

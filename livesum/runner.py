@@ -15,6 +15,7 @@ from faster_whisper import WhisperModel
 from livesum.asr.diarize import voices_for
 from livesum.asr.policy import make_transcriber
 from livesum.asr.transcriber import load_whisper
+from livesum.compute import share_cores
 from livesum.config import Settings
 from livesum.outputs.console import ConsoleView
 from livesum.outputs.files import EventSink, file_sinks, write_notes_trace
@@ -30,12 +31,8 @@ def load_language(settings: Settings) -> tuple[Any, Any] | None:
     """(model, tokenizer) of the configured LM, loaded once and shared by every session; None when off."""
     if not settings.llm.enabled:
         return None
-    import torch
-
     from livesum.models import load_language_model
 
-    if settings.llm.threads:
-        torch.set_num_threads(settings.llm.threads)
     return load_language_model(settings.llm.model, settings.resolved_cache_dir(), settings.llm.device, settings.llm.dtype,
                                settings.llm.decode_weights)
 
@@ -68,6 +65,7 @@ class FileModels:
 
 def load_file_models(settings: Settings) -> FileModels:
     """Both models, blocking (a batch worker loads them once, before its first recording)."""
+    share_cores(settings)
     return FileModels(load_whisper(settings.asr, settings.resolved_cache_dir()), load_language(settings))
 
 
@@ -100,6 +98,7 @@ def open_sinks(out_dir: Path, settings: Settings) -> list[EventSink]:
 async def load_models(settings: Settings, status: Callable[[str], object] | None = None) -> tuple[WhisperModel, LanguageEngine | None]:
     """The models side by side in worker threads (Whisper, the LM, the diarizer's voice model)."""
     cache = settings.resolved_cache_dir()
+    share_cores(settings)  # before Whisper loads: its threads depend on where the LM computes
     with status("loading models (the first run converts them once)") if status else nullcontext():  # type: ignore[attr-defined]
         whisper, engine, _ = await asyncio.gather(
             asyncio.to_thread(load_whisper, settings.asr, cache),
@@ -116,6 +115,7 @@ async def build_pipeline(settings: Settings, out_dir: Path, models: FileModels |
     first feed, and a failure seen before the audio starts is raised here, as before."""
     view = ConsoleView() if settings.output.console else None
     engine: LanguageEngine | asyncio.Future | None
+    share_cores(settings)
     if models is None:
         engine = asyncio.ensure_future(asyncio.to_thread(load_engine, settings))
         with view.console.status("loading models (the first run converts them once)") if view else nullcontext():

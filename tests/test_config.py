@@ -163,3 +163,19 @@ def test_dotted_keys_nest_into_sections() -> None:
         "llm": {"engine": {"window": 64}, "summary_every_seconds": 8},
         "cache_dir": "/tmp",
     }
+
+
+def test_cores_are_shared_between_whisper_and_the_lm() -> None:
+    from livesum.compute import CoreShare
+
+    share = CoreShare(cores=2)
+    assert share.asr_threads() == 1 and share.lm_threads() == 2  # the LM alone takes both
+    with share.recognition():
+        assert share.recognizing and share.lm_threads() == 1  # Whisper is running on the other core
+    assert share.lm_threads() == 2
+    share.configure(lm_on_cpu=False)  # LM off, or on a GPU: Whisper takes every core
+    assert share.asr_threads() == 2 and share.asr_threads(configured=3) == 3
+    share.configure(lm_on_cpu=True, lm_threads=2)
+    with share.recognition():
+        assert share.lm_threads() == 2  # llm.threads set: as configured
+    assert CoreShare(cores=8).asr_threads() == 4

@@ -19,6 +19,7 @@ import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
+from livesum.compute import SHARE
 from livesum.config import AsrConfig
 from livesum.events import Segment, Word
 from livesum.models import resolve_device, whisper_model_dir
@@ -38,7 +39,8 @@ def load_whisper(config: AsrConfig, cache_dir: Path) -> WhisperModel:
     # Temperature fallback samples when greedy decoding looks wrong; unseeded, the same file
     # could transcribe differently on each run.
     ctranslate2.set_random_seed(config.seed)
-    return WhisperModel(str(model_dir), device=device, compute_type=compute_type, cpu_threads=config.cpu_threads)
+    threads = SHARE.asr_threads(config.cpu_threads) if device == "cpu" else config.cpu_threads  # livesum.compute
+    return WhisperModel(str(model_dir), device=device, compute_type=compute_type, cpu_threads=threads)
 
 
 @dataclass

@@ -89,7 +89,9 @@ def load_shared_models(settings: Settings) -> SharedModels:
     from livesum.runner import load_language
 
     from livesum.asr.diarize import voices_for
+    from livesum.compute import share_cores
 
+    share_cores(settings)  # before Whisper loads: its threads depend on where the LM computes
     whisper = load_whisper(settings.asr, settings.resolved_cache_dir())
     voices_for(settings.asr)  # the diarizer's voice model, cached for the sessions' transcribers
     loaded = load_language(settings)

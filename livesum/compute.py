@@ -1,0 +1,94 @@
+"""The CPU cores, shared by the two kinds of model work: speech recognition and the LM.
+
+Both run OpenMP thread pools. On a small machine two pools of all-the-cores each, busy at once,
+stall each other at every barrier: measured on 2 cores (benchmarks/core_share.py, docs/engine.md),
+Whisper base and the 1.5B LM side by side ran slower with two threads each than with one each. So
+when the LM runs on the CPU, Whisper's pool (fixed when it loads) gets half the cores, and the LM
+takes all of them for a step while no recognition is running and the other half while one is:
+each gets the whole machine when it is alone, and neither waits on the other's threads.
+
+One `CoreShare` per process (`SHARE`): the models are shared by every stream of the process too.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from livesum.config import Settings
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its affinity, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class CoreShare:
+    """Who is using the cores now, and how many threads each kind of work should take."""
+
+    def __init__(self, cores: int | None = None) -> None:
+        self.cores = cores or cpu_cores()
+        self.lm_on_cpu = True
+        self.fixed_lm_threads: int | None = None  # llm.threads when set
+        self._recognizing = 0
+        self._lock = threading.Lock()
+
+    def configure(self, *, lm_on_cpu: bool, lm_threads: int = 0) -> None:
+        self.lm_on_cpu = lm_on_cpu
+        self.fixed_lm_threads = lm_threads or None
+
+    def asr_threads(self, configured: int = 0) -> int:
+        """Whisper's pool: `asr.cpu_threads` when set; else half the cores when the LM computes on them
+        too, all of them when it does not (off, or on a GPU)."""
+        if configured:
+            return configured
+        return max(1, self.cores // 2) if self.lm_on_cpu else self.cores
+
+    def lm_threads(self) -> int:
+        """The LM's threads for its next step: all cores while no recognition runs, the rest while one does."""
+        if self.fixed_lm_threads:
+            return self.fixed_lm_threads
+        return max(1, self.cores - self.asr_threads()) if self._recognizing else self.cores
+
+    @property
+    def recognizing(self) -> bool:
+        return self._recognizing > 0
+
+    @contextmanager
+    def recognition(self) -> Iterator[None]:
+        """Around a speech-recognition call (Whisper, and the diarizer inside it)."""
+        with self._lock:
+            self._recognizing += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._recognizing -= 1
+
+
+SHARE = CoreShare()
+
+
+def share_cores(settings: Settings) -> None:
+    """Tell the process's `SHARE` where the LM computes (before Whisper loads: its pool size follows)."""
+    from livesum.models import resolve_device
+
+    on_cpu = settings.llm.enabled and resolve_device(settings.llm.device) == "cpu"
+    SHARE.configure(lm_on_cpu=on_cpu, lm_threads=settings.llm.threads)
+
+
+def use_lm_threads() -> int:
+    """Set this thread's torch pool to what the LM should take now (on the thread that runs the LM)."""
+    import torch
+
+    wanted = SHARE.lm_threads()
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+    return wanted
