@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from livesum.asr.policy import Transcriber
+from livesum.asr.speaker_names import SpeakerNames
 from livesum.compute import SHARE
 from livesum.config import Settings
 from livesum.events import Answer, AnswerPart, Error, Event, Notes, Segment, Status, Summary
@@ -155,7 +156,9 @@ class Pipeline:
         self.service = service or LmService()
         self._owns_service = service is None
         self.speakers = dict(speakers or {})
+        self.speaker_names = SpeakerNames()
         self.minutes = MeetingMinutes(settings)
+        self.minutes.aliases = self.speaker_names.names  # the one map, filled as names are settled
         self.clock = StageClock()
         self.result = RunResult()
         self.stats = LiveStats()
@@ -406,6 +409,9 @@ class Pipeline:
         for segment in segments:
             if speaker is not None and segment.speaker is None:
                 segment = segment.model_copy(update={"speaker": speaker})
+            elif track is None and segment.speaker is not None:  # a diarizer's label: a name once the meeting gives one
+                self.speaker_names.observe(segment)
+                segment = segment.model_copy(update={"speaker": self.speaker_names.name_of(segment.speaker)})
             self.emit(segment)
             if not segment.final:
                 continue
@@ -589,4 +595,5 @@ class Pipeline:
                 self.emit(Summary(start=memory_start, end=end, text=notes.summary, final=True))
         finally:
             await answering
-        self.emit(notes.model_copy(update={"answers": list(self.answers)}))
+        named = [item.model_copy(update={"owner": self.speaker_names.name_of(item.owner)}) for item in notes.action_items]
+        self.emit(notes.model_copy(update={"answers": list(self.answers), "action_items": named}))

@@ -430,3 +430,33 @@ async def test_an_lm_that_fails_to_load_leaves_the_transcript_and_says_why(tmp_p
     assert len(result.segments) == 4 and isinstance(pipeline.engine_failure, RuntimeError)
     assert any(e.type == "error" and "could not be loaded: model file is corrupt" in e.message for e in read_events(tmp_path))
     assert (tmp_path / "notes.md").exists()
+
+
+class DiarizedMeeting(BreaksOnSecondChunk):
+    """One track, the diarizer's labels on each final (as livesum/asr/diarize.py gives them)."""
+
+    LINES = [("Speaker 1", "Hello, I'm Dana and I chair this."), ("Speaker 2", "Morning all."),
+             ("Speaker 1", "Let's start with the budget."), ("Speaker 2", "I will send the figures round.")]
+
+    def push(self, chunk: AudioChunk) -> list[Segment]:
+        index = round(chunk.start * 2)
+        if index >= len(self.LINES):
+            return []
+        speaker, text = self.LINES[index]
+        return [Segment(final=True, start=chunk.start, end=chunk.end, text=text, speaker=speaker)]
+
+
+class OwnsTheTask(CountingEngine):
+    def complete(self, instruction: str, max_new_tokens: int, *, structured: bool = False) -> str:
+        if structured and "tasks" in instruction:
+            return '[{"owner": "Speaker 1", "text": "send the budget figures round", "due": null}]'
+        return super().complete(instruction, max_new_tokens, structured=structured)
+
+
+async def test_a_diarized_label_takes_the_name_the_meeting_gives_it_from_then_on(tmp_path: Path) -> None:
+    engine = OwnsTheTask()
+    pipeline = Pipeline(Settings.model_validate({}), DiarizedMeeting(), engine, file_sinks(tmp_path, ["jsonl"]))
+    result = await pipeline.run(chunks(4))
+    assert [s.speaker for s in result.segments] == ["Dana", "Speaker 2", "Dana", "Speaker 2"]  # named at its own introduction
+    notes = next(e for e in read_events(tmp_path) if e.type == "notes")
+    assert [a.owner for a in notes.action_items] == ["Dana"]  # the label the LM read, resolved at the end

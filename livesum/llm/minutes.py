@@ -362,6 +362,7 @@ class MeetingMinutes:
         # Every extraction round as it went (raw output, parsed, kept): what benchmarks/notes_quality.py
         # scores stage by stage. Only when asked for (`output.notes_trace`): it grows with the meeting.
         self.trace: list[dict] | None = [] if settings.output.notes_trace else None
+        self.aliases: dict[str, str] = {}  # a diarizer's label -> the name the meeting gave it (livesum.asr.speaker_names)
 
     def on_segment(self, segment: Segment) -> None:
         if segment.final and segment.text.strip():
@@ -390,7 +391,8 @@ class MeetingMinutes:
         names = self.names()
         for (kind, instruction), output in zip(EXTRACTIONS, outputs):
             parsed = parse_items(output, kind)
-            grounded = ground(parsed, window, names, instruction)
+            grounded = [item.model_copy(update={"owner": self.aliases.get(item.owner, item.owner)}) if isinstance(item, ActionItem)
+                        else item for item in ground(parsed, window, names, instruction)]
             self.items = merge(self.items, grounded)
             if self.trace is not None:
                 self.trace.append({"kind": kind, "since": since, "until": self._requested_until,
@@ -421,7 +423,8 @@ class MeetingMinutes:
         return found[0] if found else None
 
     def names(self) -> set[str]:
-        return names_in(self.segments, self.speakers)
+        """People of the meeting, and the diarizer's labels the LM may have read before they were named."""
+        return names_in(self.segments, self.speakers) | set(self.aliases)
 
     def question_context(self, question: str) -> str:
         """What a question's fork gets besides the window: the earlier summaries, then the lines
