@@ -43,6 +43,15 @@ from livesum.outputs.files import EventSink
 from livesum.source.audio import AudioChunk, AudioSourceError, level_dbfs
 
 
+def abandon_model_work(service: LmService) -> int:
+    """Cancels every job still queued on `service`: work a hurried exit left behind (the LM's notes past
+    the deadline), so the threads blocked on it return and the service can stop. The service drops
+    cancelled jobs itself; it has no public call for this yet, hence its queue is read here."""
+    with service._wake:
+        jobs = list(service._jobs)
+    return sum(job.future.cancel() for job in jobs)
+
+
 class LanguageEngine(Protocol):
     """What the pipeline needs of the LLM engine (livesum.llm.engine.StreamingEngine)."""
 
@@ -286,6 +295,8 @@ class Pipeline:
                 except Exception:
                     pass
             if self._owns_service:  # joined: a process must not exit with the worker inside torch
+                if self._exit_by is not None:
+                    abandon_model_work(self.service)  # what the hurried exit left behind would hold the join
                 await asyncio.to_thread(self.service.close, True)
         if cancelled:
             raise asyncio.CancelledError

@@ -134,7 +134,7 @@ def finals(envelopes: list[Envelope]) -> list[Segment]:
 @pytest.mark.slow
 def test_native_stream_gives_transcript_summaries_answer_and_notes(server: RunningServer) -> None:
     pcm = speech_pcm()
-    with connect(server.url(session="native-1"), max_size=None, max_queue=None) as connection:
+    with connect(server.url(session="native-1"), max_size=None, max_queue=None, ping_interval=None) as connection:
         start(connection, overrides={"llm.summary_every_seconds": 8})
         half = len(pcm) // 2 // FRAME_BYTES * FRAME_BYTES
         send_audio(connection, pcm[:half])
@@ -171,7 +171,7 @@ def test_two_sessions_at_once_do_not_mix(server: RunningServer, tmp_path: Path) 
     results: dict[str, list[Envelope]] = {}
 
     def run(session: str, pcm: bytes) -> None:
-        with connect(server.url(session=session), max_size=None, max_queue=None) as connection:
+        with connect(server.url(session=session), max_size=None, max_queue=None, ping_interval=None) as connection:
             start(connection, speaker=session)
             send_audio(connection, pcm)
             connection.send(json.dumps({"type": "stop"}))
@@ -196,7 +196,7 @@ def test_reconnect_with_resume_loses_no_event_and_no_audio(server: RunningServer
     pcm = speech_pcm()
     cut = len(pcm) // 2 // FRAME_BYTES * FRAME_BYTES
     seen: list[Envelope] = []
-    connection = connect(server.url(session="resumed"), max_size=None, max_queue=None)
+    connection = connect(server.url(session="resumed"), max_size=None, max_queue=None, ping_interval=None)
     start(connection)
     secret = welcome(connection).resume_secret
     send_audio(connection, pcm[:cut])
@@ -207,7 +207,7 @@ def test_reconnect_with_resume_loses_no_event_and_no_audio(server: RunningServer
     connection.socket.close()
     last_seq = seen[-1].seq
     assert last_seq is not None
-    with connect(server.url(session="resumed"), max_size=None, max_queue=None) as again:
+    with connect(server.url(session="resumed"), max_size=None, max_queue=None, ping_interval=None) as again:
         again.send(json.dumps({"type": "resume", "last_seq": last_seq, "secret": secret}))
         send_audio(again, pcm[cut:])
         again.send(json.dumps({"type": "stop"}))
@@ -231,7 +231,7 @@ def closed_with(connection: ClientConnection, timeout: float = 120) -> tuple[lis
 
 
 def test_a_resume_needs_the_secret_the_start_returned(server: RunningServer) -> None:
-    with connect(server.url(session="secret-1"), max_size=None, max_queue=None) as owner:
+    with connect(server.url(session="secret-1"), max_size=None, max_queue=None, ping_interval=None) as owner:
         start(owner)
         secret = welcome(owner).resume_secret
         assert secret and len(secret) >= 24
@@ -251,13 +251,13 @@ def test_a_resume_needs_the_secret_the_start_returned(server: RunningServer) -> 
 @pytest.mark.slow
 def test_a_watcher_sees_the_same_events_read_only_and_a_stalled_one_does_not_slow_the_feeder(server: RunningServer) -> None:
     pcm = speech_pcm()
-    with contextlib.ExitStack() as stack, connect(server.url(session="watched"), max_size=None, max_queue=None) as feeder:
+    with contextlib.ExitStack() as stack, connect(server.url(session="watched"), max_size=None, max_queue=None, ping_interval=None) as feeder:
         start(feeder)
         welcome(feeder)
         send_audio(feeder, pcm[: len(pcm) // 4 // FRAME_BYTES * FRAME_BYTES])
         stalled = stack.enter_context(connect(server.url(session="watched")))  # watches, then never reads a message
         stalled.send(json.dumps({"type": "watch", "last_seq": 0}))
-        with connect(server.url(session="watched"), max_size=None, max_queue=None) as watcher:
+        with connect(server.url(session="watched"), max_size=None, max_queue=None, ping_interval=None) as watcher:
             watcher.send(json.dumps({"type": "watch", "last_seq": 0}))
             send_audio(feeder, pcm[len(pcm) // 4 // FRAME_BYTES * FRAME_BYTES:])
             feeder.send(json.dumps({"type": "stop"}))
@@ -304,7 +304,7 @@ def test_a_question_flood_is_refused_in_bounded_events_and_another_session_keeps
     result: dict[str, list[Envelope]] = {}
 
     def stream_other() -> None:
-        with connect(server.url(session="beside-flood"), max_size=None, max_queue=None) as connection:
+        with connect(server.url(session="beside-flood"), max_size=None, max_queue=None, ping_interval=None) as connection:
             start(connection)
             send_audio(connection, other, pace=1.0)
             connection.send(json.dumps({"type": "stop"}))
@@ -312,7 +312,7 @@ def test_a_question_flood_is_refused_in_bounded_events_and_another_session_keeps
 
     beside = threading.Thread(target=stream_other)
     beside.start()
-    with connect(server.url(session="flood-q"), max_size=None, max_queue=None) as flood:
+    with connect(server.url(session="flood-q"), max_size=None, max_queue=None, ping_interval=None) as flood:
         start(flood)
         welcome(flood)
         send_audio(flood, speech_pcm()[: 5 * 32000])

@@ -93,7 +93,7 @@ def twilio_media(sid: str, track: str, payload: bytes, timestamp_ms: int, number
 def test_twilio_both_tracks_are_two_speakers(server: RunningServer, budget_wav: Path) -> None:
     inbound, outbound = sox_raw(SPEECH_SAMPLE, 8000, "mu-law", 8), sox_raw(budget_wav, 8000, "mu-law", 8)
     sid = "MZtwilio0001"
-    with connect(server.url("/twilio"), max_size=None, max_queue=None) as connection:
+    with connect(server.url("/twilio"), max_size=None, max_queue=None, ping_interval=None) as connection:
         connection.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
         start_message = {
             "accountSid": "AC1", "streamSid": sid, "callSid": "CA1", "tracks": ["inbound", "outbound"],
@@ -145,7 +145,7 @@ def test_telnyx_frames_out_of_order_are_put_back_in_order(server: RunningServer)
         window = frames[block: block + 10]
         shuffler.shuffle(window)
         frames[block: block + 10] = window
-    with connect(server.url("/telnyx", token=TOKEN), max_size=None, max_queue=None) as connection:
+    with connect(server.url("/telnyx", token=TOKEN), max_size=None, max_queue=None, ping_interval=None) as connection:
         connection.send(json.dumps({"event": "connected", "version": "1.0.0"}))
         start_message = {"user_id": "u1", "call_control_id": "v3:abc", "from": "+1", "to": "+2",
                          "media_format": {"encoding": "PCMA", "sample_rate": 8000, "channels": 1}}
@@ -169,7 +169,7 @@ def recall_audio(participant: tuple[int, str], pcm: bytes, relative: float, bot:
 def test_recall_separate_audio_labels_each_participant(server: RunningServer, budget_wav: Path) -> None:
     alice, bob = speech_pcm(), speech_pcm(budget_wav)
     bob_starts = len(alice) / 32000 + 1.0  # Bob speaks after Alice; Alice's track is silent (not sent) then
-    with connect(server.url("/recall", token=TOKEN), max_size=None, max_queue=None) as connection:
+    with connect(server.url("/recall", token=TOKEN), max_size=None, max_queue=None, ping_interval=None) as connection:
         connection.send(json.dumps({"event": "participant_events.join", "data": {"data": {"participant": {"id": 1, "name": "Alice"}}}}))
         for offset in range(0, len(alice), FRAME_BYTES):
             connection.send(recall_audio((1, "Alice"), alice[offset: offset + FRAME_BYTES], offset / 32000))
@@ -184,7 +184,7 @@ def test_recall_separate_audio_labels_each_participant(server: RunningServer, bu
 
 def stream_vonage(server: RunningServer, session: str) -> list[Segment]:
     audio = sox_raw(SPEECH_SAMPLE, 8000, "signed-integer", 16)
-    with connect(server.url("/vonage", session=session), additional_headers=AUTH, max_size=None, max_queue=None) as connection:
+    with connect(server.url("/vonage", session=session), additional_headers=AUTH, max_size=None, max_queue=None, ping_interval=None) as connection:
         connection.send(json.dumps({"event": "websocket:connected", "content-type": "audio/l16;rate=8000", "caller": "+1"}))
         for offset in range(0, len(audio), 320):  # 20 ms frames
             connection.send(audio[offset: offset + 320])
@@ -236,7 +236,7 @@ def test_bad_first_messages_get_an_error_and_a_close_code(server: RunningServer,
 @pytest.mark.slow
 def test_bad_frames_mid_stream_are_reported_and_the_stream_goes_on(server: RunningServer) -> None:
     pcm = speech_pcm()
-    with connect(server.url(session="bad-frames"), additional_headers=AUTH, max_size=None, max_queue=None) as connection:
+    with connect(server.url(session="bad-frames"), additional_headers=AUTH, max_size=None, max_queue=None, ping_interval=None) as connection:
         start(connection)
         connection.send("{oops")
         connection.send('{"type": "dance"}')
@@ -279,7 +279,7 @@ def test_oversized_frame_closes_1009_and_max_sessions_closes_1013(server: Runnin
 
 
 def test_a_finished_session_id_is_never_reused(server: RunningServer) -> None:
-    with connect(server.url(session="used-once"), additional_headers=AUTH, max_size=None, max_queue=None) as connection:
+    with connect(server.url(session="used-once"), additional_headers=AUTH, max_size=None, max_queue=None, ping_interval=None) as connection:
         start(connection)
         welcome(connection)
         send_audio(connection, speech_pcm()[: 3 * 32000])
@@ -350,7 +350,7 @@ def test_recall_clocks_follow_the_vendor_timestamps_across_a_long_silence(server
     bob = speech_pcm(budget_wav)
     gap = server.settings.server.session_queue_seconds + 30
     again_at = len(bob) / 32000 + gap
-    with connect(server.url("/recall", token=TOKEN), max_size=None, max_queue=None) as connection:
+    with connect(server.url("/recall", token=TOKEN), max_size=None, max_queue=None, ping_interval=None) as connection:
         for start_at in (0.0, again_at):
             for offset in range(0, len(bob), FRAME_BYTES):
                 connection.send(recall_audio((2, "Bob"), bob[offset: offset + FRAME_BYTES], start_at + offset / 32000, bot="bot-clock-1"))
@@ -405,7 +405,7 @@ def test_fuzz_every_path_then_a_fresh_session_still_transcribes(server: RunningS
         remaining = 600
         while remaining > 0:
             try:
-                with connect(server.url(path, **query), additional_headers=AUTH, max_size=None, max_queue=None) as connection:
+                with connect(server.url(path, **query), additional_headers=AUTH, max_size=None, max_queue=None, ping_interval=None) as connection:
                     connection.send(valid[0])
                     while remaining > 0:
                         remaining -= 1

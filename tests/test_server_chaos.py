@@ -96,7 +96,7 @@ class Speaker(threading.Thread):
         self.stop_sending = threading.Event()
 
     def run(self) -> None:
-        with connect(self.url, max_size=None, max_queue=None) as connection:
+        with connect(self.url, max_size=None, max_queue=None, ping_interval=None) as connection:
             start(connection)
             self.received.append(welcome(connection))
             reader = threading.Thread(target=self._read, args=(connection,), daemon=True)
@@ -225,7 +225,7 @@ def test_floods_of_connections_bytes_and_garbage_are_bounded_and_a_new_session_s
     sent = 0
     chunk = b"\x00\x01" * (FRAME_BYTES * 16)
     peak = baseline
-    with connect(server.url("flood-bytes"), max_size=None, max_queue=None, open_timeout=30) as connection:
+    with connect(server.url("flood-bytes"), max_size=None, max_queue=None, ping_interval=None, open_timeout=30) as connection:
         start(connection)
         welcome(connection)
         until = time.monotonic() + 20
@@ -245,7 +245,7 @@ def test_floods_of_connections_bytes_and_garbage_are_bounded_and_a_new_session_s
     errors = [item for item in envelopes if item.event.type == "error"]
     assert code == 1000 and len(errors) <= 20 + 2000 // 100 + 5
     # The server still serves: a fresh session transcribes.
-    with connect(server.url("after-floods"), max_size=None, max_queue=None) as connection:
+    with connect(server.url("after-floods"), max_size=None, max_queue=None, ping_interval=None) as connection:
         start(connection)
         welcome(connection)
         send_audio(connection, espeak_pcm(READING, tmp_path))

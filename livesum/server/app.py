@@ -34,6 +34,7 @@ from websockets.http11 import Request, Response
 
 from livesum.config import ConfigError, Settings, deep_merge, validate_settings
 from livesum.llm.service import LmService, Priority
+from livesum.pipeline import abandon_model_work
 from livesum.server.adapters import Adapter, AdapterError, Audio, Close, Open
 from livesum.server.adapters.recall import RecallAdapter
 from livesum.server.adapters.telnyx import TelnyxAdapter
@@ -163,6 +164,44 @@ class FrameDecoder:
         return self.resample(self.decode(data, self.channels))
 
 
+class Keepalive:
+    """Pings a connection every `interval` and closes it (1011) when no pong comes within as long.
+    While the server itself does not read the connection (flow control), a pong queued behind audio
+    it has not read yet says nothing about the peer, so such a wait never counts against it."""
+
+    def __init__(self, connection: ServerConnection, interval: float) -> None:
+        self.connection = connection
+        self.interval = interval
+        self.paused = False
+        self.pauses = 0
+        self.task = asyncio.create_task(self._run())
+
+    def pause(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume(self) -> None:
+        self.paused = False
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                if self.paused:
+                    continue
+                pauses = self.pauses
+                pong = await self.connection.ping()
+                try:
+                    await asyncio.wait_for(asyncio.shield(pong), self.interval)
+                except TimeoutError:
+                    if self.paused or self.pauses != pauses:
+                        continue
+                    await self.connection.close(1011, "keepalive ping timeout")
+                    return
+        except ConnectionClosed:
+            pass
+
+
 class LivesumServer:
     def __init__(self, settings: Settings, models: SharedModels) -> None:
         self.settings = settings
@@ -195,8 +234,7 @@ class LivesumServer:
             ssl=self.tls,
             max_size=config.max_frame_bytes,
             max_queue=max(1, config.max_buffered_bytes // config.max_frame_bytes),
-            ping_interval=config.ping_interval_seconds,
-            ping_timeout=config.ping_interval_seconds,
+            ping_interval=None,  # our Keepalive: it knows when the server itself stopped reading (flow control)
         ) as server:
             self.port = server.sockets[0].getsockname()[1] if server.sockets else config.port
             if ready is not None:
@@ -205,6 +243,7 @@ class LivesumServer:
             self.closing = True
             server.server.close()  # stop accepting; open connections stay until their sessions are done
             await self.finish_all(hurry)
+        abandon_model_work(self.service)  # every session is done: what is queued is notes a hurried exit gave up
         self.service.close()
 
     async def finish_all(self, hurry: asyncio.Event | None = None) -> None:
@@ -227,7 +266,7 @@ class LivesumServer:
             session.task.cancel()
         if late:
             await asyncio.wait([session.task for session in late])
-        readers = [subscriber.task for session in sessions for subscriber in session._subscribers()]
+        readers = [subscriber.task for session in sessions for subscriber in session.readers()]
         if readers:
             await asyncio.wait(readers, timeout=SUBSCRIBERS_DRAIN_SECONDS)
 
@@ -298,9 +337,10 @@ class LivesumServer:
         assert connection.request is not None
         url = urlsplit(connection.request.path)
         route, query = url.path.rstrip("/"), dict(parse_qsl(url.query))
+        keepalive = Keepalive(connection, self.settings.server.ping_interval_seconds)
         try:
             if route == NATIVE_PATH:
-                await self._native(connection, query)
+                await self._native(connection, query, keepalive)
             else:
                 adapter = ADAPTERS[route](query, max_buffered_bytes=self.settings.server.max_buffered_bytes)
                 await self._adapter(connection, adapter, self._authorized_at_handshake(connection, route))
@@ -309,6 +349,8 @@ class LivesumServer:
         except Exception:  # a bug in one connection must never take the server down
             log.exception("connection on %s failed", route)
             await connection.close(1011, "internal error")
+        finally:
+            keepalive.task.cancel()
 
     async def _receive(self, connection: ServerConnection, timeout: float | None, reason: str = "idle timeout") -> str | bytes:
         """The next message; after `timeout` seconds without one the connection is closed (4408)."""
@@ -413,7 +455,7 @@ class LivesumServer:
 
     # -- native protocol ------------------------------------------------------------------------------
 
-    async def _native(self, connection: ServerConnection, query: dict[str, str]) -> None:
+    async def _native(self, connection: ServerConnection, query: dict[str, str], keepalive: Keepalive) -> None:
         session_id = query.get("session") or uuid.uuid4().hex
         if not SESSION_ID.match(session_id):
             return await self._refuse(connection, session_id[:64], "session id must be 1-64 of A-Z a-z 0-9 _ . -", CLOSE_PROTOCOL)
@@ -437,7 +479,7 @@ class LivesumServer:
         except OSError as error:
             return await self._refuse(connection, session_id, f"cannot write session files: {error.strerror or error}", 1011)
         try:
-            await self._native_stream(connection, session, decoder, track)
+            await self._native_stream(connection, session, decoder, track, keepalive)
         finally:
             session.detach(connection)
 
@@ -477,7 +519,8 @@ class LivesumServer:
         finally:
             session.detach(connection)
 
-    async def _native_stream(self, connection: ServerConnection, session: Session, decoder: FrameDecoder, track: str | None) -> None:
+    async def _native_stream(self, connection: ServerConnection, session: Session, decoder: FrameDecoder, track: str | None,
+                             keepalive: Keepalive) -> None:
         while True:
             message = await self._receive(connection, self._idle(session))
             if isinstance(message, bytes):
@@ -489,7 +532,11 @@ class LivesumServer:
                 except AudioFormatError as error:
                     session.report(f"frame dropped: {error}")
                 if session.needs_room:  # flow control: read no more until the session has room
-                    await session.room()
+                    keepalive.pause()
+                    try:
+                        await session.room()
+                    finally:
+                        keepalive.resume()
                 continue
             try:
                 control = parse_client_message(message)

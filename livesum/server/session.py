@@ -319,10 +319,10 @@ class Session:
         if self.finished.is_set():  # the record is closed (a late report from a connection handler)
             return
         self.log.append(event.model_dump_json())
-        for subscriber in self._subscribers():
+        for subscriber in self.readers():
             subscriber.wakeup.set()
 
-    def _subscribers(self) -> list[Subscriber]:
+    def readers(self) -> list[Subscriber]:
         readers = list(self.watchers.values())
         if self.owner_subscriber is not None:
             readers.append(self.owner_subscriber)
@@ -343,7 +343,7 @@ class Session:
                 self._grace.cancel()
             self.log.close()
             self.finished.set()
-            for subscriber in self._subscribers():  # they send what is left, then close with 1000
+            for subscriber in self.readers():  # they send what is left, then close with 1000
                 subscriber.wakeup.set()
             if self._on_finished is not None:
                 self._on_finished(self)
