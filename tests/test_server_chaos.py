@@ -120,20 +120,22 @@ class Speaker(threading.Thread):
             self.close_code = closed.rcvd.code if closed.rcvd else None
 
 
-def long_speech(tmp_path: Path) -> bytes:
-    return speech_pcm() + espeak_pcm(READING, tmp_path)
+def speaking(server: ServeProcess, prefix: str, tmp_path: Path) -> list[Speaker]:
+    """Two sessions streaming speech in real time, each with a caption back: mid-speech."""
+    pcm = speech_pcm() + espeak_pcm(READING, tmp_path)
+    speakers = [Speaker(server.url(f"{prefix}-{n}"), pcm) for n in range(2)]
+    for speaker in speakers:
+        speaker.start()
+    for speaker in speakers:
+        assert speaker.heard.wait(300), "no caption came back"
+    return speakers
 
 
 @pytest.mark.slow
 def test_sigterm_mid_speech_stops_accepting_finishes_every_session_with_notes_and_exits_0(tmp_path: Path, spawned: list[ServeProcess]) -> None:
     server = ServeProcess(tmp_path / "sessions")
     spawned.append(server)
-    pcm = long_speech(tmp_path)
-    speakers = [Speaker(server.url(f"term-{n}"), pcm) for n in range(2)]
-    for speaker in speakers:
-        speaker.start()
-    for speaker in speakers:
-        assert speaker.heard.wait(300), "no caption before the signal"
+    speakers = speaking(server, "term", tmp_path)
     server.process.send_signal(signal.SIGTERM)
     refused = None
     deadline = time.monotonic() + 60
@@ -165,12 +167,7 @@ def test_kill_9_mid_speech_leaves_valid_logs_and_transcripts_after_a_restart(tmp
     data_dir = tmp_path / "sessions"
     server = ServeProcess(data_dir)
     spawned.append(server)
-    pcm = long_speech(tmp_path)
-    speakers = [Speaker(server.url(f"killed-{n}"), pcm) for n in range(2)]
-    for speaker in speakers:
-        speaker.start()
-    for speaker in speakers:
-        assert speaker.heard.wait(300), "no caption before the kill"
+    speakers = speaking(server, "killed", tmp_path)
     server.stop(signal.SIGKILL)
     for speaker in speakers:
         speaker.stop_sending.set()

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import REPO, SAMPLES, SPEECH_REFERENCE, SPEECH_SAMPLE
@@ -126,7 +126,7 @@ def test_tls_serves_wss_and_refuses_plain_websockets(tmp_path: Path) -> None:
         assert code == 1000
         text = " ".join(item.event.text for item in envelopes if isinstance(item.event, Segment) and item.event.final)
         assert wer(SPEECH_REFERENCE.read_text(), text) < 0.15, text
-        with pytest.raises((OSError, InvalidStatus, TimeoutError)):  # a plain websocket gets no upgrade
+        with pytest.raises((OSError, InvalidHandshake, TimeoutError)):  # a plain websocket gets no upgrade
             with connect(f"ws://127.0.0.1:{running.server.port}/v1/stream?session=plain", open_timeout=10):
                 pass
         with pytest.raises(ssl.SSLError):  # a client that does not trust the certificate refuses it

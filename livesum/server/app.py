@@ -244,7 +244,7 @@ class LivesumServer:
             server.server.close()  # stop accepting; open connections stay until their sessions are done
             await self.finish_all(hurry)
         abandon_model_work(self.service)  # every session is done: what is queued is notes a hurried exit gave up
-        self.service.close()
+        await asyncio.to_thread(self.service.close, True)  # joined: the process must not exit inside a torch call
 
     async def finish_all(self, hurry: asyncio.Event | None = None) -> None:
         """End every session's audio and wait `shutdown_seconds` for its notes; then cancel what is left
@@ -254,7 +254,11 @@ class LivesumServer:
         for session in sessions:
             session.end_audio()
         if sessions:
-            waiters = {asyncio.ensure_future(asyncio.gather(*(session.finished.wait() for session in sessions)))}
+            async def all_finished() -> None:
+                for session in sessions:
+                    await session.finished.wait()
+
+            waiters = {asyncio.ensure_future(all_finished())}
             if hurry is not None:
                 waiters.add(asyncio.ensure_future(hurry.wait()))
             await asyncio.wait(waiters, timeout=self.settings.server.shutdown_seconds, return_when=asyncio.FIRST_COMPLETED)
