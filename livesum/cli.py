@@ -189,6 +189,8 @@ def serve_command(
     port: Annotated[int | None, typer.Option("--port", help="TCP port (default 8765; 0 = any free port).")] = None,
     token: Annotated[str | None, typer.Option("--token", envvar=TOKEN_ENV, help="Shared secret clients must present.")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Sessions write their files under DATA_DIR/<session>/.")] = None,
+    certfile: Annotated[Path | None, typer.Option("--certfile", help="TLS certificate chain (PEM): serve wss:// and https://.")] = None,
+    keyfile: Annotated[Path | None, typer.Option("--keyfile", help="TLS private key (PEM) of --certfile.")] = None,
     config: ConfigOption = None,
     assignments: SetOption = None,
     speakers: SpeakersOption = None,
@@ -200,7 +202,8 @@ def serve_command(
     the default window (1585 positions): 2*30*3*64*1585*4 bytes = 70 MiB; cpu.toml (window 768,
     1329 positions): 58 MiB. See docs/server.md.
     """
-    flags = {"server.host": host, "server.port": port, "server.token": token, "server.data_dir": data_dir, "asr.speakers": speakers}
+    flags = {"server.host": host, "server.port": port, "server.token": token, "server.data_dir": data_dir,
+             "server.certfile": certfile, "server.keyfile": keyfile, "asr.speakers": speakers}
     settings = settings_from(config, assignments, flags)
     from livesum.server.app import ServerStartupError, run_server
 

@@ -185,13 +185,47 @@ class ServerConfig(Section):
     data_dir: Path = Field(Path("sessions"), description="Each session writes its files under DATA_DIR/<session>/.")
     max_sessions: int = Field(8, ge=1)
     max_frame_bytes: int = Field(1 << 20, ge=1024, description="Largest websocket frame accepted.")
-    session_queue_seconds: float = Field(30.0, ge=1, description="Audio a session may queue before the oldest is dropped.")
+    session_queue_seconds: float = Field(
+        30.0, ge=1,
+        description="Audio a session may queue: past it a live source's oldest audio is dropped (and reported), "
+        "any other source is slowed (the server stops reading its socket until there is room).",
+    )
     resume_grace_seconds: float = Field(30.0, ge=0, description="How long a dropped session waits for its client to reconnect.")
     idle_timeout_seconds: float = Field(60.0, gt=0, description="Close a connection that sends nothing for this long.")
+    open_timeout_seconds: float = Field(
+        10.0, gt=0,
+        description="A new connection must open (or resume, or watch) a session within this long, credential "
+        "included; vendor keepalives (connected, dtmf, mark) do not extend it.",
+    )
     ping_interval_seconds: float = Field(20.0, gt=0)
+    max_connections: int = Field(256, ge=1, description="Open connections (websocket and HTTP) the server holds at once; more get HTTP 503.")
+    max_connections_per_address: int = Field(32, ge=1, description="Open connections from one client address; more get HTTP 429.")
+    max_buffered_bytes: int = Field(
+        4 << 20, ge=1024,
+        description="Received bytes one connection may have waiting to be read (whole frames; at least one frame of max_frame_bytes).",
+    )
+    max_tracks_per_session: int = Field(16, ge=1, description="Tracks (call legs, participants) one session may open.")
+    shutdown_seconds: float = Field(
+        60.0, ge=0,
+        description="On SIGTERM: how long running sessions get to transcribe what they have and write their notes; "
+        "past it the notes are made from the transcript alone.",
+    )
+    certfile: Path | None = Field(None, description="TLS certificate chain (PEM) to serve wss:// and https:// (with keyfile).")
+    keyfile: Path | None = Field(None, description="TLS private key (PEM) of certfile.")
+    twilio_auth_token: str | None = Field(
+        None, description="Twilio account auth token: /twilio then requires a valid X-Twilio-Signature on the upgrade request.")
+    public_url: str | None = Field(
+        None, description="Base URL clients reach this server at (e.g. wss://livesum.example.com), as Twilio signs it; "
+        "default: the request's Host header, wss:// with TLS, ws:// without.",
+    )
     allowed_overrides: list[str] = Field(
         ["llm.summary_every_seconds", "asr.language", "asr.policy"],
         description="Config keys a client may set in its `start` message.",
+    )
+    override_minimums: dict[str, float] = Field(
+        {"llm.summary_every_seconds": 60.0},
+        description="Lowest value a client may set for a numeric override (a summary every second would make one "
+        "client's forks crowd out every session's captions).",
     )
 
 

@@ -16,7 +16,10 @@ Overload policy, by source:
 
 Whatever happens (a source that breaks, a stage that crashes, Ctrl-C, `stop()`, cancellation),
 `run()` flushes the transcribers, makes the final summary and notes and emits `finished`, so what
-was heard is never lost.
+was heard is never lost. Cancelled (a second Ctrl-C, a server past its shutdown deadline), the run
+is hurried: the flush, the last feed and the LM's notes get `exit_deadline` seconds, then the notes
+are made from the transcript alone, and audio that could not be transcribed in time is reported
+as dropped.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from livesum.asr.policy import Transcriber
 from livesum.asr.speaker_names import SpeakerNames
@@ -40,6 +43,15 @@ from livesum.llm.notes import whole_sentences
 from livesum.llm.service import LmService, Priority
 from livesum.outputs.files import EventSink
 from livesum.source.audio import AudioChunk, AudioSourceError, level_dbfs
+
+
+def abandon_model_work(service: LmService) -> int:
+    """Cancels every job still queued on `service`: work a hurried exit left behind (the LM's notes past
+    the deadline), so the threads blocked on it return and the service can stop. The service drops
+    cancelled jobs itself; it has no public call for this yet, hence its queue is read here."""
+    with service._wake:
+        jobs = list(service._jobs)
+    return sum(job.future.cancel() for job in jobs)
 
 
 class LanguageEngine(Protocol):
@@ -126,6 +138,8 @@ class StageFailure(Exception):
 _DONE = object()
 _SUMMARY_REQUEST = object()
 TRUNCATION_TOLERANCE = 1.0  # seconds of audio missing before the header's duration counts as a truncation
+EXIT_DEADLINE_SECONDS = 30.0  # a hurried (cancelled) run's last flush, feed and notes, together
+T = TypeVar("T")
 
 
 class Pipeline:
@@ -139,6 +153,7 @@ class Pipeline:
         live: bool = False,
         service: LmService | None = None,
         speakers: dict[str, str] | None = None,
+        exit_deadline: float = EXIT_DEADLINE_SECONDS,
     ) -> None:
         self.settings = settings
         if hasattr(transcriber, "push"):
@@ -177,6 +192,11 @@ class Pipeline:
         self._summary_pending = False
         self._questions_pending = 0
         self._answer_ids = itertools.count(1)
+        self.exit_deadline = exit_deadline
+        self._exit_by: float | None = None  # loop time a hurried run's exit must be done by
+        self._hurried = asyncio.Event()
+        self._in_flight: tuple[asyncio.Future[list[Segment]], str | None] | None = None  # a push a cancellation cut short
+        self._flushed: set[str | None] = set()  # tracks whose transcriber was flushed
 
     # -- control from outside (CLI, server) ------------------------------------------------------
 
@@ -276,13 +296,18 @@ class Pipeline:
         except asyncio.CancelledError:
             cancelled = True
             self.result.interrupted = True
+            self._hurry()
         try:
             finishing = asyncio.ensure_future(self._finish(list(questions), duration))
-            try:
-                await asyncio.shield(finishing)
-            except asyncio.CancelledError:  # cancelled again while finishing: let the notes be written
-                cancelled = True
-                await finishing
+            while True:
+                try:
+                    await asyncio.shield(finishing)
+                    break
+                except asyncio.CancelledError:  # cancelled (again) while finishing: the notes still come, hurried
+                    if finishing.done():
+                        break
+                    cancelled = True
+                    self._hurry()
         finally:
             self.result.wall_seconds = time.perf_counter() - began
             self.result.stage_seconds = dict(self.clock.seconds)
@@ -293,10 +318,36 @@ class Pipeline:
                 except Exception:
                     pass
             if self._owns_service:  # joined: a process must not exit with the worker inside torch
+                if self._exit_by is not None:
+                    abandon_model_work(self.service)  # what the hurried exit left behind would hold the join
                 await asyncio.to_thread(self.service.close, True)
         if cancelled:
             raise asyncio.CancelledError
         return self.result
+
+    def _hurry(self) -> None:
+        """From now on the exit (flush, last feed, notes) has `exit_deadline` seconds."""
+        if self._exit_by is None:
+            self._exit_by = asyncio.get_running_loop().time() + self.exit_deadline
+            self._hurried.set()
+
+    async def _bounded(self, work: Awaitable[T]) -> tuple[bool, T | None]:
+        """(done, result) of `work`: it runs to its end, unless the run is hurried and the exit deadline
+        passes first (then it is left behind: a worker thread cannot be stopped, only not waited for).
+        Its exception, if it raised, is raised here."""
+        task = asyncio.ensure_future(work)
+        loop = asyncio.get_running_loop()
+        while not task.done():
+            if self._exit_by is None:
+                hurried = asyncio.ensure_future(self._hurried.wait())
+                await asyncio.wait({task, hurried}, return_when=asyncio.FIRST_COMPLETED)
+                hurried.cancel()
+                continue
+            remaining = self._exit_by - loop.time()
+            if remaining <= 0:
+                return False, None
+            await asyncio.wait({task}, timeout=remaining)
+        return True, task.result()
 
     async def _supervised(self, stage: str, work: Any) -> None:
         try:
@@ -363,14 +414,20 @@ class Pipeline:
                 if self.live:
                     self.stats.level_db = level_dbfs(chunk.samples)
                 transcriber = self._transcriber(chunk.track)
-                await self._publish(await self.clock.run("asr", recognizing(transcriber.push), chunk), chunk.track)
+                work = asyncio.ensure_future(self.clock.run("asr", recognizing(transcriber.push), chunk))
+                self._in_flight = (work, chunk.track)
+                segments = await asyncio.shield(work)  # cancelled here, the push goes on and _salvage takes its words
+                self._in_flight = None
+                await self._publish(segments, chunk.track)
                 if chunk.captured_at is not None:
                     self.stats.asr_lag = max(0.0, time.time() - chunk.captured_at)
                 if chunk.end - last_progress >= self.settings.output.progress_every_seconds:
                     self.emit(self._progress(chunk.end, duration))
                     last_progress = chunk.end
             for track, transcriber in list(self.transcribers.items()):
-                await self._publish(await self.clock.run("asr", recognizing(transcriber.flush)), track)
+                segments = await self.clock.run("asr", recognizing(transcriber.flush))
+                self._flushed.add(track)
+                await self._publish(segments, track)
         except Exception as error:  # keep what was transcribed: notes and files still get finished
             self._fatal(f"speech recognition failed: {error}", "asr")
         finally:
@@ -405,7 +462,15 @@ class Pipeline:
         )
 
     async def _publish(self, segments: list[Segment], track: str | None) -> None:
+        for segment in self._record(segments, track):
+            if self.stats.oldest_unfed is None:
+                self.stats.oldest_unfed = time.time()
+            await self._to_llm.put(segment)
+
+    def _record(self, segments: list[Segment], track: str | None) -> list[Segment]:
+        """Emits the segments (labelled with the track's speaker); keeps and returns the final ones."""
         speaker = self.speakers.get(track, track) if track is not None else None
+        finals: list[Segment] = []
         for segment in segments:
             if speaker is not None and segment.speaker is None:
                 segment = segment.model_copy(update={"speaker": speaker})
@@ -413,13 +478,11 @@ class Pipeline:
                 self.speaker_names.observe(segment)
                 segment = segment.model_copy(update={"speaker": self.speaker_names.name_of(segment.speaker)})
             self.emit(segment)
-            if not segment.final:
-                continue
-            self.result.segments.append(segment)
-            self.minutes.on_segment(segment)
-            if self.stats.oldest_unfed is None:
-                self.stats.oldest_unfed = time.time()
-            await self._to_llm.put(segment)
+            if segment.final:
+                self.result.segments.append(segment)
+                self.minutes.on_segment(segment)
+                finals.append(segment)
+        return finals
 
     # -- LLM stage -----------------------------------------------------------------------------------
 
@@ -569,6 +632,8 @@ class Pipeline:
     async def _finish(self, questions: list[str], duration: float | None) -> None:
         """The questions asked for the end and the final notes, side by side: the service decodes the
         answers' tokens together with the notes' forks, so the notes do not wait for the answers."""
+        await self._bounded(self._engine_ready())  # in case the LLM stage never got to it: what is salvaged is fed
+        await self._salvage()
         end = self.result.audio_seconds
         self.clock.audio_ended = True
         self.emit(Status(state="progress", position=end, duration=duration, detail="writing notes"))
@@ -577,23 +642,70 @@ class Pipeline:
             for question in questions:
                 await self.ask(question)
 
-        await self._engine_ready()  # in case the LLM stage never got to it
         memory_start = self._memory_start()
         notes: Notes | None = None
         answering = asyncio.ensure_future(answer_all())
         try:
             if self._feeding:  # an interrupted stage may leave a feed in flight
-                await asyncio.gather(*self._feeding, return_exceptions=True)
+                await self._bounded(asyncio.gather(*self._feeding, return_exceptions=True))
             if self._extraction is not None:  # its items merge before the last stretch's
-                await self._extraction
+                await self._bounded(asyncio.shield(self._extraction))
             if self.engine is not None:
-                notes = await self._guarded(asyncio.to_thread(self.minutes.final_notes, self._served(Priority.NOTES), [], end,
-                                                              memory_start))
-            if notes is None:  # no model, or it failed: notes from what the transcript alone gives
+                _, notes = await self._bounded(self._guarded(
+                    asyncio.to_thread(self.minutes.final_notes, self._served(Priority.NOTES), [], end, memory_start)))
+            if notes is None:  # no model, it failed, or the exit deadline passed: notes from the transcript alone
                 notes = await asyncio.to_thread(self.minutes.final_notes, None, [], end)
             if notes.summary:
                 self.emit(Summary(start=memory_start, end=end, text=notes.summary, final=True))
         finally:
-            await answering
+            answered, _ = await self._bounded(answering)
+            if not answered:
+                answering.cancel()
         named = [item.model_copy(update={"owner": self.speaker_names.name_of(item.owner)}) for item in notes.action_items]
         self.emit(notes.model_copy(update={"answers": list(self.answers), "action_items": named}))
+
+    async def _salvage(self) -> None:
+        """However the stages ended, what the transcribers still hold becomes transcript, and final text
+        the LLM stage never read is fed, so the notes cover all that was heard. A hurried run waits for
+        this until its exit deadline; what misses it is reported as dropped audio."""
+        lost = 0.0
+        salvaged: list[Segment] = []
+        if self._in_flight is not None:  # a push cut short by a cancellation: its thread finishes it
+            work, track = self._in_flight
+            self._in_flight = None
+            try:
+                done, segments = await self._bounded(asyncio.shield(work))
+                if done and segments:
+                    salvaged += self._record(segments, track)
+                if not done:  # still inside the model: that transcriber cannot be flushed beside it
+                    self._flushed.add(track)
+                    lost += float(getattr(self.transcribers.get(track), "buffered_seconds", 0.0))
+            except Exception:
+                pass  # the push failed: the ASR stage reported it
+        for track, transcriber in list(self.transcribers.items()):
+            if track in self._flushed:
+                continue
+            self._flushed.add(track)
+            try:
+                done, segments = await self._bounded(self.clock.run("asr", recognizing(transcriber.flush)))
+            except Exception as error:
+                self.emit(Error(message=f"speech recognition failed while flushing: {error}", source="asr"))
+                done, segments = False, None
+            if done:
+                salvaged += self._record(segments or [], track)
+            else:
+                lost += float(getattr(transcriber, "buffered_seconds", 0.0))
+        if lost:
+            self.report_dropped(lost, "heard, but not transcribed before the exit deadline")
+        unfed = []
+        while not self._to_llm.empty():  # final text the LLM stage did not get to
+            item = self._to_llm.get_nowait()
+            if isinstance(item, Segment):
+                unfed.append(item)
+        unfed += salvaged
+        feeding = self._feed_now(unfed)
+        if feeding is not None:
+            try:
+                await self._bounded(feeding)
+            except Exception as error:  # the model's bookkeeping broke (it already crashed the LLM stage)
+                self.emit(Error(message=f"language model: {error}", source="llm"))

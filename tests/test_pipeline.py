@@ -460,3 +460,141 @@ async def test_a_diarized_label_takes_the_name_the_meeting_gives_it_from_then_on
     assert [s.speaker for s in result.segments] == ["Dana", "Speaker 2", "Dana", "Speaker 2"]  # named at its own introduction
     notes = next(e for e in read_events(tmp_path) if e.type == "notes")
     assert [a.owner for a in notes.action_items] == ["Dana"]  # the label the LM read, resolved at the end
+
+
+# -- every way out of a run keeps what was heard -----------------------------------------------------------
+
+
+async def until(condition, timeout: float = 60.0) -> None:
+    """Waits for `condition()` with a deadline (a guard against a hang, not a timing check)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+class HoldsUntilFlush:
+    """A transcriber that, like the streaming policy mid-utterance, holds its audio until it is flushed:
+    the words of the open utterance exist only once `flush` runs. `first_final` emits one final at once."""
+
+    def __init__(self, first_final: str | None = None, flush_gate: threading.Event | None = None) -> None:
+        self.pushed = 0
+        self.held_from: float | None = None
+        self.held_to = 0.0
+        self.first_final = first_final
+        self.flush_gate = flush_gate
+
+    @property
+    def buffered_seconds(self) -> float:
+        return self.held_to - (self.held_from or 0.0)
+
+    def push(self, chunk: AudioChunk) -> list[Segment]:
+        self.pushed += 1
+        if self.pushed == 1 and self.first_final:
+            return [Segment(final=True, start=chunk.start, end=chunk.end, text=self.first_final)]
+        self.held_from = chunk.start if self.held_from is None else self.held_from
+        self.held_to = chunk.end
+        return []
+
+    def flush(self) -> list[Segment]:
+        if self.flush_gate is not None:
+            self.flush_gate.wait(timeout=60)
+        if self.held_from is None:
+            return []
+        return [Segment(final=True, start=self.held_from, end=self.held_to, text="Maria will call the roaster.")]
+
+
+async def test_a_cancelled_run_flushes_the_open_utterance_into_transcript_and_notes(tmp_path: Path) -> None:
+    # A second Ctrl-C, or a server past its shutdown deadline, cancels the run mid-utterance.
+    settings = Settings.model_validate({})
+    engine = RecordingEngine()
+    transcriber = HoldsUntilFlush()
+    pipeline = Pipeline(settings, transcriber, engine, file_sinks(tmp_path, settings.output.formats), live=True)
+    running = asyncio.create_task(pipeline.run(endless_chunks()))
+    await until(lambda: transcriber.pushed >= 4)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert "Maria will call the roaster." in (tmp_path / "transcript.txt").read_text()
+    assert any("Maria will call the roaster." in text for text in engine.fed)  # the notes' model read it
+    events = read_events(tmp_path)
+    assert events[-2].type == "notes" and events[-1].type == "status" and events[-1].state == "finished"
+
+
+class BreaksOnceAudioIsHeld(CountingEngine):
+    """Its feed returns garbage (the stage crashes) once the transcriber holds an open utterance."""
+
+    def __init__(self, transcriber: HoldsUntilFlush) -> None:
+        super().__init__()
+        self.transcriber = transcriber
+
+    def feed(self, text: str) -> int:
+        deadline = time.monotonic() + 60
+        while self.transcriber.pushed < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return "many"  # type: ignore[return-value]
+
+
+async def test_a_crashed_llm_stage_does_not_lose_the_audio_the_asr_held(tmp_path: Path) -> None:
+    # The LLM stage crashes; the TaskGroup cancels the ASR stage mid-utterance.
+    settings = Settings.model_validate({})
+    transcriber = HoldsUntilFlush(first_final="We ship in April.")
+    engine = BreaksOnceAudioIsHeld(transcriber)
+    pipeline = Pipeline(settings, transcriber, engine, file_sinks(tmp_path, settings.output.formats), live=True)
+    result = await asyncio.wait_for(pipeline.run(endless_chunks()), timeout=60)  # a guard against a hang
+    assert result.fatal_error is not None and "llm stage crashed" in result.fatal_error
+    assert (tmp_path / "transcript.txt").read_text().splitlines()[-1].endswith("Maria will call the roaster.")
+    assert (tmp_path / "notes.md").is_file()
+
+
+async def test_a_hurried_exit_says_what_it_could_not_transcribe_in_time(tmp_path: Path) -> None:
+    settings = Settings.model_validate({"llm": {"enabled": False}})
+    gate = threading.Event()  # the flush is stuck in the model until the test ends
+    transcriber = HoldsUntilFlush(flush_gate=gate)
+    pipeline = Pipeline(settings, transcriber, None, file_sinks(tmp_path, settings.output.formats), live=True, exit_deadline=0.5)
+    running = asyncio.create_task(pipeline.run(endless_chunks()))
+    await until(lambda: transcriber.pushed >= 4)
+    running.cancel()
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(running, timeout=60)
+    finally:
+        gate.set()
+    events = read_events(tmp_path)
+    lost = [e for e in events if isinstance(e, Error) and "not transcribed before the exit deadline" in e.message]
+    assert len(lost) == 1 and f"dropped {transcriber.buffered_seconds:.1f} s" in lost[0].message
+    assert events[-2].type == "notes" and (tmp_path / "notes.md").is_file()
+    assert pipeline.result.dropped_seconds == pytest.approx(transcriber.buffered_seconds)
+
+
+class NotesNeverCome(RecordingEngine):
+    """The LM is still deep in the notes when the run must end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def complete(self, instruction: str, max_new_tokens: int, *, structured: bool = False) -> str:
+        self.release.wait(timeout=60)
+        return super().complete(instruction, max_new_tokens, structured=structured)
+
+
+async def test_cancelled_while_writing_notes_the_notes_come_from_the_transcript_by_the_deadline(tmp_path: Path) -> None:
+    from livesum.llm.service import LmService
+
+    settings = Settings.model_validate({})
+    engine = NotesNeverCome()
+    service = LmService()
+    pipeline = Pipeline(settings, OneSegmentPerChunk(), engine, file_sinks(tmp_path, settings.output.formats),
+                        service=service, exit_deadline=0.5)
+    running = asyncio.create_task(pipeline.run(chunks(4), duration=2.0))
+    try:
+        await until(lambda: pipeline.clock.audio_ended)
+        running.cancel()  # once: the run is hurried; the LM's notes get half a second
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(running, timeout=60)
+    finally:
+        engine.release.set()
+        await asyncio.to_thread(service.close, True)
+    notes = [e for e in read_events(tmp_path) if e.type == "notes"]
+    assert len(notes) == 1 and notes[0].key_points == []  # from the transcript alone, not the stuck model
+    assert "Words were said." in (tmp_path / "transcript.txt").read_text()

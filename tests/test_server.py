@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from livesum.config import Settings, load_settings
@@ -52,7 +54,8 @@ def espeak_pcm(text: str, tmp: Path) -> bytes:
 
 def server_settings(data_dir: Path, **server: object) -> Settings:
     overrides = {
-        "server": {"port": 0, "data_dir": str(data_dir), "resume_grace_seconds": 20, "session_queue_seconds": 120, "idle_timeout_seconds": 300, **server},
+        "server": {"port": 0, "data_dir": str(data_dir), "resume_grace_seconds": 20, "session_queue_seconds": 120, "idle_timeout_seconds": 300,
+                   "override_minimums": {"llm.summary_every_seconds": 5}, **server},
         "llm": {"summary_every_seconds": 600, "engine": {"max_summary_tokens": 32, "max_answer_tokens": 24}},
         "output": {"console": False, "progress_every_seconds": 2},
     }
@@ -94,6 +97,18 @@ def start(connection: ClientConnection, **fields: object) -> None:
     connection.send(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", **fields}))
 
 
+def welcome(connection: ClientConnection) -> Envelope:
+    """The connection-level message that answers a `start`: the session's resume secret."""
+    envelope = Envelope.model_validate_json(connection.recv(60))
+    assert envelope.seq is None and envelope.resume_secret, envelope
+    return envelope
+
+
+def numbered(envelopes: list[Envelope]) -> list[Envelope]:
+    """The session's record: connection-level messages (seq null) left out."""
+    return [item for item in envelopes if item.seq is not None]
+
+
 def send_audio(connection: ClientConnection, pcm: bytes, pace: float = 0.0) -> None:
     """100 ms frames; `pace` 1.0 = real time, 0 = as fast as the socket takes them."""
     began = time.monotonic()
@@ -119,7 +134,7 @@ def finals(envelopes: list[Envelope]) -> list[Segment]:
 @pytest.mark.slow
 def test_native_stream_gives_transcript_summaries_answer_and_notes(server: RunningServer) -> None:
     pcm = speech_pcm()
-    with connect(server.url(session="native-1"), max_size=None) as connection:
+    with connect(server.url(session="native-1"), max_size=None, max_queue=None, ping_interval=None) as connection:
         start(connection, overrides={"llm.summary_every_seconds": 8})
         half = len(pcm) // 2 // FRAME_BYTES * FRAME_BYTES
         send_audio(connection, pcm[:half])
@@ -131,7 +146,9 @@ def test_native_stream_gives_transcript_summaries_answer_and_notes(server: Runni
             envelopes.append(Envelope.model_validate_json(connection.recv(600)))
         connection.send(json.dumps({"type": "stop"}))
         envelopes += read_until_notes(connection)
-    assert [item.seq for item in envelopes] == list(range(1, len(envelopes) + 1))
+    record = numbered(envelopes)
+    assert [item.seq for item in record] == list(range(1, len(record) + 1))
+    assert envelopes[0].resume_secret and envelopes[0].seq is None  # the welcome comes first
     assert {item.session for item in envelopes} == {"native-1"}
     text = " ".join(segment.text for segment in finals(envelopes))
     assert wer(SPEECH_REFERENCE.read_text(), text) < MAX_WER, text
@@ -154,7 +171,7 @@ def test_two_sessions_at_once_do_not_mix(server: RunningServer, tmp_path: Path) 
     results: dict[str, list[Envelope]] = {}
 
     def run(session: str, pcm: bytes) -> None:
-        with connect(server.url(session=session), max_size=None) as connection:
+        with connect(server.url(session=session), max_size=None, max_queue=None, ping_interval=None) as connection:
             start(connection, speaker=session)
             send_audio(connection, pcm)
             connection.send(json.dumps({"type": "stop"}))
@@ -179,8 +196,9 @@ def test_reconnect_with_resume_loses_no_event_and_no_audio(server: RunningServer
     pcm = speech_pcm()
     cut = len(pcm) // 2 // FRAME_BYTES * FRAME_BYTES
     seen: list[Envelope] = []
-    connection = connect(server.url(session="resumed"), max_size=None)
+    connection = connect(server.url(session="resumed"), max_size=None, max_queue=None, ping_interval=None)
     start(connection)
+    secret = welcome(connection).resume_secret
     send_audio(connection, pcm[:cut])
     while not any(isinstance(item.event, Segment) for item in seen):  # transcription is under way
         seen.append(Envelope.model_validate_json(connection.recv(300)))
@@ -189,8 +207,8 @@ def test_reconnect_with_resume_loses_no_event_and_no_audio(server: RunningServer
     connection.socket.close()
     last_seq = seen[-1].seq
     assert last_seq is not None
-    with connect(server.url(session="resumed"), max_size=None) as again:
-        again.send(json.dumps({"type": "resume", "last_seq": last_seq}))
+    with connect(server.url(session="resumed"), max_size=None, max_queue=None, ping_interval=None) as again:
+        again.send(json.dumps({"type": "resume", "last_seq": last_seq, "secret": secret}))
         send_audio(again, pcm[cut:])
         again.send(json.dumps({"type": "stop"}))
         rest = read_until_notes(again)
@@ -200,3 +218,113 @@ def test_reconnect_with_resume_loses_no_event_and_no_audio(server: RunningServer
     assert wer(SPEECH_REFERENCE.read_text(), text) < MAX_WER, text
     ends = max(segment.end for segment in finals(every))
     assert ends > 0.9 * len(pcm) / 2 / 16000  # audio after the reconnect continued the same stream clock
+
+
+def closed_with(connection: ClientConnection, timeout: float = 120) -> tuple[list[Envelope], int | None]:
+    """Every message until the server closes the connection, and the close code."""
+    received = []
+    try:
+        while True:
+            received.append(Envelope.model_validate_json(connection.recv(timeout)))
+    except ConnectionClosed as closed:
+        return received, closed.rcvd.code if closed.rcvd else None
+
+
+def test_a_resume_needs_the_secret_the_start_returned(server: RunningServer) -> None:
+    with connect(server.url(session="secret-1"), max_size=None, max_queue=None, ping_interval=None) as owner:
+        start(owner)
+        secret = welcome(owner).resume_secret
+        assert secret and len(secret) >= 24
+        with connect(server.url(session="secret-1")) as intruder:  # knows the id (and the server token), not the secret
+            intruder.send(json.dumps({"type": "resume", "last_seq": 0, "secret": "guessed"}))
+            messages, code = closed_with(intruder)
+        assert code == 4401 and "wrong resume secret" in messages[0].event.message  # type: ignore[union-attr]
+        with connect(server.url(session="secret-1")) as again:  # the rightful client takes its session back
+            again.send(json.dumps({"type": "resume", "last_seq": 0, "secret": secret}))
+            first = Envelope.model_validate_json(again.recv(60))
+            assert first.seq == 1 and first.event.type == "status"
+            again.send(json.dumps({"type": "stop"}))
+            rest, code = closed_with(again, 300)
+        assert code == 1000 and any(item.event.type == "notes" for item in rest)
+
+
+@pytest.mark.slow
+def test_a_watcher_sees_the_same_events_read_only_and_a_stalled_one_does_not_slow_the_feeder(server: RunningServer) -> None:
+    pcm = speech_pcm()
+    with contextlib.ExitStack() as stack, connect(server.url(session="watched"), max_size=None, max_queue=None, ping_interval=None) as feeder:
+        start(feeder)
+        welcome(feeder)
+        send_audio(feeder, pcm[: len(pcm) // 4 // FRAME_BYTES * FRAME_BYTES])
+        stalled = stack.enter_context(connect(server.url(session="watched")))  # watches, then never reads a message
+        stalled.send(json.dumps({"type": "watch", "last_seq": 0}))
+        with connect(server.url(session="watched"), max_size=None, max_queue=None, ping_interval=None) as watcher:
+            watcher.send(json.dumps({"type": "watch", "last_seq": 0}))
+            send_audio(feeder, pcm[len(pcm) // 4 // FRAME_BYTES * FRAME_BYTES:])
+            feeder.send(json.dumps({"type": "stop"}))
+            fed, fed_code = closed_with(feeder, 600)
+            watched, watched_code = closed_with(watcher, 600)
+    assert fed_code == watched_code == 1000
+    assert [item.model_dump(exclude={"resume_secret"}) for item in numbered(fed)] == [item.model_dump() for item in watched]
+    assert any(item.event.type == "notes" for item in watched) and finals(watched)
+    with connect(server.url(session="watch-rw")) as writer:
+        start(writer)
+        welcome(writer)
+        with connect(server.url(session="watch-rw")) as watcher:
+            watcher.send(json.dumps({"type": "watch", "last_seq": 0}))
+            assert Envelope.model_validate_json(watcher.recv(60)).seq == 1
+            watcher.send(pcm16(np.zeros(1600, dtype=np.float32)))  # a watcher cannot feed audio
+            messages, code = closed_with(watcher)
+        assert code == 4400 and any("read-only" in item.event.message for item in messages if item.event.type == "error")  # type: ignore[union-attr]
+        writer.send(json.dumps({"type": "stop"}))
+        _, code = closed_with(writer, 300)
+        assert code == 1000
+
+
+def test_concurrent_starts_never_exceed_max_sessions_nor_share_an_id(server: RunningServer) -> None:
+    limit = server.settings.server.max_sessions
+    ids = [f"race-{n}" for n in range(limit + 4)] + ["race-0"]  # 4 too many, and one id twice
+    with contextlib.ExitStack() as stack:
+        connections = [stack.enter_context(connect(server.url(session=session_id))) for session_id in ids]
+        for connection in connections:  # all starts land before any engine exists (that takes the LM thread)
+            start(connection)
+        first = [Envelope.model_validate_json(connection.recv(120)) for connection in connections]
+        admitted = [n for n, envelope in enumerate(first) if envelope.resume_secret]
+        for n in admitted:
+            connections[n].send(json.dumps({"type": "stop"}))
+        codes = [closed_with(connection, 300)[1] for connection in connections]
+    assert len(admitted) == limit
+    assert sorted(codes[n] for n in range(len(ids)) if n not in admitted) == [1013] * 4 + [4409]
+    assert all(codes[n] == 1000 for n in admitted)
+    assert len({ids[n] for n in admitted}) == limit
+
+
+@pytest.mark.slow
+def test_a_question_flood_is_refused_in_bounded_events_and_another_session_keeps_its_transcript(server: RunningServer, tmp_path: Path) -> None:
+    other = espeak_pcm("The quarterly budget review is moved to Thursday. Maria will send the spreadsheet.", tmp_path)
+    result: dict[str, list[Envelope]] = {}
+
+    def stream_other() -> None:
+        with connect(server.url(session="beside-flood"), max_size=None, max_queue=None, ping_interval=None) as connection:
+            start(connection)
+            send_audio(connection, other, pace=1.0)
+            connection.send(json.dumps({"type": "stop"}))
+            result["other"] = closed_with(connection, 600)[0]
+
+    beside = threading.Thread(target=stream_other)
+    beside.start()
+    with connect(server.url(session="flood-q"), max_size=None, max_queue=None, ping_interval=None) as flood:
+        start(flood)
+        welcome(flood)
+        send_audio(flood, speech_pcm()[: 5 * 32000])
+        for n in range(3000):
+            flood.send(json.dumps({"type": "ask", "question": f"What was said, question {n}?"}))
+        flood.send(json.dumps({"type": "stop"}))
+        flooded, code = closed_with(flood, 600)
+    beside.join(600)
+    assert code == 1000 and any(item.event.type == "notes" for item in flooded)
+    refused = [item for item in flooded if item.event.type == "error" and "question refused" in item.event.message]  # type: ignore[union-attr]
+    answers = [item for item in flooded if item.event.type == "answer"]
+    assert 1 <= len(answers) <= 3000 and len(refused) <= 20 + 3000 // 100  # thinned: the first 20, then every 100th
+    assert len(flooded) < 400  # the record stays small: no event per refused question
+    text = " ".join(segment.text for segment in finals(result["other"])).lower()
+    assert "budget" in text and "thursday" in text

@@ -20,7 +20,7 @@ from conftest import REPO, SPEECH_REFERENCE, SPEECH_SAMPLE, run_cli
 from livesum.config import load_settings
 from livesum.events import Segment
 from livesum.server.protocol import Envelope
-from test_server import FRAME_BYTES, RunningServer, send_audio, speech_pcm, start, wer
+from test_server import FRAME_BYTES, RunningServer, closed_with, send_audio, speech_pcm, start, welcome, wer
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -33,7 +33,8 @@ BUDGET = "The quarterly budget review is moved to Thursday. Maria will send the 
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     overrides = {
         "server": {"port": 0, "data_dir": str(tmp_path_factory.mktemp("sessions")), "token": TOKEN, "max_sessions": 3,
-                   "resume_grace_seconds": 2, "idle_timeout_seconds": 30, "session_queue_seconds": 120, "max_frame_bytes": 65536},
+                   "resume_grace_seconds": 2, "idle_timeout_seconds": 30, "session_queue_seconds": 120, "max_frame_bytes": 65536,
+                   "open_timeout_seconds": 3, "max_connections_per_address": 8},
         "llm": {"enabled": False},
         "output": {"console": False},
     }
@@ -92,7 +93,7 @@ def twilio_media(sid: str, track: str, payload: bytes, timestamp_ms: int, number
 def test_twilio_both_tracks_are_two_speakers(server: RunningServer, budget_wav: Path) -> None:
     inbound, outbound = sox_raw(SPEECH_SAMPLE, 8000, "mu-law", 8), sox_raw(budget_wav, 8000, "mu-law", 8)
     sid = "MZtwilio0001"
-    with connect(server.url("/twilio"), max_size=None) as connection:
+    with connect(server.url("/twilio"), max_size=None, max_queue=None, ping_interval=None) as connection:
         connection.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
         start_message = {
             "accountSid": "AC1", "streamSid": sid, "callSid": "CA1", "tracks": ["inbound", "outbound"],
@@ -144,7 +145,7 @@ def test_telnyx_frames_out_of_order_are_put_back_in_order(server: RunningServer)
         window = frames[block: block + 10]
         shuffler.shuffle(window)
         frames[block: block + 10] = window
-    with connect(server.url("/telnyx", token=TOKEN), max_size=None) as connection:
+    with connect(server.url("/telnyx", token=TOKEN), max_size=None, max_queue=None, ping_interval=None) as connection:
         connection.send(json.dumps({"event": "connected", "version": "1.0.0"}))
         start_message = {"user_id": "u1", "call_control_id": "v3:abc", "from": "+1", "to": "+2",
                          "media_format": {"encoding": "PCMA", "sample_rate": 8000, "channels": 1}}
@@ -156,11 +157,11 @@ def test_telnyx_frames_out_of_order_are_put_back_in_order(server: RunningServer)
     assert wer(SPEECH_REFERENCE.read_text(), text_of(segments)) < TELEPHONE_WER, text_of(segments)
 
 
-def recall_audio(participant: tuple[int, str], pcm: bytes, relative: float) -> str:
+def recall_audio(participant: tuple[int, str], pcm: bytes, relative: float, bot: str = "bot-recall-1") -> str:
     data = {"buffer": base64.b64encode(pcm).decode(), "timestamp": {"relative": relative, "absolute": "2026-01-01T00:00:00Z"},
             "participant": {"id": participant[0], "name": participant[1], "is_host": False, "platform": "zoom", "extra_data": {}}}
     envelope = {"data": data, "realtime_endpoint": {"id": "re1", "metadata": {}}, "recording": {"id": "rec1", "metadata": {}},
-                "bot": {"id": "bot-recall-1", "metadata": {}}, "audio_separate_raw": {"id": "asr1", "metadata": {}}}
+                "bot": {"id": bot, "metadata": {}}, "audio_separate_raw": {"id": "asr1", "metadata": {}}}
     return json.dumps({"event": "audio_separate_raw.data", "data": envelope})
 
 
@@ -168,7 +169,7 @@ def recall_audio(participant: tuple[int, str], pcm: bytes, relative: float) -> s
 def test_recall_separate_audio_labels_each_participant(server: RunningServer, budget_wav: Path) -> None:
     alice, bob = speech_pcm(), speech_pcm(budget_wav)
     bob_starts = len(alice) / 32000 + 1.0  # Bob speaks after Alice; Alice's track is silent (not sent) then
-    with connect(server.url("/recall", token=TOKEN), max_size=None) as connection:
+    with connect(server.url("/recall", token=TOKEN), max_size=None, max_queue=None, ping_interval=None) as connection:
         connection.send(json.dumps({"event": "participant_events.join", "data": {"data": {"participant": {"id": 1, "name": "Alice"}}}}))
         for offset in range(0, len(alice), FRAME_BYTES):
             connection.send(recall_audio((1, "Alice"), alice[offset: offset + FRAME_BYTES], offset / 32000))
@@ -183,7 +184,7 @@ def test_recall_separate_audio_labels_each_participant(server: RunningServer, bu
 
 def stream_vonage(server: RunningServer, session: str) -> list[Segment]:
     audio = sox_raw(SPEECH_SAMPLE, 8000, "signed-integer", 16)
-    with connect(server.url("/vonage", session=session), additional_headers=AUTH, max_size=None) as connection:
+    with connect(server.url("/vonage", session=session), additional_headers=AUTH, max_size=None, max_queue=None, ping_interval=None) as connection:
         connection.send(json.dumps({"event": "websocket:connected", "content-type": "audio/l16;rate=8000", "caller": "+1"}))
         for offset in range(0, len(audio), 320):  # 20 ms frames
             connection.send(audio[offset: offset + 320])
@@ -218,7 +219,9 @@ def test_native_token_is_checked_before_the_upgrade(server: RunningServer) -> No
         ('{"type": "start", "sample_rate": 1000}', 4400, "sample_rate"),
         ('{"type": "start", "overrides": {"server.token": "x"}}', 4400, "not allowed"),
         ('{"type": "ask", "question": "hi"}', 4400, "first message must be start"),
-        ('{"type": "resume", "last_seq": 3}', 4404, "no session"),
+        ('{"type": "resume", "last_seq": 3, "secret": "s"}', 4404, "no session"),
+        ('{"type": "start", "overrides": {"llm.summary_every_seconds": 1}}', 4400, "at least 60"),
+        ('{"type": "watch", "last_seq": 0}', 4404, "no running session"),
         ("{not json", 4400, "malformed JSON"),
     ],
 )
@@ -233,7 +236,7 @@ def test_bad_first_messages_get_an_error_and_a_close_code(server: RunningServer,
 @pytest.mark.slow
 def test_bad_frames_mid_stream_are_reported_and_the_stream_goes_on(server: RunningServer) -> None:
     pcm = speech_pcm()
-    with connect(server.url(session="bad-frames"), additional_headers=AUTH, max_size=None) as connection:
+    with connect(server.url(session="bad-frames"), additional_headers=AUTH, max_size=None, max_queue=None, ping_interval=None) as connection:
         start(connection)
         connection.send("{oops")
         connection.send('{"type": "dance"}')
@@ -273,6 +276,88 @@ def test_oversized_frame_closes_1009_and_max_sessions_closes_1013(server: Runnin
         for connection in open_connections:
             connection.send('{"type": "stop"}')
             assert closed_code(connection) == 1000  # finished: notes sent, then closed
+
+
+def test_a_finished_session_id_is_never_reused(server: RunningServer) -> None:
+    with connect(server.url(session="used-once"), additional_headers=AUTH, max_size=None, max_queue=None, ping_interval=None) as connection:
+        start(connection)
+        welcome(connection)
+        send_audio(connection, speech_pcm()[: 3 * 32000])
+        connection.send('{"type": "stop"}')
+        assert closed_with(connection, 300)[1] == 1000
+    folder = server.settings.server.data_dir / "used-once"
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    with connect(server.url(session="used-once"), additional_headers=AUTH) as again:
+        start(again)
+        messages, code = closed_with(again)
+    assert code == 4409 and "belongs to a finished session" in messages[0].event.message  # type: ignore[union-attr]
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before  # nothing reopened, nothing wiped
+
+
+def test_a_vendor_socket_without_its_credential_is_closed_at_the_open_deadline(server: RunningServer) -> None:
+    # Keepalive-looking frames (connected, mark, dtmf) used to reset the idle timer forever.
+    with connect(server.url("/twilio")) as connection:
+        connection.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+        deadline = time.monotonic() + 30
+        code = None
+        while code is None and time.monotonic() < deadline:
+            try:
+                connection.send(json.dumps({"event": "mark", "streamSid": "MZx", "mark": {"name": "m"}}))
+                connection.recv(0.3)
+            except TimeoutError:
+                continue
+            except ConnectionClosed as closed:
+                code = closed.rcvd.code if closed.rcvd else None
+    assert code == 4408
+
+
+def test_connections_per_address_are_capped_and_released(server: RunningServer) -> None:
+    cap = server.settings.server.max_connections_per_address
+    with contextlib.ExitStack() as stack:
+        for _ in range(cap):
+            stack.enter_context(connect(server.url(session="capped", token=TOKEN)))
+        with pytest.raises(InvalidStatus) as refused:
+            connect(server.url(session="capped", token=TOKEN))
+        assert refused.value.response.status_code == 429
+    deadline = time.monotonic() + 30  # the server counts a connection until its TCP connection is closed
+    while True:
+        try:
+            with connect(server.url(session="capped-after", token=TOKEN)):
+                break
+        except InvalidStatus:
+            assert time.monotonic() < deadline, "connections were not released"
+            time.sleep(0.2)
+
+
+def test_telnyx_holds_back_a_bounded_number_of_bytes_for_reordering() -> None:
+    from livesum.server.adapters import Audio
+    from livesum.server.adapters.telnyx import TelnyxAdapter
+
+    adapter = TelnyxAdapter({}, max_buffered_bytes=2000)
+    start_message = {"event": "start", "sequence_number": "1", "stream_id": "t", "start": {"media_format": {"encoding": "PCMU", "sample_rate": 8000}}}
+    adapter.on_message(start_message)
+    payload = base64.b64encode(b"\xff" * 600).decode()  # 800 base64 characters a frame
+    released = []
+    for number in range(3, 9):  # frame 2 never comes
+        released += adapter.on_message({"event": "media", "sequence_number": str(number), "media": {"payload": payload}})
+    assert adapter.held_bytes <= 2000
+    assert len([action for action in released if isinstance(action, Audio)]) >= 4  # gave up waiting for frame 2
+
+
+@pytest.mark.slow
+def test_recall_clocks_follow_the_vendor_timestamps_across_a_long_silence(server: RunningServer, budget_wav: Path) -> None:
+    # Bob speaks, is silent (not sent) for longer than session_queue_seconds, then speaks again.
+    bob = speech_pcm(budget_wav)
+    gap = server.settings.server.session_queue_seconds + 30
+    again_at = len(bob) / 32000 + gap
+    with connect(server.url("/recall", token=TOKEN), max_size=None, max_queue=None, ping_interval=None) as connection:
+        for start_at in (0.0, again_at):
+            for offset in range(0, len(bob), FRAME_BYTES):
+                connection.send(recall_audio((2, "Bob"), bob[offset: offset + FRAME_BYTES], start_at + offset / 32000, bot="bot-clock-1"))
+    segments = finished_segments(server, "bot-clock-1")
+    later = [s for s in segments if s.start >= again_at - 1.0]
+    assert later and "thursday" in text_of(later).lower()  # the second time is placed after the silence
+    assert "thursday" in text_of([s for s in segments if s.end <= again_at - gap]).lower()
 
 
 # -- fuzz ------------------------------------------------------------------------------------------------
@@ -320,7 +405,7 @@ def test_fuzz_every_path_then_a_fresh_session_still_transcribes(server: RunningS
         remaining = 600
         while remaining > 0:
             try:
-                with connect(server.url(path, **query), additional_headers=AUTH, max_size=None) as connection:
+                with connect(server.url(path, **query), additional_headers=AUTH, max_size=None, max_queue=None, ping_interval=None) as connection:
                     connection.send(valid[0])
                     while remaining > 0:
                         remaining -= 1

@@ -71,7 +71,9 @@ async def send_file(
     received: list[Envelope] = []
     ask_at = [duration * (index + 1) / (len(questions) + 1) for index in range(len(questions))]
     try:
-        async with connect(with_session(url, session), additional_headers=headers, max_size=None, open_timeout=30) as socket:
+        # No pong deadline: a server slowing this sender down (flow control) reads its pings late.
+        async with connect(with_session(url, session), additional_headers=headers, max_size=None, open_timeout=30,
+                           ping_timeout=None) as socket:
             await socket.send(Start(sample_rate=RATE, encoding="pcm_s16le").model_dump_json())
 
             async def receive() -> None:

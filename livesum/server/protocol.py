@@ -38,6 +38,12 @@ class Start(_Message):
     channels: int = Field(1, ge=1, le=8, description="Interleaved channels; downmixed to mono.")
     language: str | None = Field(None, max_length=16, description="Whisper language code; None = the server's setting.")
     speaker: str | None = Field(None, max_length=64, description="Label put on every final segment of this stream.")
+    live: bool = Field(
+        False,
+        description="True for a source that cannot wait (a microphone): when the server falls behind it drops the "
+        "oldest audio and reports it. False (a file, a recording): the server stops reading the socket until it has "
+        "room, so nothing is dropped and the sender is slowed.",
+    )
     overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted config keys from the server's allow-list.")
 
 
@@ -45,7 +51,16 @@ class Resume(_Message):
     """Reattaches to a session within its grace period; events after `last_seq` are replayed."""
 
     type: Literal["resume"] = "resume"
-    last_seq: int = Field(0, ge=0, description="The last seq the client saw (0 = replay everything kept).")
+    last_seq: int = Field(0, ge=0, description="The last seq the client saw (0 = replay everything).")
+    secret: str = Field(max_length=128, description="The session's resume_secret, sent to the connection that started it.")
+
+
+class Watch(_Message):
+    """Reads a running session without changing it: events after `last_seq` are replayed, then live ones.
+    A watcher sends nothing else; audio and control messages from it are refused."""
+
+    type: Literal["watch"] = "watch"
+    last_seq: int = Field(0, ge=0, description="The last seq the watcher saw (0 = everything from the start).")
 
 
 class Ask(_Message):
@@ -65,22 +80,25 @@ class Stop(_Message):
     type: Literal["stop"] = "stop"
 
 
-ClientMessage = Annotated[Start | Resume | Ask | Summarize | Stop, Field(discriminator="type")]
+ClientMessage = Annotated[Start | Resume | Watch | Ask | Summarize | Stop, Field(discriminator="type")]
 CLIENT_ADAPTER: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 
 
 class Envelope(BaseModel):
     """One server message: an event of the session, numbered. `seq` is None for connection-level
-    errors that are not part of the session's record (and are not replayed)."""
+    messages that are not part of the session's record (and are not replayed): an error right
+    before a close, and the `started` status that gives the starting connection its resume secret."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     session: str
     seq: int | None = Field(None, ge=1)
     event: Event
+    resume_secret: str | None = Field(
+        None, description="Only on the connection-level message right after `start`: what a `resume` of this session must present.")
 
 
-def parse_client_message(raw: str) -> Start | Resume | Ask | Summarize | Stop:
+def parse_client_message(raw: str) -> Start | Resume | Watch | Ask | Summarize | Stop:
     """Validated client message, or ProtocolError with a one-line reason."""
     try:
         data = json.loads(raw)
@@ -89,7 +107,7 @@ def parse_client_message(raw: str) -> Start | Resume | Ask | Summarize | Stop:
     if not isinstance(data, dict):
         raise ProtocolError("a control message must be a JSON object")
     kind = data.get("type")
-    if kind not in {"start", "resume", "ask", "summarize", "stop"}:
+    if kind not in {"start", "resume", "watch", "ask", "summarize", "stop"}:
         raise ProtocolError(f"unknown message type {str(kind)[:40]!r}")
     try:
         return CLIENT_ADAPTER.validate_python(data)

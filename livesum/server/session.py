@@ -1,18 +1,19 @@
-"""One streaming session: its audio queue, its pipeline, its numbered events and their replay.
+"""One streaming session: its audio queue, its pipeline, its event log and the connections reading it.
 
-A session outlives its connection: the connection may drop and a client may reattach within
-`resume_grace_seconds` (events after its last `seq` are replayed, audio continues on the same
-stream clock). Models are not here: the transcriber factory and the engine share the server's.
+A session outlives its connection: the connection may drop and its client may reattach within
+`resume_grace_seconds` with the session's resume secret (events after its last `seq` are replayed
+from the event log, audio continues on the same stream clock). Watchers read the same log, each at
+its own pace, so no reader ever slows the pipeline or the client feeding it. Models are not here:
+the transcriber factory and the engine share the server's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -25,59 +26,56 @@ from livesum.llm.service import LmService
 from livesum.outputs.files import EventSink, file_sinks
 from livesum.pipeline import LanguageEngine, Pipeline, TranscriberFactory
 from livesum.server.audio import PIPELINE_RATE
-from livesum.server.protocol import Envelope
+from livesum.server.eventlog import EventLog
 
 log = logging.getLogger(__name__)
 
-REPLAY_EVENTS = 2000  # kept in memory for resume; older ones are read back from events.jsonl
-SEND_QUEUE = 1024  # messages a connection may have unsent before it counts as too slow
 REPORT_DROPS_EVERY = 1.0  # seconds between "dropped audio" reports (a flood must not flood events)
-CLOSE_TOO_SLOW = 4429
+CLOCK_GAP_SECONDS = 0.2  # a vendor timestamp this far past a track's clock moves the clock (no silence is queued)
 CLOSE_TAKEN_OVER = 4409
 
 
 class Subscriber:
-    """A connection's send side: a bounded queue drained by its own task, so a slow client never
-    blocks the pipeline or other sessions; when the queue is full the client is dropped."""
+    """A connection reading a session's event log from its own cursor, in its own task: a slow
+    client only lags behind in the log, and the pipeline never waits for it."""
 
-    def __init__(self, connection: ServerConnection, limit: int = SEND_QUEUE) -> None:
+    def __init__(self, session: Session, connection: ServerConnection, after_seq: int, preamble: Iterable[str] = ()) -> None:
+        self.session = session
         self.connection = connection
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(limit)
+        self.next_seq = after_seq + 1
+        self.preamble = list(preamble)
+        self.wakeup = asyncio.Event()
+        self.wakeup.set()
         self.task = asyncio.create_task(self._send())
 
-    def offer(self, text: str) -> bool:
-        try:
-            self.queue.put_nowait(text)
-            return True
-        except asyncio.QueueFull:
-            return False
-
     async def _send(self) -> None:
+        event_log = self.session.log
         try:
-            while (text := await self.queue.get()) is not None:
+            for text in self.preamble:
                 await self.connection.send(text)
+            while True:
+                if self.next_seq > event_log.last_seq:
+                    if self.session.finished.is_set():
+                        break
+                    self.wakeup.clear()
+                    await self.wakeup.wait()
+                    continue
+                texts, self.next_seq = await event_log.read(self.next_seq)
+                for text in texts:
+                    await self.connection.send(text)
+            await self.connection.close(1000, "session finished")
         except ConnectionClosed:
             pass
 
-    async def finish(self, code: int, reason: str) -> None:
-        """Send what is queued, then close the connection."""
-        try:
-            self.queue.put_nowait(None)
-            await asyncio.wait_for(self.task, timeout=30)
-        except (asyncio.QueueFull, TimeoutError):
-            self.task.cancel()
-        await self.connection.close(code, reason)
-
-    def drop(self, code: int, reason: str) -> None:
+    def stop(self) -> None:
         self.task.cancel()
-        asyncio.create_task(self.connection.close(code, reason))
 
 
 class _Track:
     """Per-track stream clock and the samples waiting to fill a chunk."""
 
     def __init__(self) -> None:
-        self.samples_in = 0  # samples queued on this track's clock so far
+        self.samples_in = 0  # stream position (in samples) of the next sample queued on this track
         self.pending: list[np.ndarray] = []
         self.pending_len = 0
 
@@ -91,16 +89,22 @@ class Session:
         transcribers: TranscriberFactory,
         engine: LanguageEngine | None,
         service: LmService,
+        *,
+        event_log: EventLog,
+        secret: str,
+        live: bool,
         speakers: dict[str, str] | None = None,
         on_finished: Callable[[Session], None] | None = None,
     ) -> None:
         self.id = session_id
         self.settings = settings
         self.out_dir = out_dir
-        self.seq = 0
-        self.replay: deque[tuple[int, str]] = deque(maxlen=REPLAY_EVENTS)
-        self.subscriber: Subscriber | None = None
+        self.log = event_log
+        self.secret = secret
+        self.live = live  # a source that cannot wait: drop the oldest audio when behind; else flow control
         self.owner: ServerConnection | None = None  # the connection streaming into this session now
+        self.owner_subscriber: Subscriber | None = None
+        self.watchers: dict[ServerConnection, Subscriber] = {}
         self.ended = False  # no more audio will come (stop, or grace expired)
         self.finished = asyncio.Event()
         self._on_finished = on_finished
@@ -110,33 +114,42 @@ class Session:
         self._queued_samples = 0
         self._max_queued = int(settings.server.session_queue_seconds * PIPELINE_RATE)
         self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
         self._unreported_drop = 0.0
         self._last_drop_report = 0.0
         self._grace: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
+        self._asking = 0
         self._bad_input = 0
-        sinks: list[EventSink] = [*file_sinks(out_dir, settings.output.formats), _Numbering(self)]
+        formats = [kind for kind in settings.output.formats if kind != "jsonl"]  # the event log is events.jsonl
+        sinks: list[EventSink] = [*file_sinks(out_dir, formats), _Numbering(self)]
         self.pipeline = Pipeline(settings, transcribers, engine, sinks, live=True, service=service, speakers=speakers)
         self.task = asyncio.create_task(self._run(), name=f"session-{session_id}")
 
     # -- audio in ----------------------------------------------------------------------------------
 
     def push(self, track: str | None, samples: np.ndarray, at: float | None = None, speaker: str | None = None) -> None:
-        """Audio of one track at 16 kHz. `at` (stream seconds), where the protocol gives it, fills a gap
-        the sender skipped (e.g. a silent participant) with silence so tracks stay on one clock."""
+        """Audio of one track at 16 kHz. `at` (stream seconds), where the protocol gives it, places the
+        audio: a track that skipped ahead (a silent participant the vendor did not send) has its clock
+        moved there, so tracks stay on one clock without queueing silence."""
         if self.ended or not len(samples):
             return
+        state = self._tracks.get(track)
+        if state is None:
+            limit = self.settings.server.max_tracks_per_session
+            if len(self._tracks) >= limit:
+                self.report(f"track {str(track)[:40]!r} refused: at most {limit} tracks a session")
+                return
+            state = self._tracks[track] = _Track()
         if speaker is not None and track is not None:
             self.pipeline.speakers[track] = speaker
-        state = self._tracks.setdefault(track, _Track())
         if at is not None:
-            gap = int(at * PIPELINE_RATE) - (state.samples_in + state.pending_len)
-            if PIPELINE_RATE // 5 < gap <= self._max_queued:
-                self._append(track, state, np.zeros(gap, dtype=np.float32))
-        self._append(track, state, samples.astype(np.float32, copy=False))
-
-    def _append(self, track: str | None, state: _Track, samples: np.ndarray) -> None:
-        state.pending.append(samples)
+            position = round(at * PIPELINE_RATE)
+            if position - (state.samples_in + state.pending_len) > CLOCK_GAP_SECONDS * PIPELINE_RATE:
+                if state.pending_len:
+                    self._enqueue(track, state)
+                state.samples_in = position
+        state.pending.append(samples.astype(np.float32, copy=False))
         state.pending_len += len(samples)
         if state.pending_len >= self._chunk_samples:
             self._enqueue(track, state)
@@ -150,14 +163,29 @@ class Session:
         state.samples_in += len(samples)
         self._queue.append(chunk)
         self._queued_samples += len(samples)
-        while self._queued_samples > self._max_queued and len(self._queue) > 1:  # live policy: drop the oldest
-            dropped = self._queue.popleft()
-            self._queued_samples -= len(dropped.samples)
-            self._unreported_drop += dropped.duration
-        if self._unreported_drop and time.monotonic() - self._last_drop_report >= REPORT_DROPS_EVERY:
-            self.pipeline.report_dropped(self._unreported_drop, "the session queue was full")
-            self._unreported_drop, self._last_drop_report = 0.0, time.monotonic()
+        if self.live:
+            while self._queued_samples > self._max_queued and len(self._queue) > 1:  # a live source cannot wait: drop the oldest
+                dropped = self._queue.popleft()
+                self._queued_samples -= len(dropped.samples)
+                self._unreported_drop += dropped.duration
+            if self._unreported_drop and time.monotonic() - self._last_drop_report >= REPORT_DROPS_EVERY:
+                self._report_drops()
         self._wakeup.set()
+
+    def _report_drops(self) -> None:
+        self.pipeline.report_dropped(self._unreported_drop, "the session queue was full")
+        self._unreported_drop, self._last_drop_report = 0.0, time.monotonic()
+
+    @property
+    def needs_room(self) -> bool:
+        """A source that can wait has filled its queue: its connection stops reading until there is room."""
+        return not self.live and not self.ended and self._queued_samples >= self._max_queued
+
+    async def room(self) -> None:
+        """Returns once the queue has room again (or the session ended)."""
+        while self.needs_room:
+            self._room.clear()
+            await self._room.wait()
 
     def end_audio(self) -> None:
         """No more audio: what is pending becomes the last chunks, then the pipeline writes the notes."""
@@ -166,19 +194,33 @@ class Session:
         for track, state in self._tracks.items():
             if state.pending_len:
                 self._enqueue(track, state)
+        if self._unreported_drop:
+            self._report_drops()
         self.ended = True
         self._wakeup.set()
+        self._room.set()
 
     async def _chunks(self) -> AsyncIterator:
-        while True:
-            while not self._queue:
-                if self.ended:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            chunk = self._queue.popleft()
-            self._queued_samples -= len(chunk.samples)
-            yield chunk
+        try:
+            while True:
+                while not self._queue:
+                    if self.ended:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                chunk = self._queue.popleft()
+                self._queued_samples -= len(chunk.samples)
+                if self._queued_samples < self._max_queued:
+                    self._room.set()
+                yield chunk
+        finally:  # the pipeline stopped reading: what is still queued will not be heard; say so
+            if self._unreported_drop:
+                self._report_drops()
+            left = self._queued_samples + sum(state.pending_len for state in self._tracks.values())
+            if left:
+                self.pipeline.report_dropped(left / PIPELINE_RATE, "the stream ended before it was transcribed")
+            self._queue.clear()
+            self._queued_samples = 0
 
     @property
     def queued_seconds(self) -> float:
@@ -187,21 +229,35 @@ class Session:
     # -- control -------------------------------------------------------------------------------------
 
     def ask(self, question: str) -> None:
-        self._spawn(self.pipeline.ask(question))
+        """A question answered off the live cache; past `llm.max_pending_questions` it is refused here
+        (thinned like bad input, so a flood of questions is neither queued nor echoed one by one)."""
+        limit = self.settings.llm.max_pending_questions
+        if self.pipeline.engine is None:
+            self.report("cannot answer: the language model is switched off")
+        elif self._asking >= limit:
+            self.report(f"question refused: {limit} questions of this session are still being answered; ask again when one is answered")
+        else:
+            self._asking += 1
+            self._spawn(self._ask(question))
+
+    async def _ask(self, question: str) -> None:
+        try:
+            await self.pipeline.ask(question)
+        finally:
+            self._asking -= 1
 
     def summarize(self) -> None:
         if not self.pipeline.request_summary():
-            self.report("a summary is already being made", counted=False)
+            self.report("a summary is already being made")
 
-    def report(self, message: str, *, counted: bool = True) -> None:
-        """A non-fatal server-side error into the session's events; a flood of bad input is thinned
-        out (the first 20, then every 100th) so it cannot fill the disk."""
-        if counted:
-            self._bad_input += 1
-            if self._bad_input > 20 and self._bad_input % 100:
-                return
-            if self._bad_input > 20:
-                message += f" ({self._bad_input} bad inputs so far)"
+    def report(self, message: str) -> None:
+        """A non-fatal server-side error into the session's events; a flood is thinned out (the first
+        20, then every 100th) so it can fill neither the disk nor the readers."""
+        self._bad_input += 1
+        if self._bad_input > 20 and self._bad_input % 100:
+            return
+        if self._bad_input > 20:
+            message += f" ({self._bad_input} refused inputs so far)"
         self.pipeline.emit(Error(message=message, source="server"))
 
     def _spawn(self, work) -> None:  # type: ignore[no-untyped-def]
@@ -211,62 +267,44 @@ class Session:
 
     # -- connections -----------------------------------------------------------------------------
 
-    def attach(self, connection: ServerConnection, last_seq: int | None = None, *, send_events: bool = True) -> None:
+    def attach(self, connection: ServerConnection, last_seq: int | None = 0, preamble: Iterable[str] = ()) -> None:
         """`connection` takes the session (a previous one is closed: a client that comes back first
-        wins over a dead socket the server has not noticed yet); with `last_seq`, every later event
-        is replayed first. Adapters pass `send_events=False`: the vendors do not read our events."""
+        wins over a dead socket the server has not noticed yet) and reads every event after
+        `last_seq`. Adapters pass None: the vendors do not read our events."""
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
         previous, self.owner = self.owner, connection
+        if self.owner_subscriber is not None:
+            self.owner_subscriber.stop()
+            self.owner_subscriber = None
         if previous is not None and previous is not connection:
-            if self.subscriber is not None:
-                self.subscriber.task.cancel()
-                self.subscriber = None
             asyncio.create_task(previous.close(CLOSE_TAKEN_OVER, "another connection resumed this session"))
-        if not send_events:
-            return
-        backlog = self._backlog(last_seq) if last_seq is not None else []
-        self.subscriber = Subscriber(connection, SEND_QUEUE + len(backlog))
-        for text in backlog:
-            self.subscriber.offer(text)
+        if last_seq is not None:
+            self.owner_subscriber = Subscriber(self, connection, last_seq, preamble)
+
+    def watch(self, connection: ServerConnection, last_seq: int) -> None:
+        """A read-only reader: every event after `last_seq`, then the live ones, at its own pace."""
+        self.watchers[connection] = Subscriber(self, connection, last_seq)
 
     @property
     def attached(self) -> bool:
         return self.owner is not None
 
-    def _backlog(self, last_seq: int) -> list[str]:
-        kept = [text for seq, text in self.replay if seq > last_seq]
-        oldest_kept = self.replay[0][0] if self.replay else self.seq + 1
-        if last_seq + 1 >= oldest_kept:
-            return kept
-        return self._from_disk(last_seq + 1, oldest_kept) + kept
-
-    def _from_disk(self, first: int, stop: int) -> list[str]:
-        """Events first..stop-1 from events.jsonl: line n is event n (the writer sees every event)."""
-        path = self.out_dir / "events.jsonl"
-        texts: list[str] = []
-        try:
-            with path.open(encoding="utf-8") as lines:
-                for number, line in enumerate(lines, start=1):
-                    if number >= stop:
-                        break
-                    if number >= first:
-                        envelope = Envelope.model_validate({"session": self.id, "seq": number, "event": json.loads(line)})
-                        texts.append(envelope.model_dump_json())
-        except OSError as error:
-            log.warning("session %s: cannot replay from %s: %s", self.id, path, error)
-        return texts
-
     def detach(self, connection: ServerConnection) -> None:
-        """`connection` is gone without `stop`: wait `resume_grace_seconds` for a reconnect.
-        A connection that no longer owns the session (taken over) changes nothing."""
+        """`connection` is gone. A watcher just stops reading; the owner gone without `stop` starts the
+        wait of `resume_grace_seconds` for a reconnect. A connection that no longer owns the session
+        (taken over) changes nothing."""
+        watcher = self.watchers.pop(connection, None)
+        if watcher is not None:
+            watcher.stop()
+            return
         if connection is not self.owner:
             return
         self.owner = None
-        if self.subscriber is not None:
-            self.subscriber.task.cancel()
-            self.subscriber = None
+        if self.owner_subscriber is not None:
+            self.owner_subscriber.stop()
+            self.owner_subscriber = None
         if self.ended or self.finished.is_set() or self._grace is not None:
             return
         self._grace = asyncio.create_task(self._expire(self.settings.server.resume_grace_seconds))
@@ -278,15 +316,17 @@ class Session:
             self.end_audio()
 
     def _publish(self, event: Event) -> None:
-        self.seq += 1
-        text = Envelope(session=self.id, seq=self.seq, event=event).model_dump_json()
-        self.replay.append((self.seq, text))
-        subscriber = self.subscriber
-        if subscriber is not None and not subscriber.offer(text):
-            log.warning("session %s: client too slow, dropping the connection (session goes on)", self.id)
-            self.subscriber = None
-            subscriber.drop(CLOSE_TOO_SLOW, "client too slow to read events; reconnect with resume")
-            self.detach(subscriber.connection)
+        if self.finished.is_set():  # the record is closed (a late report from a connection handler)
+            return
+        self.log.append(event.model_dump_json())
+        for subscriber in self.readers():
+            subscriber.wakeup.set()
+
+    def readers(self) -> list[Subscriber]:
+        readers = list(self.watchers.values())
+        if self.owner_subscriber is not None:
+            readers.append(self.owner_subscriber)
+        return readers
 
     # -- lifetime --------------------------------------------------------------------------------------
 
@@ -298,18 +338,19 @@ class Session:
             self.pipeline.emit(Error(message=f"session crashed: {error}", fatal=True, source="server"))
         finally:
             self.ended = True
+            self._room.set()
             if self._grace is not None:
                 self._grace.cancel()
+            self.log.close()
             self.finished.set()
-            if self.subscriber is not None:
-                subscriber, self.subscriber = self.subscriber, None
-                await subscriber.finish(1000, "session finished")
+            for subscriber in self.readers():  # they send what is left, then close with 1000
+                subscriber.wakeup.set()
             if self._on_finished is not None:
                 self._on_finished(self)
 
 
 class _Numbering:
-    """The pipeline sink that numbers events and hands them to the connection (and the replay log)."""
+    """The pipeline sink that numbers events in the session's event log and wakes its readers."""
 
     def __init__(self, session: Session) -> None:
         self.session = session

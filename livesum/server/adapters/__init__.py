@@ -52,8 +52,9 @@ class Adapter:
 
     name = "adapter"
 
-    def __init__(self, query: dict[str, str]) -> None:
+    def __init__(self, query: dict[str, str], max_buffered_bytes: int = 4 << 20) -> None:
         self.query = query
+        self.max_buffered_bytes = max_buffered_bytes  # what an adapter may hold back (e.g. for reordering)
 
     def on_text(self, text: str) -> list[Action]:
         return self.on_message(load_object(text))

@@ -2,7 +2,8 @@
 
 media.payload is base64 RTP payload in start.media_format.encoding (PCMU or PCMA, 8 kHz mono).
 Telnyx does not guarantee frame order, so messages are put back in `sequence_number` order
-through a small window; a frame that never comes is skipped once the window is full.
+through a small window; a frame that never comes is skipped once the window is full (50 messages,
+or `max_buffered_bytes` of payload held back, whichever comes first).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ REORDER_WINDOW = 50  # messages held back waiting for a missing one (1 s of 20 m
 class TelnyxAdapter(Adapter):
     name = "telnyx"
 
-    def __init__(self, query: dict[str, str]) -> None:
-        super().__init__(query)
+    def __init__(self, query: dict[str, str], max_buffered_bytes: int = 4 << 20) -> None:
+        super().__init__(query, max_buffered_bytes)
         self.started = False
         self.legs = CallLegAudio("telnyx", DECODERS)
         self.held: list[tuple[int, int, dict[str, Any]]] = []  # (sequence_number, arrival, message)
+        self.held_bytes = 0
         self.arrival = itertools.count()
         self.next_seq: int | None = None
 
@@ -47,18 +49,29 @@ class TelnyxAdapter(Adapter):
         if self.next_seq is not None and sequence < self.next_seq:
             return []  # a duplicate, or later than the window allowed: its place has passed
         heapq.heappush(self.held, (sequence, next(self.arrival), message))
+        self.held_bytes += _payload_bytes(message)
         return self._release()
+
+    def _window_full(self) -> bool:
+        return len(self.held) > REORDER_WINDOW or self.held_bytes > self.max_buffered_bytes
+
+    def _pop(self) -> dict[str, Any]:
+        message = heapq.heappop(self.held)[2]
+        self.held_bytes -= _payload_bytes(message)
+        return message
 
     def _release(self) -> list[Action]:
         if not self.started:
-            if len(self.held) > REORDER_WINDOW:
+            if self._window_full():
+                self.held.clear()
+                self.held_bytes = 0
                 raise AdapterError("telnyx: media without a start")
             return []
         actions: list[Action] = []
         while self.held:
             sequence = self.held[0][0]
-            if self.next_seq is None or sequence == self.next_seq or len(self.held) > REORDER_WINDOW or sequence < self.next_seq:
-                _, _, message = heapq.heappop(self.held)
+            if self.next_seq is None or sequence == self.next_seq or self._window_full() or sequence < self.next_seq:
+                message = self._pop()
                 if self.next_seq is None or sequence >= self.next_seq:
                     self.next_seq = sequence + 1
                     actions += self._handle(message)
@@ -69,7 +82,7 @@ class TelnyxAdapter(Adapter):
     def flush(self) -> list[Action]:
         actions: list[Action] = []
         while self.held and self.started:
-            actions += self._handle(heapq.heappop(self.held)[2])
+            actions += self._handle(self._pop())
         return actions
 
     def _handle(self, message: dict[str, Any]) -> list[Action]:
@@ -91,3 +104,9 @@ class TelnyxAdapter(Adapter):
 
     def _media(self, message: dict[str, Any]) -> list[Action]:
         return self.legs.audio(message)
+
+
+def _payload_bytes(message: dict[str, Any]) -> int:
+    media = message.get("media")
+    payload = media.get("payload") if isinstance(media, dict) else None
+    return len(payload) if isinstance(payload, str) else 0

@@ -19,8 +19,8 @@ DECODERS = {"audio/x-mulaw": decode_mulaw, "audio/x-alaw": decode_alaw}
 class TwilioAdapter(Adapter):
     name = "twilio"
 
-    def __init__(self, query: dict[str, str]) -> None:
-        super().__init__(query)
+    def __init__(self, query: dict[str, str], max_buffered_bytes: int = 4 << 20) -> None:
+        super().__init__(query, max_buffered_bytes)
         self.started = False
         self.legs = CallLegAudio("twilio", DECODERS)
 

@@ -18,8 +18,8 @@ class VonageAdapter(Adapter):
     name = "vonage"
     ends_on_close = True
 
-    def __init__(self, query: dict[str, str]) -> None:
-        super().__init__(query)
+    def __init__(self, query: dict[str, str], max_buffered_bytes: int = 4 << 20) -> None:
+        super().__init__(query, max_buffered_bytes)
         self.resample: Resampler | None = None
 
     def on_message(self, message: dict[str, Any]) -> list[Action]:
