@@ -43,7 +43,7 @@ from pathlib import Path
 import jiwer
 import numpy as np
 
-from livesum.asr.transcriber import StreamingTranscriber, load_whisper
+from livesum.asr.transcriber import BatchTranscriber, load_whisper
 from livesum.config import Settings, load_settings
 from livesum.events import Answer, AnswerPart, Event, Segment, Status
 from livesum.pipeline import Pipeline
@@ -118,7 +118,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def batch_transcript(whisper, settings: Settings, chunks: list[AudioChunk]) -> str:
-    transcriber = StreamingTranscriber(whisper, settings.asr, settings.audio.sample_rate)
+    transcriber = BatchTranscriber(whisper, settings.asr, settings.audio.sample_rate)
     segments = [s for chunk in chunks for s in transcriber.push(chunk)] + transcriber.flush()
     return " ".join(s.text for s in segments if s.final)
 

@@ -18,7 +18,7 @@ from conftest import SPEECH_REFERENCE, SPEECH_SAMPLE
 
 from livesum.asr.policy import make_transcriber, resolve_policy
 from livesum.asr.streaming import PRE_ROLL_SECONDS, HypWord, LocalAgreementTranscriber, encoder_window, find_loop
-from livesum.asr.transcriber import StreamingTranscriber
+from livesum.asr.transcriber import BatchTranscriber
 from livesum.config import AsrConfig, StreamingAsrConfig
 from livesum.events import Segment
 from livesum.source.audio import AudioChunk
@@ -337,7 +337,7 @@ def test_policy_is_chosen_by_config() -> None:
     assert resolve_policy(AsrConfig(policy="batch"), live=True) == "batch"
     model = SimpleNamespace(feature_extractor=object())  # neither policy runs the model before audio arrives
     assert isinstance(make_transcriber(model, AsrConfig(), RATE, live=True), LocalAgreementTranscriber)  # type: ignore[arg-type]
-    assert isinstance(make_transcriber(model, AsrConfig(), RATE, live=False), StreamingTranscriber)  # type: ignore[arg-type]
+    assert isinstance(make_transcriber(model, AsrConfig(), RATE, live=False), BatchTranscriber)  # type: ignore[arg-type]
 
 
 def test_bad_chunks_get_a_clear_error_and_the_stream_goes_on() -> None:

@@ -49,9 +49,9 @@ def make_transcriber(
 
         transcriber = LocalAgreementTranscriber.with_whisper(model, config, sample_rate)
     else:
-        from livesum.asr.transcriber import StreamingTranscriber
+        from livesum.asr.transcriber import BatchTranscriber
 
-        transcriber = StreamingTranscriber(model, config, sample_rate, word_timestamps=voices is not None)
+        transcriber = BatchTranscriber(model, config, sample_rate, word_timestamps=voices is not None)
     if voices is None:
         return transcriber
     from livesum.asr.diarize import DiarizingTranscriber

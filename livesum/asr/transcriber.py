@@ -49,7 +49,7 @@ class _Buffer:
     start: float  # stream time of samples[0]
 
 
-class StreamingTranscriber:
+class BatchTranscriber:
     """Turns a sequence of audio chunks into final (and optionally partial) segments.
 
     Blocking: call `push`/`flush` from a worker thread. Not thread-safe; one per stream.

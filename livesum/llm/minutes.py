@@ -29,7 +29,7 @@ from livesum.config import Settings
 from livesum.events import ActionItem, Answer, Decision, Notes, Segment, Summary
 from livesum.llm.engine import SUMMARY_INSTRUCTION, ForkRequest
 from livesum.llm.notes import bullet_lines, first_line, whole_sentences
-from livesum.llm.recall import relevant_segments
+from livesum.llm.matching_lines import relevant_segments
 
 # Two focused forks, not one: asked for decisions and tasks in one array, Qwen2.5-Coder-1.5B listed one
 # kind and stopped, or copied one object until the token limit. Tasks are asked for as "follow-up tasks"
@@ -428,7 +428,7 @@ class MeetingMinutes:
 
     def question_context(self, question: str) -> str:
         """What a question's fork gets besides the window: the earlier summaries, then the lines
-        that match the question (livesum.llm.recall), non-adjacent runs of lines marked by "..."."""
+        that match the question (livesum.llm.matching_lines), non-adjacent runs of lines marked by "..."."""
         segments = self.segments[:]  # a snapshot: the event loop appends while this runs in a thread
         lines = relevant_segments(question, segments, self.settings.llm.question_lines)
         if not lines:

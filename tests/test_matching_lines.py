@@ -1,9 +1,9 @@
-"""Which transcript lines a question's fork is given (livesum.llm.recall, MeetingMinutes.question_context)."""
+"""Which transcript lines a question's fork is given (livesum.llm.matching_lines, MeetingMinutes.question_context)."""
 
 from livesum.config import Settings
 from livesum.events import Segment, Summary
 from livesum.llm.minutes import RELEVANT_LINES_INTRO, MeetingMinutes
-from livesum.llm.recall import relevant_segments, terms
+from livesum.llm.matching_lines import relevant_segments, terms
 
 LINES = [
     "Morning everyone, how was the weekend?",
