@@ -51,11 +51,17 @@ class CoreShare:
             return configured
         return max(1, self.cores // 2) if self.lm_on_cpu else self.cores
 
+    def asr_workers(self, threads: int) -> int:
+        """Whisper calls that may run at once (CTranslate2's workers), each on `threads`: as many as the
+        cores hold, so the streams of a server recognise side by side instead of queueing for one."""
+        return max(1, self.cores // max(1, threads))
+
     def lm_threads(self) -> int:
-        """The LM's threads for its next step: all cores while no recognition runs, the rest while one does."""
+        """The LM's threads for its next step: all cores while no recognition runs, what the running
+        recognitions leave (at least one) while they do."""
         if self.fixed_lm_threads:
             return self.fixed_lm_threads
-        return max(1, self.cores - self.asr_threads()) if self._recognizing else self.cores
+        return max(1, self.cores - self._recognizing * self.asr_threads())
 
     @property
     def recognizing(self) -> bool:

@@ -179,3 +179,7 @@ def test_cores_are_shared_between_whisper_and_the_lm() -> None:
     with share.recognition():
         assert share.lm_threads() == 2  # llm.threads set: as configured
     assert CoreShare(cores=8).asr_threads() == 4
+    share = CoreShare(cores=2)
+    assert share.asr_workers(share.asr_threads()) == 2  # two streams recognise side by side, a core each
+    with share.recognition(), share.recognition():
+        assert share.lm_threads() == 1  # both cores are Whisper's now: the LM still gets a thread

@@ -39,8 +39,11 @@ def load_whisper(config: AsrConfig, cache_dir: Path) -> WhisperModel:
     # Temperature fallback samples when greedy decoding looks wrong; unseeded, the same file
     # could transcribe differently on each run.
     ctranslate2.set_random_seed(config.seed)
-    threads = SHARE.asr_threads(config.cpu_threads) if device == "cpu" else config.cpu_threads  # livesum.compute
-    return WhisperModel(str(model_dir), device=device, compute_type=compute_type, cpu_threads=threads)
+    if device != "cpu":
+        return WhisperModel(str(model_dir), device=device, compute_type=compute_type, cpu_threads=config.cpu_threads)
+    threads = SHARE.asr_threads(config.cpu_threads)  # livesum.compute: the cores it shares with the LM
+    return WhisperModel(str(model_dir), device=device, compute_type=compute_type, cpu_threads=threads,
+                        num_workers=SHARE.asr_workers(threads))
 
 
 @dataclass
