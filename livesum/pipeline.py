@@ -650,12 +650,19 @@ class Pipeline:
                 await self._bounded(asyncio.gather(*self._feeding, return_exceptions=True))
             if self._extraction is not None:  # its items merge before the last stretch's
                 await self._bounded(asyncio.shield(self._extraction))
+            loop = asyncio.get_running_loop()
+            told: list[str] = []
+
+            def tell(text: str) -> None:  # the final summary as soon as it is written (from the LM's thread)
+                told.append(text)
+                loop.call_soon_threadsafe(self.emit, Summary(start=memory_start, end=end, text=text, final=True))
+
             if self.engine is not None:
-                _, notes = await self._bounded(self._guarded(
-                    asyncio.to_thread(self.minutes.final_notes, self._served(Priority.NOTES), [], end, memory_start)))
+                _, notes = await self._bounded(self._guarded(asyncio.to_thread(
+                    self.minutes.final_notes, self._served(Priority.NOTES), [], end, memory_start, tell)))
             if notes is None:  # no model, it failed, or the exit deadline passed: notes from the transcript alone
                 notes = await asyncio.to_thread(self.minutes.final_notes, None, [], end)
-            if notes.summary:
+            if notes.summary and not told:
                 self.emit(Summary(start=memory_start, end=end, text=notes.summary, final=True))
         finally:
             answered, _ = await self._bounded(answering)

@@ -31,11 +31,13 @@ from livesum.config import EngineConfig
 from livesum.llm.engine import (
     DEFAULT_SYSTEM_PROMPT,
     QUESTION_INSTRUCTION,
-    SUMMARY_INSTRUCTION,
     STRUCTURED_LOOP_NGRAM,
+    SUMMARY_INSTRUCTION,
+    ForkRequest,
     StreamingEngine,
     banned_ngram_tokens,
     prompt_pieces,
+    step_runs,
 )
 from livesum.llm.sink_cache import CacheFullError, SinkCache, UnsupportedModelError, attention_masks, rotate_half
 
@@ -553,3 +555,18 @@ def test_real_smollm2_summarizes_answers_and_rolls_back(model_cache) -> None:
     assert len(summary.split()) >= 5 and answer
     assert {"the", "and", "is", "was", "will", "to", "a"} & set(words)  # English, not token soup
     assert {"tom", "beta", "march", "release", "notes", "meeting", "budget"} & set(words)
+
+
+def test_a_fork_of_a_group_that_is_done_first_hands_its_answer_over_at_once() -> None:
+    engine = tiny_engine()
+    engine.feed(TEXT)
+    told: list[str] = []
+    short = ForkRequest("Give a title.", 2, on_done=told.append)
+    runs = engine.fork_group([short, ForkRequest("Summarize it.", 12)])
+    while not runs[0].done:
+        step_runs([run for run in runs if not run.done])
+    assert told == [runs[0].result] and not runs[1].done  # the title is out while the summary still decodes
+    while not runs[1].done:
+        step_runs([runs[1]])
+    for run in runs:
+        run.close()

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, PreTrainedModel, RepetitionPenaltyLogitsProcessor
@@ -72,6 +72,7 @@ class ForkRequest:
     instruction: str
     max_new_tokens: int
     structured: bool = False
+    on_done: Callable[[str], None] | None = field(default=None, compare=False)  # its answer, as soon as it has it
 
 
 def step_runs(runs: Sequence[FeedRun | ForkRun]) -> None:
@@ -227,8 +228,8 @@ class StreamingEngine:
     def fork_group(self, requests: Sequence[ForkRequest]) -> list[ForkRun]:
         """One fork per request, each on its own snapshot of the live cache (with room for its prompt
         and answer), so they decode side by side and never touch the stream."""
-        return [ForkRun(self, request.instruction, request.max_new_tokens, structured=request.structured, detached=True)
-                for request in requests]
+        return [ForkRun(self, request.instruction, request.max_new_tokens, structured=request.structured, detached=True,
+                        on_done=request.on_done) for request in requests]
 
     def summary_run(self, max_new_tokens: int | None = None) -> ForkRun:
         return self.fork_run(SUMMARY_INSTRUCTION, max_new_tokens or self.config.max_summary_tokens,
@@ -401,9 +402,10 @@ class ForkRun:
     """
 
     def __init__(self, engine: StreamingEngine, instruction: str, max_new_tokens: int, *, structured: bool = False,
-                 on_text: Callable[[str], None] | None = None, pin: bool = False, detached: bool = False) -> None:
+                 on_text: Callable[[str], None] | None = None, pin: bool = False, detached: bool = False,
+                 on_done: Callable[[str], None] | None = None) -> None:
         self.engine, self.instruction, self.max_new_tokens = engine, instruction, max_new_tokens
-        self.structured, self.on_text, self.pin = structured, on_text, pin
+        self.structured, self.on_text, self.pin, self.on_done = structured, on_text, pin, on_done
         self.live = not detached
         self.cache: SinkCache | None = engine.cache if self.live else None
         self.result: str | None = None
@@ -476,6 +478,11 @@ class ForkRun:
             self.cache = None
         if self.pin and self.result and self.live:
             self.engine.pin(self.result)
+        if self.on_done is not None:  # a group's fork that is done before the others: its answer goes out now
+            try:
+                self.on_done(self.result)
+            except Exception:  # noqa: BLE001 - a listener must not fail the step (or its batch)
+                log.debug("fork listener failed", exc_info=True)
         return True
 
     def park(self) -> None:

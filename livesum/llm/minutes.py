@@ -19,6 +19,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -459,16 +460,27 @@ class MeetingMinutes:
             return ForkRequest(SUMMARY_INSTRUCTION, max_tokens)
         return ForkRequest(context + FINAL_SUMMARY_INSTRUCTION, max_tokens * 2)
 
-    def final_notes(self, engine: Engine | None, answers: list[Answer], end: float, since: float = 0.0) -> Notes:
+    def final_notes(self, engine: Engine | None, answers: list[Answer], end: float, since: float = 0.0,
+                    on_summary: Callable[[str], None] | None = None) -> Notes:
         """The notes at the end: the extraction of what was said since the last one (over the window, from
         `since`), the final summary, the title and the key points, all forks off the final cache decoded
-        side by side (`complete_all`)."""
+        side by side (`complete_all`). `on_summary` gets the final summary as soon as it is written,
+        before the other forks are done (the notes come when all are)."""
         title, key_points = DEFAULT_TITLE, []
         summary = self.summaries[-1].text if self.summaries else ""
+        told: list[str] = []
+
+        def tell(text: str) -> None:
+            if on_summary is not None and not told:
+                told.append(text)
+                on_summary(text)
+
         if engine is not None and self.segments:
             context = self.earlier_context()
             extraction = self.extraction_requests(math.inf)
             summary_request = self.final_summary_request()
+            if isinstance(summary_request, ForkRequest):
+                summary_request = replace(summary_request, on_done=lambda text: tell(whole_sentences(text)))
             max_tokens = self.settings.llm.engine.max_answer_tokens
             requests = [*extraction, *([summary_request] if isinstance(summary_request, ForkRequest) else []),
                         ForkRequest(context + TITLE_INSTRUCTION, 24), ForkRequest(context + KEY_POINTS_INSTRUCTION, max_tokens * 2)]
@@ -482,6 +494,8 @@ class MeetingMinutes:
                 summary = summary_request
             title = first_line(outputs[0], DEFAULT_TITLE)
             key_points = not_echo(bullet_lines(outputs[1]), KEY_POINTS_INSTRUCTION)
+        if summary:
+            tell(summary)  # no fork was needed, or the engine has no step API: told now
         return Notes(
             title=title,
             summary=summary,
