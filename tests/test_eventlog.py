@@ -80,3 +80,20 @@ def test_recovery_cuts_a_torn_line_and_closes_the_record(tmp_path: Path) -> None
     assert (finished / "events.jsonl").read_text() == done
     assert recover_interrupted(tmp_path) == []  # closed once
     assert json.loads((killed / "events.jsonl").read_text().splitlines()[1])["text"].startswith("line 2")
+
+
+def test_recovery_writes_the_transcripts_again_from_the_log(tmp_path: Path) -> None:
+    # A writer killed while it gathered a sentence: the log has both finals, transcript.txt only the first
+    # line, the .vtt nothing past its header; there is no .srt (the session did not ask for one).
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    finals = [Segment(final=True, start=0.0, end=2.0, text="We keep the roaster.", speaker="Ana"),
+              Segment(final=True, start=2.5, end=4.0, text="Tom will call them", speaker="Ana")]
+    (killed / "events.jsonl").write_text("".join(segment.model_dump_json() + "\n" for segment in finals))
+    (killed / "transcript.txt").write_text("[00:00:00] Ana: We keep the roaster.\n")
+    (killed / "transcript.vtt").write_text("WEBVTT\n\n")
+    assert recover_interrupted(tmp_path) == ["killed"]
+    assert (killed / "transcript.txt").read_text().splitlines() == ["[00:00:00] Ana: We keep the roaster.",
+                                                                    "[00:00:02] Ana: Tom will call them"]
+    assert "<v Ana>Tom will call them" in (killed / "transcript.vtt").read_text()
+    assert not (killed / "transcript.srt").exists()

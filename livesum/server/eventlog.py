@@ -18,7 +18,8 @@ from array import array
 from collections import deque
 from pathlib import Path
 
-from livesum.events import Error, Status
+from livesum.events import Error, Status, parse_event
+from livesum.outputs.files import OUTPUT_FILES, TranscriptWriter
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,9 @@ def recover_interrupted(data_dir: Path) -> list[str]:
             continue
         try:
             if _close_interrupted(path):
+                _rewrite_transcripts(folder)
                 closed.append(folder.name)
-        except OSError as error:
+        except (OSError, ValueError) as error:
             log.warning("cannot check %s: %s", path, error)
     return closed
 
@@ -156,3 +158,18 @@ def _close_interrupted(path: Path) -> bool:
         for event in (Error(message=message, fatal=True, source="server"), Status(state="finished", detail="interrupted")):
             handle.write(event.model_dump_json().encode() + b"\n")
     return True
+
+
+def _rewrite_transcripts(folder: Path) -> None:
+    """The transcript files again from the closed log: a killed writer loses the sentence it was still
+    gathering (and can be a line behind the log); the log has every final, so the files follow it."""
+    formats = {kind for kind, name in OUTPUT_FILES.items() if kind in ("txt", "srt", "vtt") and (folder / name).exists()}
+    if not formats:
+        return
+    writer = TranscriptWriter(folder, formats)
+    try:
+        with (folder / FILE_NAME).open(encoding="utf-8") as lines:
+            for line in lines:
+                writer.handle(parse_event(line))
+    finally:
+        writer.close()
