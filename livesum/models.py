@@ -24,10 +24,18 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+
+# transformers sets torch's process-wide default dtype while it builds a model (bfloat16 for the LM):
+# a torch module built, or a tensor made, in another thread meanwhile comes out in that dtype (the
+# voice embedder, loading beside the LM that `livesum file` loads in the background, did: "Input type
+# (torch.FloatTensor) and weight type (CPUBFloat16Type) should be the same"). Whoever builds a model
+# or runs torch code that relies on the default dtype holds this lock.
+TORCH_DEFAULT_DTYPE = threading.Lock()
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -338,7 +346,8 @@ def _convert_gguf(name: str, spec: GgufPackage, target_dir: Path, cache_dir: Pat
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _quiet_transformers():  # a user sees "loading models", not a tensor count and a dtype lecture
-        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.bfloat16)
+        with TORCH_DEFAULT_DTYPE:
+            model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.bfloat16)
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
     # save_pretrained refuses a model that still believes it is quantised (MODELS.md).
     model.hf_quantizer = None
@@ -387,7 +396,8 @@ def load_language_model(name_or_path: str, cache_dir: Path, device: str = "auto"
     device = resolve_device(device)
     if dtype == "auto":
         dtype = auto_dtype(device)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    with TORCH_DEFAULT_DTYPE:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if decode_weights != "full" and device == "cpu":  # the packed kernels are CPU kernels

