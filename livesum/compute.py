@@ -98,3 +98,22 @@ def use_lm_threads() -> int:
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
     return wanted
+
+
+_FLUSHING = threading.local()
+
+
+def flush_denormals() -> None:
+    """Denormal floats become zero on this thread (once per thread; the torch pool it starts inherits it).
+
+    SmolLM2's float32 forward meets denormals that the CPU computes in microcode: measured on 2 cores,
+    a decode step took 408-578 ms with them and 59 ms flushed, a 600-token prefill 6.0 s and 1.1 s.
+    bfloat16 (the default model) showed no difference. Values below 1e-38 do not change a token.
+    """
+    if getattr(_FLUSHING, "on", False):
+        return
+    import torch
+
+    torch.set_flush_denormal(True)
+    _FLUSHING.on = True
+

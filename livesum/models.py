@@ -391,11 +391,14 @@ def load_language_model(name_or_path: str, cache_dir: Path, device: str = "auto"
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
+    from livesum.compute import flush_denormals
+
     transformers_logging.disable_progress_bar()  # the CLI draws its own progress
     model_dir = language_model_dir(name_or_path, cache_dir)
     device = resolve_device(device)
     if dtype == "auto":
         dtype = auto_dtype(device)
+    flush_denormals()  # on the loading thread too: engines driven without the LM service compute there
     with TORCH_DEFAULT_DTYPE:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     model.to(device).eval()

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from livesum.compute import use_lm_threads
+from livesum.compute import flush_denormals, use_lm_threads
 from livesum.llm.batched import forward_batch
 from livesum.llm.engine import FeedRun, ForkRequest, ForkRun, StreamingEngine
 
@@ -326,6 +326,7 @@ class LmService:
         began = time.perf_counter()
         jobs = list(dict.fromkeys([first, *(job for job, _ in rows)]))
         try:
+            flush_denormals()
             use_lm_threads()  # all the cores, or half of them while speech recognition runs (livesum.compute)
             if first.function is not None:
                 result = first.function()
