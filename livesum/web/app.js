@@ -204,7 +204,8 @@ function connect(sessionId, first, onOpen) {
   if (token()) query.set("token", token());
   const socket = new WebSocket(`${scheme}://${location.host}/v1/stream?${query}`);
   socket.binaryType = "arraybuffer";
-  socket.onopen = () => { socket.send(JSON.stringify(first)); if (onOpen) onOpen(socket); };
+  let opened = false;
+  socket.onopen = () => { opened = true; socket.send(JSON.stringify(first)); if (onOpen) onOpen(socket); };
   socket.onmessage = (message) => {
     let envelope;
     try { envelope = JSON.parse(message.data); } catch { return showError("unreadable message from the server"); }
@@ -216,7 +217,8 @@ function connect(sessionId, first, onOpen) {
     if (page.socket !== socket) return;
     page.socket = null;
     await stopCapture();
-    if (close.code === 1000) setState(`Session ${sessionId} finished.`);
+    if (!opened) setState("Could not connect: a wrong or missing token, or the server is unreachable.");
+    else if (close.code === 1000) setState(`Session ${sessionId} finished.`);
     else if (close.code === 1006 && page.mode !== "idle") setState(`Connection lost (session ${sessionId}).`);
     else setState(`Connection closed: ${close.reason || close.code}`);
     setBusy("idle");
