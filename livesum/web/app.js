@@ -36,7 +36,7 @@ function element(tag, className, text) {
 function speakerColour(name) {
   let hash = 0;
   for (const char of name) hash = (hash * 31 + char.charCodeAt(0)) >>> 0;
-  return `hsl(${hash % 360} 65% 35%)`;
+  return `hsl(${Math.round((hash * 137.508) % 360)} 65% 35%)`;  // golden angle: "Speaker 1" and "Speaker 2" far apart
 }
 function setState(text) { $("state").textContent = text; }
 function showError(message) {
