@@ -236,3 +236,11 @@ def test_page_with_a_wrong_token_is_refused(browser_server: RunningServer, chrom
     page.wait_for_selector("#state:has-text('Could not connect')", timeout=30_000)
     assert page.locator("#finals li").count() == 0
     assert set(browser_server.settings.server.data_dir.iterdir()) == before  # no session was opened
+
+
+def test_serve_prints_an_address_a_browser_can_open() -> None:
+    from livesum.server.app import page_url
+
+    assert page_url("127.0.0.1", 8765, False) == "http://127.0.0.1:8765/"
+    assert page_url("0.0.0.0", 8765, True) == "https://127.0.0.1:8765/"  # a wildcard bind is opened on this machine
+    assert page_url("::1", 9000, False) == "http://[::1]:9000/"
