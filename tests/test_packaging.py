@@ -54,3 +54,7 @@ def test_wheel_install_has_the_profiles_and_runs_outside_the_repo(tmp_path: Path
     defaults = json.loads(run([livesum, "config"], elsewhere, env).stdout)
     assert (defaults["asr"]["model"], defaults["llm"]["model"]) == ("base", "qwen2.5-coder-1.5b")
     assert run([livesum, "--version"], elsewhere, env).stdout == f"livesum {__version__}\n"
+    # The browser page `livesum serve` serves is package data too: the installed HTTP routes find every file.
+    shipped = run([python, "-c", "from livesum.server.http import WEB_DIR; print(' '.join(sorted(p.name for p in WEB_DIR.iterdir())))"],
+                  elsewhere, env).stdout.split()
+    assert {"index.html", "app.js", "capture.js", "worklet.js", "style.css"} <= set(shipped)

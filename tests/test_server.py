@@ -20,7 +20,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from livesum.config import Settings, load_settings
 from livesum.events import Answer, Notes, Segment, Summary
-from livesum.server.app import LivesumServer, load_shared_models
+from livesum.server.app import LivesumServer, SharedModels, load_shared_models
 from livesum.server.protocol import Envelope
 from livesum.source.file import decode_file
 
@@ -65,9 +65,9 @@ def server_settings(data_dir: Path, **server: object) -> Settings:
 class RunningServer:
     """A LivesumServer on its own event loop thread, as `livesum serve` runs it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, models: SharedModels | None = None) -> None:
         self.settings = settings
-        self.server = LivesumServer(settings, load_shared_models(settings))
+        self.server = LivesumServer(settings, models or load_shared_models(settings))
         self.loop = asyncio.new_event_loop()
         self.stop = asyncio.Event()
         ready = threading.Event()

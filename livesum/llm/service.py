@@ -129,6 +129,11 @@ class LmService:
                    engine=engine, function=lambda: function(*args), account=account)
         return self._post(job)
 
+    @property
+    def queue_depth(self) -> int:
+        """Jobs submitted and not yet settled (waiting or running), for /metrics."""
+        return len(self._jobs)
+
     def on_worker(self) -> bool:
         """Whether the caller is this service's own worker thread (which must never wait on a job)."""
         return self._thread is not None and threading.current_thread() is self._thread

@@ -42,6 +42,7 @@ from livesum.server.adapters.twilio import TwilioAdapter
 from livesum.server.adapters.vonage import VonageAdapter
 from livesum.server.audio import AudioFormatError, Resampler, decode_f32le, decode_s16le
 from livesum.server.eventlog import FILE_NAME, EventLog, recover_interrupted
+from livesum.server.http import HttpRoutes, is_upgrade
 from livesum.server.protocol import (
     SESSION_ID, Ask, Envelope, ProtocolError, Resume, Start, Stop, Summarize, Watch, parse_client_message,
 )
@@ -151,6 +152,12 @@ def token_matches(expected: str, offered: str | None) -> bool:
     return offered is not None and hmac.compare_digest(expected.encode(), offered.encode())
 
 
+def page_url(host: str, port: int, tls: bool) -> str:
+    """The browser page's address; a wildcard bind is shown as 127.0.0.1 (what a browser on this machine opens)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else f"[{host}]" if ":" in host else host
+    return f"{'https' if tls else 'http'}://{shown}:{port}/"
+
+
 def safe_session_id(raw: str) -> str:
     """Vendor ids as folder names: odd characters become '_', at most 64."""
     cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", raw)[:64]
@@ -221,6 +228,7 @@ class LivesumServer:
         self._decoders: dict[str, tuple[FrameDecoder, str | None]] = {}
         self._connections = 0
         self._per_address: Counter[str] = Counter()
+        self.http = HttpRoutes(self)  # the page, /healthz, /metrics, /api on the same port (livesum/server/http.py)
 
     # -- lifetime --------------------------------------------------------------------------------------
 
@@ -281,12 +289,14 @@ class LivesumServer:
 
     # -- before the upgrade: limits, path and token ---------------------------------------------------
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         refused = self._admit_connection(connection)
         if refused is not None:
             return refused
         url = urlsplit(request.path)
         route = url.path.rstrip("/") or "/"
+        if request.method != "GET" or (not is_upgrade(request) and route != NATIVE_PATH and route not in ADAPTERS):
+            return await self.http.answer(request)  # plain HTTP: the page, health, metrics, session files (405 for non-GET)
         if route != NATIVE_PATH and route not in ADAPTERS:
             paths = ", ".join([NATIVE_PATH, *ADAPTERS])
             return connection.respond(HTTPStatus.NOT_FOUND, f"unknown path {route[:80]}; use one of {paths}\n")
@@ -446,6 +456,7 @@ class LivesumServer:
     def _forget(self, session: Session) -> None:
         if self.sessions.get(session.id) is session:
             del self.sessions[session.id]
+            self.http.metrics.retire(session)
         self._decoders.pop(session.id, None)
 
     async def _refuse(self, connection: ServerConnection, session_id: str, message: str, code: int) -> None:
@@ -667,6 +678,7 @@ async def run_server(settings: Settings, stop: asyncio.Event | None = None) -> N
         host, scheme = settings.server.host, "wss" if bound.tls else "ws"
         print(f"livesum serve: listening on {scheme}://{host}:{bound.port} ({NATIVE_PATH}, {', '.join(ADAPTERS)}); "
               f"sessions in {settings.server.data_dir}", file=sys.stderr, flush=True)
+        print(f"livesum serve: open {page_url(host, bound.port, bound.tls is not None)} in a browser", file=sys.stderr, flush=True)
 
     await server.serve(stop, ready, hurry)
     print("livesum serve: stopped", file=sys.stderr, flush=True)

@@ -112,6 +112,7 @@ class Session:
         self._tracks: dict[str | None, _Track] = {}
         self._queue: deque = deque()
         self._queued_samples = 0
+        self._samples_in = 0  # every sample pushed, for /metrics (the tracks' clocks may skip ahead)
         self._max_queued = int(settings.server.session_queue_seconds * PIPELINE_RATE)
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
@@ -150,6 +151,7 @@ class Session:
                     self._enqueue(track, state)
                 state.samples_in = position
         state.pending.append(samples.astype(np.float32, copy=False))
+        self._samples_in += len(samples)
         state.pending_len += len(samples)
         if state.pending_len >= self._chunk_samples:
             self._enqueue(track, state)
@@ -225,6 +227,16 @@ class Session:
     @property
     def queued_seconds(self) -> float:
         return self._queued_samples / PIPELINE_RATE
+
+    @property
+    def audio_in_seconds(self) -> float:
+        """Audio received so far (all tracks), for /metrics."""
+        return self._samples_in / PIPELINE_RATE
+
+    @property
+    def dropped_seconds(self) -> float:
+        """Audio dropped so far, reported or not yet (reports are thinned), for /metrics."""
+        return self.pipeline.result.dropped_seconds + self._unreported_drop
 
     # -- control -------------------------------------------------------------------------------------
 
