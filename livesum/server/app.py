@@ -230,6 +230,11 @@ class LivesumServer:
         self._per_address: Counter[str] = Counter()
         self.http = HttpRoutes(self)  # the page, /healthz, /metrics, /api on the same port (livesum/server/http.py)
 
+    @property
+    def connections_open(self) -> int:
+        """TCP connections admitted and not yet closed (websockets and plain HTTP)."""
+        return self._connections
+
     # -- lifetime --------------------------------------------------------------------------------------
 
     async def serve(self, stop: asyncio.Event | None = None, ready: Callable[[LivesumServer], None] | None = None,

@@ -104,7 +104,7 @@ class ServerMetrics:
         now = time.time()
         yield GaugeMetricFamily("livesum_sessions_running", "Sessions open now (streaming or writing their notes).", value=len(sessions))
         yield CounterMetricFamily("livesum_sessions_finished", "Sessions finished since the server started.", value=self.finished_sessions)
-        yield GaugeMetricFamily("livesum_connections_open", "Open TCP connections (websockets and HTTP).", value=self.server._connections)
+        yield GaugeMetricFamily("livesum_connections_open", "Open TCP connections (websockets and HTTP).", value=self.server.connections_open)
         yield CounterMetricFamily("livesum_audio_in_seconds", "Seconds of audio received by all sessions.",
                                   value=self.finished_audio_seconds + sum(s.audio_in_seconds for s in sessions))
         yield CounterMetricFamily("livesum_audio_dropped_seconds", "Seconds of live audio dropped because a session fell behind.",
