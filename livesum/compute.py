@@ -116,4 +116,3 @@ def flush_denormals() -> None:
 
     torch.set_flush_denormal(True)
     _FLUSHING.on = True
-
