@@ -44,6 +44,12 @@ REPO = Path(__file__).resolve().parent.parent
 FRAME = 1600  # samples: 100 ms at 16 kHz
 
 
+def pcm16_of(paths: list[Path]) -> bytes:
+    """The recordings end to end as 16 kHz s16le, the frames the native protocol sends."""
+    samples = [np.concatenate([c.samples for c in decode_file(path, 16000, 1.0)]) for path in paths]
+    return (np.clip(np.concatenate(samples), -1, 1) * 32767).astype("<i2").tobytes()
+
+
 def is_writing_notes(event: object) -> bool:
     return isinstance(event, Status) and event.detail == "writing notes"
 
@@ -162,7 +168,7 @@ def main() -> None:
     parser.add_argument("--wait-notes", action="store_true", help="Also wait for every session's notes (slow on a busy CPU).")
     parser.add_argument("--set", dest="assignments", action="append", default=[], help="Passed to `livesum serve --set`.")
     args = parser.parse_args()
-    pcm = (np.clip(np.concatenate([c.samples for c in decode_file(args.audio, 16000, 1.0)]), -1, 1) * 32767).astype("<i2").tobytes()
+    pcm = pcm16_of([args.audio])
     reference = args.reference.read_text() if args.reference else None
     data_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"serve_load-{os.getpid()}"
     command = [sys.executable, "-m", "livesum.cli", "serve", "--config", str(args.config), "--port", str(args.port),

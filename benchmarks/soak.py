@@ -7,8 +7,8 @@ one native session until `--hours` of audio have been sent, as fast as the serve
 question every `--ask-every` audio minutes. Rolling summaries come at the profile's cadence.
 
 A row per `--window` audio minutes, sampled when the transcript reaches past it: wall time, the
-server's RSS, the LM cache length (from the status events), the p50/p95 latency of the finals emitted in that window (Segment.latency: emission minus
-arrival of the segment's last frame), and how long the window's questions took to their answer.
+server's RSS, the LM cache length (from the status events), the p50/p95 latency of the finals
+emitted in that window (Segment.latency: emission minus arrival of the segment's last frame), and how long the window's questions took to their answer.
 At the end: RSS at the end against the level after the first 30 audio minutes (the issue's bar:
 within 5%), dropped audio (must be 0), and whether the transcript reaches the end of the audio.
 
@@ -32,10 +32,9 @@ from websockets.asyncio.client import connect
 
 from livesum.events import Answer, Error, Notes, Segment, Status, Summary
 from livesum.server.protocol import Ask, Envelope, Start, Stop
-from livesum.source.file import decode_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import start_server  # noqa: E402  (a sibling script)
+from serve_load import pcm16_of, start_server  # noqa: E402  (a sibling script)
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -54,13 +53,8 @@ class Window:
     sampled: dict = field(default_factory=dict)  # wall time, server RSS and cache length when its audio was read
 
 
-def speech(paths: list[Path]) -> bytes:
-    samples = [np.concatenate([c.samples for c in decode_file(path, RATE, 1.0)]) for path in paths]
-    return (np.clip(np.concatenate(samples), -1, 1) * 32767).astype("<i2").tobytes()
-
-
 async def soak(url: str, pid: int, hours: float, window_minutes: float, ask_every_minutes: float) -> dict:
-    loop_pcm = speech(RECORDINGS)
+    loop_pcm = pcm16_of(RECORDINGS)
     total_frames = int(hours * 3600 * RATE / FRAME)
     server = psutil.Process(pid)
     windows = [Window(window_minutes * (k + 1)) for k in range(int(np.ceil(hours * 60 / window_minutes)))]
@@ -82,8 +76,8 @@ async def soak(url: str, pid: int, hours: float, window_minutes: float, ask_ever
                 received.append(envelope)
                 event = envelope.event
                 if isinstance(event, Segment) and event.final and event.latency is not None:
-                    windows[window_at(event.end)].latencies.append(event.latency)
                     reached = window_at(event.end)
+                    windows[reached].latencies.append(event.latency)
                     for window in windows[:reached]:  # the transcript has reached past these: sample now
                         if not window.sampled:
                             window.sampled = sample(server, cache_tokens, began)
@@ -118,8 +112,7 @@ async def soak(url: str, pid: int, hours: float, window_minutes: float, ask_ever
         await asyncio.wait_for(receiver, timeout=3600)
     # Latencies per window once every final is in (a window's last finals come after its audio was read).
     rows = [row_of(window) for window in windows if window.sampled]
-    rows.append({"at": "notes written", "wall_minutes": round((time.monotonic() - began) / 60, 1),
-                 "server_rss_mib": round(server.memory_info().rss / 2**20)})
+    rows.append({"at": "notes written", **sample(server, None, began)})
     return summarize(rows, received, hours, window_minutes)
 
 

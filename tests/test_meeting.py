@@ -30,8 +30,10 @@ LONG_MINUTES = 8
 QUALITY_FLOOR = {"items found": 1, "items precision": 0.15, "questions right": 2}
 
 
-def synthesize(script: Path, audio: Path) -> None:
-    made = subprocess.run([sys.executable, str(SAMPLES / "make_meeting.py"), "--script", str(script), "--out", str(audio)],
+def synthesize(script: Path, audio: Path, minutes: float | None = None) -> None:
+    """make_meeting.py as a user runs it; `minutes` keeps the whole turns that fit."""
+    limit = ["--minutes", str(minutes)] if minutes is not None else []
+    made = subprocess.run([sys.executable, str(SAMPLES / "make_meeting.py"), "--script", str(script), "--out", str(audio), *limit],
                           capture_output=True, text=True, cwd=REPO)
     assert made.returncode == 0, made.stderr
 
@@ -85,9 +87,7 @@ def long_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     is evicted before the end (the whole 22 minutes took CI a quarter of its time budget)."""
     work = tmp_path_factory.mktemp("meeting")
     audio = work / "meeting.wav"
-    made = subprocess.run([sys.executable, str(SAMPLES / "make_meeting.py"), "--out", str(audio), "--minutes", str(LONG_MINUTES)],
-                          capture_output=True, text=True, cwd=REPO)
-    assert made.returncode == 0, made.stderr
+    synthesize(SAMPLES / "meeting_script.toml", audio, LONG_MINUTES)
     out = work / "notes"
     result = run_cli("file", str(audio), "--out", str(out), "-q", "--config", str(REPO / "configs" / "cpu.toml"),
                      "--set", "asr.diarize=false", "--ask", "What did the team decide about the launch date?", timeout=1800)
