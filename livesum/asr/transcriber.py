@@ -7,10 +7,17 @@ Audio accumulates in a buffer. When the buffer holds `window_seconds` of audio, 
 been followed by a pause and the stream ends, the buffer is cut at the last pause and that part
 is transcribed into final segments; the rest stays for the next round, so words are never cut in
 half. Optional partial segments re-transcribe the open utterance for live captions.
+
+Windows carry nothing over (no previous text as a prompt), so without partials several are
+transcribed at once, one per Whisper worker: on the CPU Whisper gets half the cores (the LM has the
+rest, livesum/compute.py), and during a file the LM is mostly idle, so one window at a time left a
+core unused. Segments still come out in order.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,10 +77,23 @@ class BatchTranscriber:
             min_silence_duration_ms=config.min_silence_ms,
             speech_pad_ms=100,
         )
+        self.in_flight = self._windows_in_flight()
+        self._pending: deque[tuple[Future[list[Segment]], float]] = deque()  # (transcription, its seconds of audio)
+        self._pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix="whisper-window") if self.in_flight > 1 else None
+
+    def _windows_in_flight(self) -> int:
+        """`asr.windows_in_flight`, or one per Whisper worker; one when partials are wanted (they must
+        see the finals before them)."""
+        if self.config.partial_every_seconds:
+            return 1
+        if self.config.windows_in_flight:
+            return self.config.windows_in_flight
+        return max(1, int(getattr(getattr(self.model, "model", None), "num_workers", 1) or 1))
 
     @property
     def buffered_seconds(self) -> float:
-        return len(self.buffer.samples) / self.sample_rate
+        """Audio heard and not yet returned as segments: the open buffer and windows still being transcribed."""
+        return len(self.buffer.samples) / self.sample_rate + sum(seconds for _, seconds in self._pending)
 
     def push(self, chunk: AudioChunk) -> list[Segment]:
         if chunk.sample_rate != self.sample_rate:
@@ -82,7 +102,7 @@ class BatchTranscriber:
             self.buffer.start = chunk.start
         self.buffer.samples = np.concatenate([self.buffer.samples, chunk.samples.astype(np.float32, copy=False)])
         self.since_partial += chunk.duration
-        if self.buffered_seconds >= self.config.window_seconds:
+        if len(self.buffer.samples) >= self.config.window_seconds * self.sample_rate:
             return self._transcribe_until(self._cut_point())
         every = self.config.partial_every_seconds
         if every and self.since_partial >= every:
@@ -91,8 +111,15 @@ class BatchTranscriber:
         return []
 
     def flush(self) -> list[Segment]:
-        """End of stream: everything left becomes final."""
-        return self._transcribe_until(len(self.buffer.samples))
+        """End of stream: everything left becomes final (windows still in flight included)."""
+        segments = self._transcribe_until(len(self.buffer.samples))
+        while self._pending:
+            segments += self._take_oldest()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+            self.in_flight = 1
+        return segments
 
     def _cut_point(self) -> int:
         """Sample index to cut at: the middle of the last pause, or the whole buffer if none."""
@@ -149,10 +176,31 @@ class BatchTranscriber:
         ] or None
 
     def _transcribe_until(self, cut: int) -> list[Segment]:
+        """The buffer up to `cut` as final segments: at once, or (windows in flight) submitted, returning
+        the segments of the windows before it that are done, in order, and waiting for the oldest only
+        when every worker is busy (backpressure to the caller)."""
         audio, start = self.buffer.samples[:cut], self.buffer.start
         self.buffer = _Buffer(self.buffer.samples[cut:], start + cut / self.sample_rate)
         self.since_partial = 0.0
-        return self._transcribe(audio, start, final=True)
+        if self._pool is None:
+            return self._transcribe(audio, start, final=True)
+        self._pending.append((self._pool.submit(self._recognize, audio, start), len(audio) / self.sample_rate))
+        segments: list[Segment] = []
+        while self._pending and (self._pending[0][0].done() or len(self._pending) >= self.in_flight):
+            segments += self._take_oldest()
+        return segments
+
+    def _recognize(self, audio: np.ndarray, start: float) -> list[Segment]:
+        """One window on a pool thread, counted as recognition on the cores (the LM's threads follow)."""
+        with SHARE.recognition():
+            return self._transcribe(audio, start, final=True)
+
+    def _take_oldest(self) -> list[Segment]:
+        future, _ = self._pending[0]
+        try:
+            return future.result()
+        finally:
+            self._pending.popleft()
 
     def _partial(self) -> list[Segment]:
         return self._transcribe(self.buffer.samples, self.buffer.start, final=False)
