@@ -41,17 +41,9 @@ from livesum.events import Answer, AnswerPart, Error, Event, Notes, Segment, Sta
 from livesum.llm.minutes import MeetingMinutes, spoken_line
 from livesum.llm.notes import whole_sentences
 from livesum.llm.service import LmService, Priority
+from livesum.memory import release_free_memory
 from livesum.outputs.files import EventSink
 from livesum.source.audio import AudioChunk, AudioSourceError, level_dbfs
-
-
-def abandon_model_work(service: LmService) -> int:
-    """Cancels every job still queued on `service`: work a hurried exit left behind (the LM's notes past
-    the deadline), so the threads blocked on it return and the service can stop. The service drops
-    cancelled jobs itself; it has no public call for this yet, hence its queue is read here."""
-    with service._wake:
-        jobs = list(service._jobs)
-    return sum(job.future.cancel() for job in jobs)
 
 
 class LanguageEngine(Protocol):
@@ -319,7 +311,7 @@ class Pipeline:
                     pass
             if self._owns_service:  # joined: a process must not exit with the worker inside torch
                 if self._exit_by is not None:
-                    abandon_model_work(self.service)  # what the hurried exit left behind would hold the join
+                    self.service.cancel_queued()  # what the hurried exit left behind would hold the join
                 await asyncio.to_thread(self.service.close, True)
         if cancelled:
             raise asyncio.CancelledError
@@ -624,6 +616,7 @@ class Pipeline:
             self.latest_summary = summary.text
             self.emit(summary)
             self.minutes.add_summary(summary)
+            await asyncio.to_thread(release_free_memory)  # a summary every few minutes: RSS stays level over hours
         finally:
             self._summary_pending = False
 

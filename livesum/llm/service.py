@@ -203,6 +203,13 @@ class LmService:
                       account: Callable[[float], None] | None) -> Any:
         return await asyncio.wrap_future(self.submit_call(priority, function, *args, session=session, account=account))
 
+    def cancel_queued(self) -> int:
+        """Cancel every job still queued or running: the work a hurried exit gave up (notes past their
+        deadline), so the threads blocked on it return and `close` need not finish it. The number cancelled."""
+        with self._wake:
+            jobs = list(self._jobs)
+        return sum(job.future.cancel() for job in jobs)
+
     def close(self, wait: bool = False) -> None:
         """Finish the queued jobs and stop; `wait` blocks until the worker has (a process about to exit
         must not leave it inside a torch call)."""

@@ -34,7 +34,6 @@ from websockets.http11 import Request, Response
 
 from livesum.config import ConfigError, Settings, deep_merge, nest, validate_settings
 from livesum.llm.service import LmService, Priority
-from livesum.pipeline import abandon_model_work
 from livesum.server.adapters import Adapter, AdapterError, Audio, Close, Open
 from livesum.server.adapters.recall import RecallAdapter
 from livesum.server.adapters.telnyx import TelnyxAdapter
@@ -261,7 +260,7 @@ class LivesumServer:
             self.closing = True
             server.server.close()  # stop accepting; open connections stay until their sessions are done
             await self.finish_all(hurry)
-        abandon_model_work(self.service)  # every session is done: what is queued is notes a hurried exit gave up
+        self.service.cancel_queued()  # every session is done: what is queued is notes a hurried exit gave up
         await asyncio.to_thread(self.service.close, True)  # joined: the process must not exit inside a torch call
 
     async def finish_all(self, hurry: asyncio.Event | None = None) -> None:
