@@ -8,7 +8,6 @@ by benchmarks/notes_quality.py on eight meetings, six of them held out of the te
 check of it runs here."""
 
 import importlib.util
-import json
 import subprocess
 import sys
 import tomllib

@@ -16,14 +16,14 @@ import pytest
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import REPO, SAMPLES, SPEECH_REFERENCE, SPEECH_SAMPLE
+from conftest import REPO, SAMPLES, SPEECH_REFERENCE
 from livesum.config import load_settings
 from livesum.events import Error, Notes, Segment
 from livesum.server.app import twilio_signature
 from livesum.server.client import send_file
 from livesum.source.file import probe_duration
-from test_server import FRAME_BYTES, RunningServer, closed_with, send_audio, speech_pcm, start, welcome, wer
-from test_server_adapters import finished_segments, text_of, twilio_media
+from test_server import RunningServer, closed_with, send_audio, speech_pcm, start, welcome, wer
+from test_server_adapters import finished_segments, twilio_media
 
 MEETING = SAMPLES / "cafe_meeting.flac"
 QUEUE_SECONDS = 5
