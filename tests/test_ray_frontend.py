@@ -6,7 +6,9 @@ process does. The same paths on a real two-node cluster: tests/test_ray.py (serv
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -203,6 +205,26 @@ async def test_two_front_ends_share_the_hosts_take_over_a_session_and_a_dead_hos
     assert set(one.seqs()) & set(resumed.seqs()) <= set(range(seen + 1, record[-1] + 1))  # sent to A after `seen`, replayed on B
     text = " ".join(one.finals() + resumed.finals()).lower()
     assert "dashwood" in text
+
+    # An adapter (Twilio, mu-law 8 kHz, the token-less loopback server) through B: its session runs on the
+    # host `one` left, the call's speaker name on its transcript, notes once the call stops.
+    mulaw = subprocess.run(["sox", str(SAMPLES / "librivox.flac"), "-t", "raw", "-r", "8000", "-e", "mu-law", "-b", "8", "-c", "1",
+                            "-", "trim", "0", "7"], check=True, capture_output=True).stdout
+    async with connect(f"ws://127.0.0.1:{b.port}/twilio", max_size=None) as call:
+        start = {"streamSid": "MZcall1", "tracks": ["inbound"], "customParameters": {"inbound_speaker": "Caller"},
+                 "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}
+        await call.send(json.dumps({"event": "start", "start": start, "streamSid": "MZcall1"}))
+        for number, offset in enumerate(range(0, len(mulaw), 160)):  # 20 ms frames
+            media = {"track": "inbound", "timestamp": str(offset // 8), "payload": base64.b64encode(mulaw[offset:offset + 160]).decode()}
+            await call.send(json.dumps({"event": "media", "sequenceNumber": str(number + 2), "media": media, "streamSid": "MZcall1"}))
+        await call.send(json.dumps({"event": "stop", "streamSid": "MZcall1"}))
+    assert "MZcall1" in fake.actors[holders["one"][0]].host.sessions
+    notes = tmp_path / "sessions" / "MZcall1" / "notes.md"
+    async with asyncio.timeout(120):
+        while not notes.is_file():
+            await asyncio.sleep(0.2)
+    transcript = (tmp_path / "sessions" / "MZcall1" / "transcript.txt").read_text()
+    assert "Caller" in transcript and "dashwood" in transcript.lower()
 
     # `two`'s host dies: its owner on A and its watcher on B get an error event and 4503 at once.
     await watcher.until(lambda c: len(c.seqs()) >= 1)
