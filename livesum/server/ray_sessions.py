@@ -36,7 +36,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from livesum.config import Settings
-from livesum.events import Error, Status
+from livesum.events import Status
 from livesum.scale.session_host import EventBatch, HostLoad, SessionHost, SessionHostError
 from livesum.server.adapters import Adapter, Open
 from livesum.server.app import (
