@@ -191,6 +191,7 @@ def serve_command(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Sessions write their files under DATA_DIR/<session>/.")] = None,
     certfile: Annotated[Path | None, typer.Option("--certfile", help="TLS certificate chain (PEM): serve wss:// and https://.")] = None,
     keyfile: Annotated[Path | None, typer.Option("--keyfile", help="TLS private key (PEM) of --certfile.")] = None,
+    ray_address: Annotated[str | None, typer.Option("--ray", help="Run the sessions on session hosts of a Ray cluster: 'auto', HOST:PORT or ray://HEAD:10001 (needs the livesum\\[ray] extra; docs/scale.md).")] = None,
     config: ConfigOption = None,
     assignments: SetOption = None,
     speakers: SpeakersOption = None,
@@ -205,10 +206,13 @@ def serve_command(
     flags = {"server.host": host, "server.port": port, "server.token": token, "server.data_dir": data_dir,
              "server.certfile": certfile, "server.keyfile": keyfile, "asr.speakers": speakers}
     settings = settings_from(config, assignments, flags)
+    from livesum.batch.cluster import RayUnavailable
     from livesum.server.app import ServerStartupError, run_server
 
     try:
-        asyncio.run(run_server(settings))
+        asyncio.run(run_server(settings, ray_address=ray_address))
+    except RayUnavailable as error:
+        raise fail(str(error), EXIT_CONFIG) from None
     except ModelNotInstalled as error:
         raise fail(str(error), EXIT_CONFIG) from None
     except ServerStartupError as error:

@@ -264,6 +264,26 @@ class BatchConfig(Section):
     placement: Literal["SPREAD", "DEFAULT"] = Field("SPREAD", description="Ray's scheduling strategy for the workers: SPREAD puts them on as many nodes as possible.")
 
 
+class ScaleConfig(Section):
+    """`livesum serve --ray`: sessions on SessionHost actors of a Ray cluster (docs/scale.md). A host runs up
+    to `server.max_sessions` sessions on one set of models."""
+
+    hosts: int = Field(1, ge=1, description="Session hosts this front-end makes sure exist (livesum-host-0..N-1, detached; the first front-end creates them).")
+    cpus_per_host: float = Field(2.0, gt=0, description="CPUs Ray reserves per host: Whisper and the LM run in it; torch and CTranslate2 get this many threads.")
+    gpus_per_host: float | None = Field(None, ge=0, description="GPUs Ray reserves per host; None = 1 where the cluster has GPUs, else 0.")
+    placement: Literal["SPREAD", "DEFAULT"] = Field("SPREAD", description="Ray's scheduling strategy for the hosts: SPREAD puts them on as many nodes as possible.")
+    namespace: str = Field("livesum", min_length=1, description="Ray namespace of the hosts: front-ends that share it share the hosts.")
+    push_seconds: float = Field(0.25, ge=0.1, le=0.5, description="Audio gathered per push call to a host (one actor call per frame would cost more than the frame).")
+    buffer_seconds: float = Field(
+        2.0, gt=0, description="Audio of one connection that may wait to go to its host; past it the front-end stops reading the socket "
+        "until the host took it (a live vendor stream past session_queue_seconds drops its oldest audio instead).")
+    poll_seconds: float = Field(10.0, gt=0, description="How long one long-poll of a session's events waits on its host for a new event.")
+    load_cache_seconds: float = Field(1.0, ge=0, description="How long the hosts' loads (asked of every host to place a new session) are reused.")
+    call_timeout_seconds: float = Field(10.0, gt=0, description="A host that does not answer load() or has() within this long is passed over (still loading, or its node is gone).")
+    ready_timeout_seconds: float = Field(600.0, gt=0, description="At start: how long to wait for the first host to load its models before listening anyway.")
+    replace_dead_hosts: bool = Field(True, description="Create a host again (same name) when one dies, to restore capacity; its sessions are not restored.")
+
+
 class Settings(Section):
     audio: AudioConfig = AudioConfig()
     asr: AsrConfig = AsrConfig()
@@ -272,6 +292,7 @@ class Settings(Section):
     server: ServerConfig = ServerConfig()
     output: OutputConfig = OutputConfig()
     batch: BatchConfig = BatchConfig()
+    scale: ScaleConfig = ScaleConfig()
     cache_dir: Path | None = Field(None, description="Where converted models live; default ~/.cache/livesum.")
 
     def resolved_cache_dir(self) -> Path:

@@ -1,5 +1,5 @@
-"""`livesum batch --ray` and the session host of `serve --ray` on a real two-node Ray cluster on
-loopback (tests/ray_cluster.py), fast profile.
+"""`livesum batch --ray` and `livesum serve --ray` (its session host alone, then front-ends and hosts)
+on a real two-node Ray cluster on loopback (tests/ray_cluster.py), fast profile.
 
 One cluster for the module: a head with 1 CPU and a second node with 1 CPU, so the two workers
 (1 CPU each) land one on each node.
@@ -124,3 +124,39 @@ def test_a_killed_session_host_ends_its_session_only(cluster: RayCluster, tmp_pa
     assert len(written) >= report["doomed_seen"] and all(parse_event(line) for line in written)  # whole lines only
     assert "dashwood" in report["survivor_text"].lower()
     assert (data_dir / "survivor" / "notes.md").is_file()
+
+
+def test_serve_on_ray_places_sessions_on_two_hosts_survives_a_dead_host_and_resumes_through_another_front_end(
+        cluster: RayCluster, tmp_path: Path) -> None:
+    """`livesum serve --ray`, two front-end processes on the module's cluster (tests/serve_on_ray.py):
+    two sessions on the two hosts and a third refused (1013); one host killed: its session gets an
+    error event and 4503 at once, the other goes on; that one resumes through the second front-end
+    from its last seq, with every event exactly once, to its notes."""
+    data_dir = tmp_path / "sessions"
+    command = cluster.in_cluster_net([sys.executable, str(REPO / "tests" / "serve_on_ray.py"), cluster.gcs_address, str(data_dir),
+                                      str(tmp_path)])
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    logs = "".join(f"\n--- {path.name}\n{path.read_text()[-3000:]}" for path in sorted(tmp_path.glob("frontend-*.log")))
+    assert result.returncode == 0, result.stderr[-3000:] + logs
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(set(report["host_nodes"])) == 2, logs  # one host per node
+    assert report["placed"]["alpha"] != report["placed"]["beta"]
+    assert report["full_close"] == 1013
+    # The dead host's session: an error event, then 4503, at once.
+    assert report["alpha_close"] == 4503 and report["alpha_close_after"] < 10
+    last = report["alpha_last"]
+    assert last["seq"] is None and last["event"]["type"] == "error" and "session worker died" in last["event"]["message"]
+    assert report["alpha_resume_close"] == 4404
+    # The other session: untouched by the death, resumed through front-end B with nothing lost or doubled.
+    assert report["beta_errors_on_a"] == []
+    seen, on_b = report["beta_seen_on_a"], report["beta_seqs_on_b"]
+    assert report["beta_seqs_on_a"] == list(range(1, seen + 1))
+    assert on_b == list(range(seen + 1, seen + 1 + len(on_b)))
+    assert report["beta_close"] == 1000 and "notes" in report["beta_types_on_b"]
+    text = report["beta_text"].lower()
+    assert "dashwood" in text and "respectable" in text  # words of both halves: the audio sent to A and to B
+    written = (data_dir / "beta" / "events.jsonl").read_text().splitlines()
+    assert len(written) == on_b[-1]  # the record on the hosts' storage is the events the client got
+    assert (data_dir / "beta" / "notes.md").is_file()
+    assert all(parse_event(line) for line in (data_dir / "alpha" / "events.jsonl").read_text().splitlines())
+    assert report["frontend_exits"] == [0, 0]

@@ -75,7 +75,7 @@ async def test_resume_from_a_seq_refusals_and_the_grace_period(tmp_path: Path, m
     no_llm = FileModels(models.whisper, None)
     host = SessionHost(load_settings(CPU, {"llm": {"enabled": False}, "server": {"data_dir": str(tmp_path / "s"), "resume_grace_seconds": 1}}),
                        capacity=1, models=no_llm)
-    await host.open("call-1")
+    await host.open("call-1", secret="s3cret", meta={"format": {"sample_rate": 8000}})
     with pytest.raises(SessionHostError) as full:
         await host.open("call-2")
     assert full.value.reason == "full"
@@ -87,6 +87,16 @@ async def test_resume_from_a_seq_refusals_and_the_grace_period(tmp_path: Path, m
         await host.push("call-1", pcm)
     first = await host.events("call-1", 0, timeout=5)
     assert first.events and first.events[0][0] == 1
+    # A front-end taking the session over (a resume) presents its secret; the old owner's long-poll
+    # returns at once and says who owns the session now.
+    with pytest.raises(SessionHostError) as wrong:
+        await host.claim("call-1", "nope")
+    assert wrong.value.reason == "secret"
+    old_owner = asyncio.ensure_future(host.events("call-1", 10**6, timeout=60))
+    await asyncio.sleep(0.1)
+    claim = await host.claim("call-1", "s3cret")
+    assert (claim.owner, claim.meta, claim.ended) == (2, {"format": {"sample_rate": 8000}}, False)
+    assert (await asyncio.wait_for(old_owner, 5)).owner == 2
     # Nobody pushes or polls now: after the 1 s grace the session ends by itself, with its notes.
     everything = await asyncio.wait_for(collect_after_grace(host, "call-1"), timeout=300)
     assert json.loads(everything[-1][1])["state"] == "finished"
@@ -99,7 +109,14 @@ async def test_resume_from_a_seq_refusals_and_the_grace_period(tmp_path: Path, m
     assert ended.value.reason == "unknown"
     with pytest.raises(SessionHostError):
         await host.events("nobody", 0, timeout=0.1)
+    with pytest.raises(SessionHostError) as taken:
+        await host.open("call-1")
+    assert taken.value.reason == "exists"
     await host.close()
+    again = SessionHost(host.settings, capacity=1, models=no_llm)  # another host on the same storage
+    with pytest.raises(SessionHostError) as finished:
+        await again.open("call-1")
+    assert finished.value.reason == "finished"  # its folder holds a finished session: never reopened
 
 
 async def collect_after_grace(host: SessionHost, session_id: str) -> list[tuple[int, str]]:

@@ -13,19 +13,21 @@ docs/scale.md has the design of `serve --ray` around it.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from livesum.batch.worker import ray_node_id
-from livesum.config import Settings
+from livesum.config import ConfigError, Settings, deep_merge, validate_settings
 from livesum.events import Error, Event
 from livesum.llm.service import LmService, Priority
 from livesum.outputs.files import file_sinks
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 PIPELINE_RATE = 16000
 REPLAY_EVENTS = 2000  # events kept for a resume; an older `after_seq` is told what it missed
 GRACE_CHECK_SECONDS = 1.0
+CLOCK_GAP_SECONDS = 0.2  # a pushed `at` this far past a track's clock moves the clock (as the in-process server does)
+EVENTS_FILE = "events.jsonl"
 
 
 class SessionHostError(RuntimeError):
@@ -46,7 +50,7 @@ class SessionHostError(RuntimeError):
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
-        self.reason = reason  # "full", "unknown", "exists", "invalid": the front-end maps it to a close code
+        self.reason = reason  # "full", "unknown", "exists", "finished", "invalid", "secret": the front-end maps it to a close code
 
     def __reduce__(self) -> tuple[type, tuple[str, str]]:  # crosses Ray (pickled) with its reason
         return SessionHostError, (str(self), self.reason)
@@ -59,6 +63,16 @@ class EventBatch:
     events: list[tuple[int, str]]  # (seq, event JSON)
     finished: bool  # the session ended and every event is in `events` or before
     missed: int = 0  # events after the asked seq that are no longer kept (in DATA_DIR/<id>/events.jsonl)
+    owner: int = 0  # which attachment owns the session now (`claim` counts up): an older owner was taken over
+
+
+@dataclass
+class Claim:
+    """What `claim()` gives the front-end that takes a session over (a resume, a reconnected call)."""
+
+    owner: int  # this attachment's number: `events()` says when a later one took over
+    meta: dict[str, Any] = field(default_factory=dict)  # what the opening front-end stored (the stream's format)
+    ended: bool = False  # the client said stop: no more audio
 
 
 @dataclass
@@ -78,29 +92,46 @@ class HostedSession:
     """One session: audio queued per push (the oldest dropped past `server.session_queue_seconds`),
     a live pipeline reading it, and the numbered events."""
 
-    def __init__(self, session_id: str, settings: Settings, pipeline_factory: Callable[[HostedSession], Pipeline]) -> None:
+    def __init__(self, session_id: str, settings: Settings, pipeline_factory: Callable[[HostedSession], Pipeline], *,
+                 live: bool = True, secret: str | None = None, meta: dict[str, Any] | None = None) -> None:
         self.id = session_id
         self.settings = settings
+        self.live = live  # a source that cannot wait: drop the oldest audio when behind; else `push` waits for room
+        self.secret = secret  # what a resume must present (None: no check here, e.g. a vendor's call id)
+        self.meta = dict(meta or {})
+        self.owner = 1
+        self.bad_input = 0
         self.seq = 0
         self.replay: deque[tuple[int, str]] = deque(maxlen=REPLAY_EVENTS)
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # resolved at each new event
         self.ended = False  # no more audio
         self.finished = False  # the pipeline is done: notes written, every event numbered
         self.last_contact = time.monotonic()
+        self.waiting = 0  # front-ends' calls waiting here now (long-polls, pushes held for room): contact while they wait
         self._queue: deque[AudioChunk] = deque()
         self._queued_samples = 0
         self._max_queued = int(settings.server.session_queue_seconds * PIPELINE_RATE)
         self._clocks: dict[str | None, int] = {}
         self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
         self._tasks: set[asyncio.Task[object]] = set()
         self.pipeline = pipeline_factory(self)
         self.task = asyncio.create_task(self._run(), name=f"hosted-{session_id}")
 
-    def push(self, samples: np.ndarray, track: str | None = None) -> float:
-        """Audio of one track; returns the seconds dropped to make room (0 when the pipeline keeps up)."""
-        if self.ended:
+    def push(self, samples: np.ndarray, track: str | None = None, at: float | None = None, speaker: str | None = None) -> float:
+        """Audio of one track; returns the seconds dropped to make room (0 when the pipeline keeps up).
+        `at` (stream seconds, where the protocol gives it) moves a track's clock that fell behind it (a
+        silent participant the vendor did not send); `speaker` names the track."""
+        if self.ended or not len(samples):
             return 0.0
+        if track not in self._clocks and len(self._clocks) >= self.settings.server.max_tracks_per_session:
+            self.report(f"track {str(track)[:40]!r} refused: at most {self.settings.server.max_tracks_per_session} tracks a session")
+            return 0.0
+        if speaker is not None and track is not None:
+            self.pipeline.speakers[track] = speaker
         start = self._clocks.get(track, 0)
+        if at is not None and round(at * PIPELINE_RATE) - start > CLOCK_GAP_SECONDS * PIPELINE_RATE:
+            start = round(at * PIPELINE_RATE)
         self._clocks[track] = start + len(samples)
         self._queue.append(AudioChunk(samples, start / PIPELINE_RATE, PIPELINE_RATE, captured_at=time.time(), track=track))
         self._queued_samples += len(samples)
@@ -114,9 +145,29 @@ class HostedSession:
         self._wakeup.set()
         return dropped
 
+    @property
+    def needs_room(self) -> bool:
+        return not self.live and not self.ended and self._queued_samples >= self._max_queued
+
+    async def room(self) -> None:
+        """Returns once a source that can wait may push again (its queue has room, or the session ended)."""
+        while self.needs_room:
+            self._room.clear()
+            await self._room.wait()
+
+    def report(self, message: str) -> None:
+        """A non-fatal error into the session's events, a flood thinned (the first 20, then every 100th)."""
+        self.bad_input += 1
+        if self.bad_input > 20 and self.bad_input % 100:
+            return
+        if self.bad_input > 20:
+            message += f" ({self.bad_input} refused inputs so far)"
+        self.pipeline.emit(Error(message=message, source="server"))
+
     def end_audio(self) -> None:
         self.ended = True
         self._wakeup.set()
+        self._room.set()
 
     def spawn(self, work: object) -> None:
         task = asyncio.ensure_future(work)  # type: ignore[arg-type]
@@ -132,6 +183,8 @@ class HostedSession:
                 await self._wakeup.wait()
             chunk = self._queue.popleft()
             self._queued_samples -= len(chunk.samples)
+            if self._queued_samples < self._max_queued:
+                self._room.set()
             yield chunk
 
     def publish(self, event: Event) -> None:
@@ -145,19 +198,27 @@ class HostedSession:
         changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
         changed.set_result(None)
 
-    async def events(self, after_seq: int, timeout: float) -> EventBatch:
-        self.last_contact = time.monotonic()
-        deadline = time.monotonic() + timeout
-        while self.seq <= after_seq and not self.finished and (left := deadline - time.monotonic()) > 0:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._changed), left)
-            except TimeoutError:
-                break
+    async def events(self, after_seq: int, timeout: float, touch: bool = True) -> EventBatch:
+        if touch:
+            self.last_contact = time.monotonic()
+            self.waiting += 1
+        try:
+            deadline = time.monotonic() + timeout
+            owner = self.owner  # a claim meanwhile ends the wait: the poller learns it was taken over
+            while self.seq <= after_seq and not self.finished and self.owner == owner and (left := deadline - time.monotonic()) > 0:
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._changed), left)
+                except TimeoutError:
+                    break
+        finally:
+            if touch:
+                self.waiting -= 1
         oldest = self.replay[0][0] if self.replay else self.seq + 1
         kept = [(seq, text) for seq, text in self.replay if seq > after_seq]
         missed = max(0, min(oldest, self.seq + 1) - after_seq - 1)
-        self.last_contact = time.monotonic()
-        return EventBatch(kept, self.finished and (not kept or kept[-1][0] == self.seq), missed)
+        if touch:
+            self.last_contact = time.monotonic()
+        return EventBatch(kept, self.finished and (not kept or kept[-1][0] == self.seq), missed, self.owner)
 
     async def _run(self) -> None:
         try:
@@ -167,6 +228,7 @@ class HostedSession:
             self.pipeline.emit(Error(message=f"session crashed: {error}", fatal=True, source="server"))
         finally:
             self.ended = self.finished = True
+            self._room.set()
             self._notify()
 
 
@@ -193,6 +255,7 @@ class SessionHost:
         self.models = models or load_file_models(settings)
         self.service = LmService()
         self.sessions: dict[str, HostedSession] = {}
+        self._opening: set[str] = set()
         self._reaper: asyncio.Task[None] | None = None
 
     # -- placement -------------------------------------------------------------------------------
@@ -208,33 +271,79 @@ class SessionHost:
 
     # -- a session's life ------------------------------------------------------------------------
 
-    async def open(self, session_id: str, speakers: dict[str, str] | None = None) -> None:
+    async def open(self, session_id: str, speakers: dict[str, str] | None = None, *, overrides: dict[str, Any] | None = None,
+                   live: bool = True, secret: str | None = None, meta: dict[str, Any] | None = None) -> None:
+        """A new session. `overrides`: a nested tree of the host's settings to change for this session
+        (the front-end checked them against its allow-list); `live`: see HostedSession; `secret`: what a
+        `claim` must present; `meta`: kept for the front-end that claims the session later."""
         if not SESSION_ID.match(session_id):
             raise SessionHostError("session id must be 1-64 of A-Z a-z 0-9 _ . -", "invalid")
-        if session_id in self.sessions:
-            raise SessionHostError(f"session {session_id} exists; resume it instead", "exists")
-        if (await self.load()).room <= 0:
-            raise SessionHostError(f"this host is full ({self.capacity} sessions); try again later", "full")
-        engine = None
-        if self.models.language is not None:
-            engine = await self.service.run(Priority.QUESTION, new_engine, self.settings, *self.models.language)
+        if session_id in self.sessions or session_id in self._opening:
+            raise SessionHostError(f"session {session_id} exists; reconnect with a resume message", "exists")
         out_dir = self.data_dir / session_id
-        sinks = await asyncio.to_thread(file_sinks, out_dir, self.settings.output.formats)
-        transcribers = transcriber_factory(self.models.whisper, self.settings, live=True)
+        if (out_dir / EVENTS_FILE).exists():
+            raise SessionHostError(f"session id {session_id} belongs to a finished session; start with a new id", "finished")
+        if (await self.load()).room - len(self._opening) <= 0:
+            raise SessionHostError(f"this host is full ({self.capacity} sessions); try again later", "full")
+        settings = self.settings
+        if overrides:
+            try:
+                settings = validate_settings(deep_merge(self.settings.model_dump(), overrides), "start.overrides")
+            except ConfigError as error:
+                raise SessionHostError(str(error), "invalid") from None
+        self._opening.add(session_id)  # engine creation awaits the LM thread: a second open of the id must not pass
+        try:
+            engine = None
+            if self.models.language is not None:
+                engine = await self.service.run(Priority.QUESTION, new_engine, settings, *self.models.language)
+            sinks = await asyncio.to_thread(file_sinks, out_dir, settings.output.formats)
+            transcribers = transcriber_factory(self.models.whisper, settings, live=True)
 
-        def pipeline(session: HostedSession) -> Pipeline:
-            return Pipeline(self.settings, transcribers, engine, [*sinks, _Publisher(session)], live=True,
-                            service=self.service, speakers=speakers)
+            def pipeline(session: HostedSession) -> Pipeline:
+                return Pipeline(settings, transcribers, engine, [*sinks, _Publisher(session)], live=True,
+                                service=self.service, speakers=speakers)
 
-        self.sessions[session_id] = HostedSession(session_id, self.settings, pipeline)
+            self.sessions[session_id] = HostedSession(session_id, settings, pipeline, live=live, secret=secret, meta=meta)
+        finally:
+            self._opening.discard(session_id)
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._end_abandoned())
 
-    async def push(self, session_id: str, pcm: bytes, track: str | None = None) -> float:
-        """16 kHz mono float32 little-endian samples (the front-end decoded and resampled them)."""
+    async def claim(self, session_id: str, secret: str | None = None) -> Claim:
+        """A front-end takes over a running session (a client's resume, a vendor's reconnected call):
+        the session's secret must match where it has one; the previous owner's next `events()` says it
+        was taken over. The claim counts as contact (the grace period starts again)."""
+        session = self._get(session_id)
+        if session.finished:
+            raise SessionHostError(f"no session {session_id} to resume (finished, expired or never started)", "unknown")
+        if session.secret is not None and not hmac.compare_digest(session.secret.encode(), (secret or "").encode()):
+            raise SessionHostError(f"wrong resume secret for session {session_id}", "secret")
+        session.owner += 1
+        session.last_contact = time.monotonic()
+        session._notify()  # the previous owner's long-poll returns now and sees the new owner
+        return Claim(session.owner, session.meta, session.ended)
+
+    async def push(self, session_id: str, pcm: bytes, track: str | None = None, at: float | None = None,
+                   speaker: str | None = None) -> float:
+        """16 kHz mono float32 little-endian samples (the front-end decoded and resampled them). A session
+        that is not live returns only once its queue has room again: the front-end, which waits for each
+        push, stops reading its socket meanwhile (flow control)."""
         session = self._live(session_id)
         session.last_contact = time.monotonic()
-        return session.push(np.frombuffer(pcm, dtype="<f4").copy(), track)
+        dropped = session.push(np.frombuffer(pcm, dtype="<f4").copy(), track, at, speaker)
+        session.waiting += 1
+        try:
+            await session.room()
+        finally:
+            session.waiting -= 1
+        session.last_contact = time.monotonic()
+        return dropped
+
+    async def report(self, session_id: str, message: str) -> None:
+        """A non-fatal error the front-end saw (a bad frame, a bad control message) into the session's events."""
+        session = self._get(session_id)
+        if not session.finished:
+            session.report(message)
 
     async def ask(self, session_id: str, question: str) -> None:
         """The answer comes as events (answer_part, answer)."""
@@ -248,12 +357,15 @@ class SessionHost:
         """End of the audio: the session transcribes what is queued, writes its notes and finishes."""
         self._get(session_id).end_audio()
 
-    async def events(self, session_id: str, after_seq: int = 0, timeout: float = 10.0) -> EventBatch:
-        """Events after `after_seq`, waiting up to `timeout` seconds for one (a long-poll)."""
-        return await self._get(session_id).events(after_seq, timeout)
+    async def events(self, session_id: str, after_seq: int = 0, timeout: float = 10.0, touch: bool = True) -> EventBatch:
+        """Events after `after_seq`, waiting up to `timeout` seconds for one (a long-poll). A watcher
+        polls with `touch=False`: reading a session does not keep it from ending."""
+        return await self._get(session_id).events(after_seq, timeout, touch)
 
     async def close(self) -> None:
         """Every session ends with its notes; the host can go."""
+        if self._reaper is not None:
+            self._reaper.cancel()
         for session in self.sessions.values():
             session.end_audio()
         await asyncio.gather(*(session.task for session in self.sessions.values()), return_exceptions=True)
@@ -281,7 +393,7 @@ class SessionHost:
             await asyncio.sleep(GRACE_CHECK_SECONDS)
             now = time.monotonic()
             for session in list(self.sessions.values()):
-                if now - session.last_contact <= grace:
+                if session.waiting or now - session.last_contact <= grace:
                     continue
                 if session.finished:
                     del self.sessions[session.id]

@@ -63,6 +63,7 @@ CLOSE_UNAUTHORIZED = 4401  # in-band token or resume secret wrong or missing
 CLOSE_UNKNOWN_SESSION = 4404  # resume or watch of a session that is not running (finished, expired, never started)
 CLOSE_IDLE = 4408  # nothing received for idle_timeout_seconds, or no session opened within open_timeout_seconds
 CLOSE_SESSION_TAKEN = 4409  # `start` with the id of a running or finished session; or taken over by a resume
+CLOSE_WORKER_DIED = 4503  # `serve --ray` only: the session host (Ray actor) running the session died
 MAX_BAD_BEFORE_OPEN = 50  # garbage frames tolerated before an adapter stream has opened its session
 SUBSCRIBERS_DRAIN_SECONDS = 10.0  # at shutdown: time readers get to take the last events of finished sessions
 
@@ -214,6 +215,8 @@ class Keepalive:
 
 
 class LivesumServer:
+    STOPPING = "no new sessions; finishing the running ones"  # what the first SIGTERM does
+
     def __init__(self, settings: Settings, models: SharedModels) -> None:
         self.settings = settings
         self.models = models
@@ -242,9 +245,7 @@ class LivesumServer:
         notes) within `shutdown_seconds` and close. `hurry` (a second signal) cuts the wait short."""
         check_bind(self.settings)
         config = self.settings.server
-        closed = await asyncio.to_thread(recover_interrupted, config.data_dir)
-        if closed:
-            log.warning("closed %d session(s) a previous server left unfinished: %s", len(closed), ", ".join(closed[:10]))
+        await self.recover_interrupted()
         async with serve(
             self.handler, config.host, config.port,
             process_request=self.process_request,
@@ -260,6 +261,16 @@ class LivesumServer:
             self.closing = True
             server.server.close()  # stop accepting; open connections stay until their sessions are done
             await self.finish_all(hurry)
+        await self.close_backend()
+
+    async def recover_interrupted(self) -> None:
+        """Closes the records a killed server left unfinished (before any session can start)."""
+        closed = await asyncio.to_thread(recover_interrupted, self.settings.server.data_dir)
+        if closed:
+            log.warning("closed %d session(s) a previous server left unfinished: %s", len(closed), ", ".join(closed[:10]))
+
+    async def close_backend(self) -> None:
+        """After every session is done: the LM thread."""
         self.service.cancel_queued()  # every session is done: what is queued is notes a hurried exit gave up
         await asyncio.to_thread(self.service.close, True)  # joined: the process must not exit inside a torch call
 
@@ -390,8 +401,8 @@ class LivesumServer:
 
     # -- sessions -----------------------------------------------------------------------------------
 
-    def session_settings(self, start: Start) -> Settings:
-        """The server's settings with the start's allow-listed overrides (within their bounds) and language."""
+    def session_overrides(self, start: Start) -> dict[str, Any]:
+        """The start's allow-listed overrides (within their bounds) and language, as a nested tree."""
         config = self.settings.server
         allowed = set(config.allowed_overrides)
         for key, value in start.overrides.items():
@@ -403,6 +414,11 @@ class LivesumServer:
         tree = nest(start.overrides)
         if start.language is not None:
             tree = deep_merge(tree, {"asr": {"language": start.language}})
+        return tree
+
+    def session_settings(self, start: Start) -> Settings:
+        """The server's settings with the start's allow-listed overrides (within their bounds) and language."""
+        tree = self.session_overrides(start)
         if not tree:
             return self.settings
         try:
@@ -489,7 +505,7 @@ class LivesumServer:
             if isinstance(message, Start):
                 session, decoder, track = await self._start_native(connection, session_id, message)
             elif isinstance(message, Resume):
-                session, decoder, track = self._resume_native(connection, session_id, message)
+                session, decoder, track = await self._resume_native(connection, session_id, message)
             else:
                 raise ProtocolError(f"the first message must be start, resume or watch, not {message.type}")
         except ProtocolError as error:
@@ -514,7 +530,7 @@ class LivesumServer:
         session.attach(connection, last_seq=0, preamble=[welcome.model_dump_json()])
         return session, decoder, start.speaker
 
-    def _resume_native(self, connection: ServerConnection, session_id: str, resume: Resume) -> tuple[Session, FrameDecoder, str | None]:
+    async def _resume_native(self, connection: ServerConnection, session_id: str, resume: Resume) -> tuple[Session, FrameDecoder, str | None]:
         session = self.sessions.get(session_id)
         if session is None or session.finished.is_set() or session_id not in self._decoders:
             raise _closing(f"no session {session_id} to resume (finished, expired or never started)", CLOSE_UNKNOWN_SESSION)
@@ -653,17 +669,24 @@ def _closing(message: str, code: int) -> ProtocolError:
     return _ClosingProtocolError(message, code)
 
 
-async def run_server(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run_server(settings: Settings, stop: asyncio.Event | None = None, ray_address: str | None = None) -> None:
     """`livesum serve`: check the bind, load the models once, serve until SIGINT/SIGTERM. The first
-    signal stops accepting and lets the sessions finish (`shutdown_seconds`); a second one hurries them."""
+    signal stops accepting and lets the sessions finish (`shutdown_seconds`); a second one hurries them.
+    With `ray_address` the sessions run on session hosts of that Ray cluster (livesum/server/ray_sessions.py)."""
     import signal
 
     check_bind(settings)
     tls_context(settings)  # a certificate that does not load fails before minutes of model loading
     settings.server.data_dir.mkdir(parents=True, exist_ok=True)
-    print("livesum serve: loading models", file=sys.stderr, flush=True)
-    models = await asyncio.to_thread(load_shared_models, settings)
-    server = LivesumServer(settings, models)
+    server: LivesumServer
+    if ray_address:
+        from livesum.server.ray_sessions import start_ray_server
+
+        server = await start_ray_server(settings, ray_address)
+    else:
+        print("livesum serve: loading models", file=sys.stderr, flush=True)
+        models = await asyncio.to_thread(load_shared_models, settings)
+        server = LivesumServer(settings, models)
     stop = stop or asyncio.Event()
     hurry = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -672,7 +695,7 @@ async def run_server(settings: Settings, stop: asyncio.Event | None = None) -> N
         if stop.is_set():
             hurry.set()
         else:
-            print("livesum serve: stopping: no new sessions; finishing the running ones", file=sys.stderr, flush=True)
+            print(f"livesum serve: stopping: {server.STOPPING}", file=sys.stderr, flush=True)
             stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
