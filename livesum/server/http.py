@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from livesum.server.auth import bearer, token_matches
 from livesum.server.eventlog import FILE_NAME
 from livesum.server.protocol import SESSION_ID
 
@@ -143,8 +144,6 @@ class HttpRoutes:
         return self.server.settings.server.data_dir
 
     def _authorized(self, request: Request) -> bool:
-        from livesum.server.app import bearer, token_matches
-
         expected = self.server.settings.server.token
         return not expected or token_matches(expected, bearer(request.headers.get("Authorization")))
 
