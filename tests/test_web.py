@@ -116,10 +116,51 @@ def test_paths_never_leave_the_data_dir(http_server: RunningServer) -> None:
 def test_unknown_paths_404_and_other_methods_405(http_server: RunningServer) -> None:
     assert request(http_server, "/nothing-here")[0] == 404
     assert request(http_server, "/api/other")[0] == 404
-    for method in ("POST", "PUT", "DELETE", "HEAD"):
+    for method in ("POST", "PUT", "DELETE", "OPTIONS"):
         status, headers, _ = request(http_server, "/api/sessions", method=method)
-        assert status == 405 and headers["allow"] == "GET", method
+        assert status == 405 and headers["allow"] == "GET, HEAD", method
     assert request(http_server, "/v1/stream", method="POST")[0] == 405
+
+
+def test_head_is_answered_like_get_without_a_body(http_server: RunningServer) -> None:
+    for path, token in (("/", None), ("/static/app.js", None), ("/healthz", None), ("/api/sessions/meeting-1/notes.md", TOKEN),
+                        ("/api/sessions/meeting-1/transcript.txt", TOKEN), ("/nothing-here", TOKEN), ("/api/sessions", None)):
+        got, got_headers, body = request(http_server, path, token=token)
+        status, headers, empty = request(http_server, path, method="HEAD", token=token)
+        assert (status, empty) == (got, b""), path
+        assert headers["content-length"] == got_headers["content-length"] == str(len(body)), path
+        assert headers["content-type"] == got_headers["content-type"], path
+
+
+def test_a_large_session_file_is_streamed_whole_while_the_server_goes_on(http_server: RunningServer) -> None:
+    """A log many times the transport's buffer, read by a client that stops reading for a while: other
+    requests are answered meanwhile, and then every byte arrives, as many as Content-Length says."""
+    import socket
+
+    from livesum.server.http import FILE_CHUNK_BYTES
+
+    folder = http_server.settings.server.data_dir / "long-meeting"
+    folder.mkdir()
+    lines = [json.dumps({"type": "segment", "final": True, "start": n, "end": n + 1, "text": f"line {n} " + "word " * 20}) for n in range(60_000)]
+    data = ("\n".join(lines) + "\n").encode()
+    assert len(data) > 20 * FILE_CHUNK_BYTES
+    (folder / "events.jsonl").write_bytes(data)
+    try:
+        status, headers, empty = request(http_server, "/api/sessions/long-meeting/events.jsonl", method="HEAD")
+        assert status == 200 and empty == b"" and headers["content-length"] == str(len(data))
+        with socket.create_connection(("127.0.0.1", http_server.server.port), timeout=30) as raw:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            raw.sendall(f"GET /api/sessions/long-meeting/events.jsonl HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+            received = raw.recv(65536)
+            assert received.startswith(b"HTTP/1.1 200 ")
+            assert request(http_server, "/healthz")[0] == 200  # the download waits on this client; the server does not
+            while chunk := raw.recv(1 << 20):
+                received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert f"content-length: {len(data)}".encode() in head.lower() and b"attachment" in head
+        assert body == data
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_server_survives_garbage_requests(http_server: RunningServer) -> None:

@@ -292,7 +292,7 @@ class LivesumServer:
         url = urlsplit(request.path)
         route = url.path.rstrip("/") or "/"
         if request.method != "GET" or (not is_upgrade(request) and route != NATIVE_PATH and route not in ADAPTERS):
-            return await self.http.answer(request)  # plain HTTP: the page, health, metrics, session files (405 for non-GET)
+            return await self.http.answer(request, connection)  # plain HTTP: the page, health, metrics, session files (405 for other methods)
         if route != NATIVE_PATH and route not in ADAPTERS:
             paths = ", ".join([NATIVE_PATH, *ADAPTERS])
             return connection.respond(HTTPStatus.NOT_FOUND, f"unknown path {route[:80]}; use one of {paths}\n")
