@@ -367,3 +367,54 @@ def test_page_resumes_after_a_network_drop_with_nothing_lost(asr_server: Running
     assert captured - 0.1 - 0.005 <= heard <= captured + 0.005, (heard, captured)
     assert re.search(r"the server got (all|[0-9.]+ s of the)", page.inner_text("#link"))  # the page's own end-to-end check
 
+
+def focused_id(page: object) -> str | None:
+    focused = page.locator(":focus")  # type: ignore[attr-defined]
+    return focused.get_attribute("id") if focused.count() else None
+
+
+def tab_to(page: object, element_id: str, backwards: bool = False, limit: int = 15) -> None:
+    """Tab (or Shift+Tab) until `#element_id` has the focus; fails when it is not reached."""
+    for _ in range(limit):
+        page.keyboard.press("Shift+Tab" if backwards else "Tab")  # type: ignore[attr-defined]
+        if focused_id(page) == element_id:
+            return
+    raise AssertionError(f"#{element_id} is not reached by {'Shift+Tab' if backwards else 'Tab'}")
+
+
+def scrolls_sideways(page: object) -> bool:
+    return page.evaluate("document.documentElement.scrollWidth > document.documentElement.clientWidth")  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_page_at_200_percent_zoom_is_usable_by_keyboard(asr_server: RunningServer, chromium: object) -> None:
+    """200% zoom of a 1280x900 window: a 640x450 CSS-pixel viewport at 2 device pixels per CSS pixel.
+    Nothing scrolls sideways, and token, Record, the question box, Ask and Stop are reached with Tab,
+    in view when they have the focus, and work from the keyboard."""
+    from playwright.sync_api import expect
+
+    page = open_page(chromium, asr_server, None, viewport={"width": 640, "height": 450}, device_scale_factor=2)
+    assert page.evaluate("window.devicePixelRatio") == 2 and not scrolls_sideways(page)
+    tab_to(page, "token")
+    page.keyboard.type(TOKEN)
+    tab_to(page, "record")  # leaving the token field stores it (its change event)
+    expect(page.locator("#record")).to_be_in_viewport()
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#state:has-text('Recording session')", timeout=30_000)
+    assert focused_id(page) == "stop"  # Record is disabled while recording: the keyboard's place moved to Stop
+    tab_to(page, "question")
+    expect(page.locator("#question")).to_be_in_viewport()
+    page.keyboard.type("Who had leisure to consider?")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#answers li:has-text('Who had leisure')")
+    tab_to(page, "ask-button")
+    expect(page.locator("#ask-button")).to_be_in_viewport()
+    page.wait_for_selector("#finals li", timeout=60_000)
+    assert not scrolls_sideways(page)  # with captions, the lag line and an error (no LM on this server) on it
+    tab_to(page, "stop", backwards=True)
+    expect(page.locator("#stop")).to_be_in_viewport()
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#state:has-text('finished')", timeout=120_000)
+    assert not scrolls_sideways(page)
+    page.set_viewport_size({"width": 320, "height": 256})  # 400% (WCAG's reflow width): still no sideways scrolling
+    assert not scrolls_sideways(page)

@@ -46,6 +46,7 @@ function showError(message) {
 }
 function setBusy(mode) {
   page.mode = mode;
+  const focused = document.activeElement;
   const live = mode === "recording";
   $("record").disabled = mode !== "idle";
   $("stop").disabled = !live;
@@ -53,6 +54,8 @@ function setBusy(mode) {
   $("ask-button").disabled = !live;
   $("mic").disabled = mode !== "idle";
   for (const button of document.querySelectorAll("#watch-form button, #session-list button")) button.disabled = mode !== "idle";
+  // A keyboard user whose button was just disabled (Record once recording, Stop once stopped) keeps a place.
+  if (focused && focused.disabled) (live ? $("stop") : $("record")).focus();
 }
 
 function resetView(sessionId) {
@@ -106,7 +109,9 @@ function onSegment(segment) {
     item.append(who);
   }
   item.append(element("span", "text", segment.text.trim()));
-  $("finals").append(item);
+  const list = $("finals");
+  const following = list.scrollHeight - list.scrollTop - list.clientHeight < 40;  // the reader is at the newest line
+  list.append(item);
   const captured = page.mode === "recording" || page.mode === "finishing" ? captureTime(segment.end) : null;
   if (captured != null) {
     // The page's own clock: from the capture of the segment's last sample to this line on the page.
@@ -118,7 +123,9 @@ function onSegment(segment) {
   } else if (segment.latency != null) {
     item.title = `emitted ${segment.latency.toFixed(2)} s after its last sample reached the server`;
   }
-  item.scrollIntoView({ block: "nearest" });
+  // Only the list scrolls to the new line (when its reader was at the end): the document never moves
+  // by itself, so the question box or a button with the keyboard's focus stays where the user is.
+  if (following) list.scrollTop = list.scrollHeight;
 }
 
 function captureTime(streamSeconds) {
@@ -500,6 +507,7 @@ async function record() {
 }
 
 async function stop() {
+  if (document.activeElement === $("stop")) $("state").focus();  // the keyboard's place, where the progress is said
   $("stop").disabled = true;
   await stopCapture();
   sendControl({ type: "stop" });  // after the audio still waiting, if the socket is down
