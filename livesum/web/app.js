@@ -73,6 +73,8 @@ function resetView(sessionId) {
   $("errors").hidden = true;
   $("session-id").textContent = `session ${sessionId}`;
   $("lag").textContent = "lag: –";
+  page.lag = null;
+  page.latencies = [];
 }
 
 // -- events (livesum/events.py), wrapped by the server as {session, seq, event} --------------------
@@ -148,8 +150,10 @@ function onStatus(status) {
   if (status.asr_lag != null) parts.push(`ASR lag ${status.asr_lag.toFixed(1)} s`);
   if (status.llm_lag != null) parts.push(`LM lag ${status.llm_lag.toFixed(1)} s`);
   if (status.dropped_seconds) parts.push(`dropped ${status.dropped_seconds.toFixed(1)} s`);
-  if (page.latencies.length) parts.push(`captions ${median(page.latencies).toFixed(1)} s after speech (median)`);
-  if (parts.length) $("lag").textContent = parts.join(" · ");
+  if (parts.length) page.lag = parts;  // a status without lag figures (started, finished) keeps the last ones
+  const shown = [...(page.lag || [])];
+  if (page.latencies.length) shown.push(`captions ${median(page.latencies).toFixed(1)} s after speech (median)`);
+  if (shown.length) $("lag").textContent = shown.join(" · ");
   if (status.state === "finished") {
     setState(`Session ${page.session} finished.`);
     if (page.audio.sent && (page.mode === "recording" || page.mode === "finishing")) {
@@ -481,7 +485,6 @@ function newSessionId() {
 function beginSession(sessionId) {
   resetView(sessionId);
   page.audio = freshAudio();
-  page.latencies = [];
   page.secret = null;
   page.refusal = null;
   page.received = null;
