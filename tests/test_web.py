@@ -373,6 +373,36 @@ def test_page_resumes_after_a_network_drop_with_nothing_lost(asr_server: Running
     assert re.search(r"the server got (all|[0-9.]+ s of the)", page.inner_text("#link"))  # the page's own end-to-end check
 
 
+
+@pytest.mark.slow
+def test_page_whose_session_ended_while_it_was_away_reads_the_rest_from_the_log(asr_server: RunningServer, chromium: object) -> None:
+    """The server drops the page mid-speech and, while the page cannot reach it, ends the session (as its
+    resume grace period does): the page's resume is refused with 4404, it reads the events it missed
+    from the session's events.jsonl and says how much of the audio it kept could not be sent."""
+    page = open_page(chromium, asr_server, TOKEN)
+    page.click("#record")
+    page.wait_for_selector("#state:has-text('Recording session')", timeout=30_000)
+    session_id = page.inner_text("#session-id").removeprefix("session ").strip()
+    page.wait_for_selector("#finals li", timeout=60_000)
+    server = asr_server.server
+    session = server.sessions[session_id]
+    server._admit_connection = lambda connection: connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "network down (test)\n")  # type: ignore[method-assign]
+    try:
+        assert session.owner is not None
+        asyncio.run_coroutine_threadsafe(session.owner.close(1011, "keepalive ping timeout"), asr_server.loop)
+        page.wait_for_selector("#link:has-text('reconnecting… (attempt 2')", timeout=60_000)
+        asr_server.loop.call_soon_threadsafe(session.end_audio)
+        asyncio.run_coroutine_threadsafe(session.finished.wait(), asr_server.loop).result(60)
+    finally:
+        del server._admit_connection
+    page.wait_for_selector("#state:has-text('ended while the page was disconnected')", timeout=60_000)
+    state = page.inner_text("#state")
+    assert re.search(r"[0-9.]+ s of audio recorded since the drop could not be sent", state), state
+    finals = [event["text"].strip() for event in session_log(asr_server, session_id) if event["type"] == "segment" and event["final"]]
+    assert finals_text(page).split() == " ".join(finals).split()  # what it showed, then what it missed: the log's finals
+    assert page.locator("#errors").is_hidden(), page.inner_text("#errors")
+    assert page.locator("#record").is_enabled()
+
 def focused_id(page: object) -> str | None:
     focused = page.locator(":focus")  # type: ignore[attr-defined]
     return focused.get_attribute("id") if focused.count() else None

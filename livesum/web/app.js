@@ -365,7 +365,12 @@ function connect(sessionId, first) {
     let envelope;
     try { envelope = JSON.parse(message.data); } catch { return showError("unreadable message from the server"); }
     if (envelope.resume_secret) page.secret = envelope.resume_secret;
-    if (envelope.seq == null && envelope.event?.type === "error" && envelope.event.fatal) page.refusal = envelope.event.message;
+    if (envelope.seq == null && envelope.event?.type === "error") {
+      // A connection-level refusal, right before the close: the close decides what it means (4404 on a
+      // resume is the session having ended meanwhile, not an error to show).
+      page.refusal = envelope.event.message;
+      return;
+    }
     // Established: a start answered with its resume secret, a watch with the session's first event.
     if (!page.established && (envelope.resume_secret || (page.mode === "watching" && envelope.seq != null))) established(sessionId);
     if (page.outage) resumed();
