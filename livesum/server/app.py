@@ -40,6 +40,7 @@ from livesum.server.adapters.telnyx import TelnyxAdapter
 from livesum.server.adapters.twilio import TwilioAdapter
 from livesum.server.adapters.vonage import VonageAdapter
 from livesum.server.audio import AudioFormatError, Resampler, decode_f32le, decode_s16le
+from livesum.server.auth import bearer, token_matches
 from livesum.server.eventlog import FILE_NAME, EventLog, recover_interrupted
 from livesum.server.http import HttpRoutes, is_upgrade
 from livesum.server.protocol import (
@@ -140,16 +141,6 @@ def kv_cache_bytes(model: Any, capacity: int) -> int:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     element = next(model.parameters()).element_size()
     return 2 * config.num_hidden_layers * heads * head_dim * capacity * element
-
-
-def bearer(header: str | None) -> str | None:
-    if header and header[:7].lower() == "bearer ":
-        return header[7:].strip()
-    return None
-
-
-def token_matches(expected: str, offered: str | None) -> bool:
-    return offered is not None and hmac.compare_digest(expected.encode(), offered.encode())
 
 
 def page_url(host: str, port: int, tls: bool) -> str:
@@ -311,7 +302,7 @@ class LivesumServer:
         url = urlsplit(request.path)
         route = url.path.rstrip("/") or "/"
         if request.method != "GET" or (not is_upgrade(request) and route != NATIVE_PATH and route not in ADAPTERS):
-            return await self.http.answer(request)  # plain HTTP: the page, health, metrics, session files (405 for non-GET)
+            return await self.http.answer(request, connection)  # plain HTTP: the page, health, metrics, session files (405 for other methods)
         if route != NATIVE_PATH and route not in ADAPTERS:
             paths = ", ".join([NATIVE_PATH, *ADAPTERS])
             return connection.respond(HTTPStatus.NOT_FOUND, f"unknown path {route[:80]}; use one of {paths}\n")

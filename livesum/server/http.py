@@ -2,7 +2,11 @@
 
 `LivesumServer.process_request` hands every request that is not a websocket upgrade here, before
 the handshake, so one port serves both (a load balancer, a monitor and a browser need nothing else).
-Each answer closes its TCP connection (websockets sends EOF after a non-101 response).
+Each answer closes its TCP connection (websockets sends EOF after a non-101 response). HEAD is
+answered like GET without the body. A session file is streamed from disk in `FILE_CHUNK_BYTES`
+pieces straight to the connection's transport, with flow control (`drain`), instead of being read
+whole into one response: an event log can be large. websockets runs `process_request` inside its
+opening-handshake timeout (`open_timeout`, 10 s by default), so a download must finish within it.
 
 Security: the session list and files are data, so the server's token protects them, taken only from
 `Authorization: Bearer` (a `?token=` would end up in access logs and browser history); the page shell
@@ -14,7 +18,9 @@ file names come from a fixed list, and the resolved path must still lie inside t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import os
 import time
 from collections.abc import Iterable, Iterator
 from http import HTTPStatus
@@ -24,9 +30,11 @@ from urllib.parse import unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from livesum.server.auth import bearer, token_matches
 from livesum.server.eventlog import FILE_NAME
 from livesum.server.protocol import SESSION_ID
 
@@ -46,18 +54,21 @@ SESSION_FILES = {  # the only files of a session that HTTP serves
     "transcript.txt": "text/plain; charset=utf-8",
     FILE_NAME: "application/x-ndjson; charset=utf-8",
 }
+FILE_CHUNK_BYTES = 256 * 1024  # one read of a session file, then written to the socket before the next
+METHODS = ("GET", "HEAD")
 # The page loads only its own files and talks only to its own server (websocket included).
 PAGE_POLICY = ("default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; style-src 'self'; "
                "script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
 def response(status: HTTPStatus, body: bytes | str, content_type: str = "text/plain; charset=utf-8",
-             headers: dict[str, str] | None = None) -> Response:
-    """A complete HTTP/1.1 response that closes the connection (websockets serves one request per connection)."""
+             headers: dict[str, str] | None = None, length: int | None = None) -> Response:
+    """A complete HTTP/1.1 response that closes the connection (websockets serves one request per connection).
+    `length` is the Content-Length of a body sent separately (a streamed file, the answer to a HEAD)."""
     data = body.encode() if isinstance(body, str) else body
     fields = Headers()
     fields["Content-Type"] = content_type
-    fields["Content-Length"] = str(len(data))
+    fields["Content-Length"] = str(len(data) if length is None else length)
     fields["Connection"] = "close"
     fields["Cache-Control"] = "no-store"
     fields["X-Content-Type-Options"] = "nosniff"
@@ -131,7 +142,7 @@ class ServerMetrics:
 
 
 class HttpRoutes:
-    """GET routes of one server; `answer` never raises for bad input (a 4xx instead)."""
+    """GET (and HEAD) routes of one server; `answer` never raises for bad input (a 4xx instead)."""
 
     def __init__(self, server: LivesumServer) -> None:
         self.server = server
@@ -143,15 +154,22 @@ class HttpRoutes:
         return self.server.settings.server.data_dir
 
     def _authorized(self, request: Request) -> bool:
-        from livesum.server.app import bearer, token_matches
-
         expected = self.server.settings.server.token
         return not expected or token_matches(expected, bearer(request.headers.get("Authorization")))
 
-    async def answer(self, request: Request) -> Response:
-        """The response to a plain HTTP request (no websocket upgrade)."""
-        if request.method != "GET":
-            return response(HTTPStatus.METHOD_NOT_ALLOWED, f"method {request.method[:20]} not allowed; only GET\n", headers={"Allow": "GET"})
+    async def answer(self, request: Request, connection: ServerConnection | None = None) -> Response:
+        """The response to a plain HTTP request (no websocket upgrade). With `connection`, a session
+        file is streamed to it (`send_file`) and the Response returned is never sent; without one, the
+        file is read whole into the response."""
+        if request.method not in METHODS:
+            return response(HTTPStatus.METHOD_NOT_ALLOWED, f"method {request.method[:20]} not allowed; only GET and HEAD\n",
+                            headers={"Allow": ", ".join(METHODS)})
+        answer = await self._get(request, connection)
+        if request.method == "HEAD":  # the same status and headers, Content-Length included, without the body
+            return dataclasses.replace(answer, body=b"")
+        return answer
+
+    async def _get(self, request: Request, connection: ServerConnection | None) -> Response:
         raw = urlsplit(request.path).path
         parts = [unquote(part) for part in raw.split("/")[1:]]  # split before decoding: %2F never makes a separator
         if raw in ("/", "/index.html"):
@@ -170,7 +188,7 @@ class HttpRoutes:
                 listing = await asyncio.to_thread(self.sessions)
                 return response(HTTPStatus.OK, json.dumps({"sessions": listing}), "application/json")
             if len(parts) == 4:
-                return await asyncio.to_thread(self._session_file, parts[2], parts[3])
+                return await self._session_file(parts[2], parts[3], request.method == "HEAD", connection)
         return response(HTTPStatus.NOT_FOUND, f"unknown path {raw[:80]}\n")
 
     def _static(self, name: str) -> Response:
@@ -202,18 +220,59 @@ class HttpRoutes:
         found.sort(key=lambda item: (not item["running"], -item["modified"]))
         return found
 
-    def _session_file(self, session_id: str, name: str) -> Response:
+    async def _session_file(self, session_id: str, name: str, head_only: bool, connection: ServerConnection | None) -> Response:
         if not SESSION_ID.match(session_id):
             return response(HTTPStatus.NOT_FOUND, "no such session (ids are 1-64 of A-Z a-z 0-9 _ . -)\n")
         if name not in SESSION_FILES:
             return response(HTTPStatus.NOT_FOUND, f"no such file; one of {', '.join(SESSION_FILES)}\n")
+        try:
+            handle, size = await asyncio.to_thread(self._open_session_file, session_id, name)
+        except FileNotFoundError:
+            return response(HTTPStatus.NOT_FOUND, f"session {session_id} has no {name} (yet)\n")
+        except OSError as error:
+            return response(HTTPStatus.NOT_FOUND, f"cannot read {name}: {error.strerror or error}\n")
+        disposition = {"Content-Disposition": f'attachment; filename="{session_id}-{name}"'}
+        head = response(HTTPStatus.OK, b"", SESSION_FILES[name], disposition, length=size)
+        try:
+            if head_only:
+                return head
+            if connection is None:
+                data = await asyncio.to_thread(handle.read, size)
+                return response(HTTPStatus.OK, data, SESSION_FILES[name], disposition)
+            await send_file(connection, head, handle, size)
+        finally:
+            handle.close()
+        return head  # not sent: the connection is closed once the file is written (websockets sends nothing then)
+
+    def _open_session_file(self, session_id: str, name: str) -> tuple[Any, int]:
+        """The open file and its size now (a running session's log grows: exactly this many bytes are sent).
+        FileNotFoundError for a missing file or one whose real path is outside the data dir."""
         root = self.data_dir.resolve()
         path = (root / session_id / name).resolve()
         if not path.is_relative_to(root) or not path.is_file():  # a symlink out of the data dir is refused too
-            return response(HTTPStatus.NOT_FOUND, f"session {session_id} has no {name} (yet)\n")
-        try:
-            data = path.read_bytes()
-        except OSError as error:
-            return response(HTTPStatus.NOT_FOUND, f"cannot read {name}: {error.strerror or error}\n")
-        return response(HTTPStatus.OK, data, SESSION_FILES[name],
-                        {"Content-Disposition": f'attachment; filename="{session_id}-{name}"'})
+            raise FileNotFoundError(name)
+        handle = path.open("rb")
+        return handle, os.fstat(handle.fileno()).st_size
+
+
+async def send_file(connection: ServerConnection, head: Response, handle: Any, size: int) -> None:
+    """Writes `head` and then `size` bytes of `handle` to the connection's transport, one chunk in memory
+    at a time (the next is read once the transport has room), then closes the connection after the
+    last byte is flushed. A file that shrank meanwhile ends the body short (the client sees a body
+    shorter than its Content-Length); a client that goes away stops the copy."""
+    transport = connection.transport
+    transport.write(head.serialize())
+    left = size
+    try:
+        while left > 0 and not transport.is_closing():
+            chunk = await asyncio.to_thread(handle.read, min(FILE_CHUNK_BYTES, left))
+            if not chunk:
+                break
+            transport.write(chunk)
+            left -= len(chunk)
+            await connection.drain()  # flow control: wait while the transport's buffer is over its high-water mark
+    except OSError:
+        transport.abort()
+    if not transport.is_closing():
+        transport.close()  # after the buffered bytes are written
+    await connection.wait_closed()
