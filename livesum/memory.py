@@ -5,7 +5,8 @@ threads (the LM's, Whisper's, the asyncio workers') in sizes that change with ev
 so the arenas fragment and RSS creeps up for hours although nothing leaks: measured with
 benchmarks/soak.py (docs/server.md), one server session went from 2350 to 2580 MiB over 3.5 hours of
 audio, and one `malloc_trim(0)` took it to 2210 MiB. The pipeline calls `release_free_memory` after
-each rolling summary (every few minutes of audio); elsewhere than glibc it does nothing.
+each rolling summary (every few minutes of audio); elsewhere than glibc it does nothing. It is not
+the whole story: with it, RSS still rose 8% from 30 to 120 audio minutes (docs/server.md, "Four hours").
 """
 
 from __future__ import annotations

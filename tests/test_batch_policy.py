@@ -56,7 +56,7 @@ def test_partials_keep_one_window_at_a_time_and_auto_follows_the_workers() -> No
         def __init__(self, count: int) -> None:
             self.model = type("Ct2", (), {"num_workers": count})()
 
-    auto = AsrConfig(policy="batch")
+    auto = AsrConfig(policy="batch", windows_in_flight=0)
     assert BatchTranscriber(Workers(2), auto, RATE).in_flight == 2  # type: ignore[arg-type]
     assert BatchTranscriber(Workers(1), auto, RATE).in_flight == 1  # type: ignore[arg-type]
     with_partials = auto.model_copy(update={"partial_every_seconds": 2.0, "windows_in_flight": 3})

@@ -8,10 +8,10 @@ been followed by a pause and the stream ends, the buffer is cut at the last paus
 is transcribed into final segments; the rest stays for the next round, so words are never cut in
 half. Optional partial segments re-transcribe the open utterance for live captions.
 
-Windows carry nothing over (no previous text as a prompt), so without partials several are
-transcribed at once, one per Whisper worker: on the CPU Whisper gets half the cores (the LM has the
-rest, livesum/compute.py), and during a file the LM is mostly idle, so one window at a time left a
-core unused. Segments still come out in order.
+Windows carry nothing over (no previous text as a prompt), so without partials several may be
+transcribed at once (`asr.windows_in_flight`; 0 = one per Whisper worker). Segments still come out
+in order. Off by default: on 2 cores, where Whisper has one thread beside the LM, the README's
+command was no faster with two windows in flight (88-97 s against 91-106 s wall, two runs each).
 """
 
 from __future__ import annotations
