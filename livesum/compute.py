@@ -83,9 +83,12 @@ SHARE = CoreShare()
 
 
 def share_cores(settings: Settings) -> None:
-    """Tell the process's `SHARE` where the LM computes (before Whisper loads: its pool size follows)."""
+    """Tell the process's `SHARE` where the LM computes (before Whisper loads: its pool size follows),
+    and tune the process's allocator (`memory`) before the model threads first allocate."""
+    from livesum.memory import tune_allocator
     from livesum.models import resolve_device
 
+    tune_allocator(settings.memory)
     on_cpu = settings.llm.enabled and resolve_device(settings.llm.device) == "cpu"
     SHARE.configure(lm_on_cpu=on_cpu, lm_threads=settings.llm.threads)
 

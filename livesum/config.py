@@ -284,6 +284,20 @@ class ScaleConfig(Section):
     replace_dead_hosts: bool = Field(True, description="Create a host again (same name) when one dies, to restore capacity; its sessions are not restored.")
 
 
+class MemoryConfig(Section):
+    """glibc's allocator for a process that runs for hours (livesum/memory.py, docs/server.md "Soak").
+    Applied once per process, before the models load; elsewhere than glibc nothing is done."""
+
+    malloc_arenas: int = Field(
+        2, ge=0, description="Most malloc arenas (glibc M_ARENA_MAX). glibc's default, 8 per core, gives every thread that "
+        "allocates (Whisper's, the LM's, asyncio's workers) its own arena, each keeping its own freed memory; 0 = glibc's default.")
+    mmap_threshold_kib: int = Field(
+        0, ge=0, description="Blocks at least this big are mapped on their own and handed back to the system when freed "
+        "(glibc M_MMAP_THRESHOLD); 0 = glibc's dynamic threshold, which rises to 32 MiB as big tensors come and go and puts "
+        "them inside the arenas. 4096 held a server's RSS lower and flatter but cost Whisper about 17% of its speed "
+        "(docs/server.md, \"Soak\").")
+
+
 class Settings(Section):
     audio: AudioConfig = AudioConfig()
     asr: AsrConfig = AsrConfig()
@@ -293,6 +307,7 @@ class Settings(Section):
     output: OutputConfig = OutputConfig()
     batch: BatchConfig = BatchConfig()
     scale: ScaleConfig = ScaleConfig()
+    memory: MemoryConfig = MemoryConfig()
     cache_dir: Path | None = Field(None, description="Where converted models live; default ~/.cache/livesum.")
 
     def resolved_cache_dir(self) -> Path:
