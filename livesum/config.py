@@ -292,7 +292,7 @@ class MemoryConfig(Section):
         2, ge=0, description="Most malloc arenas (glibc M_ARENA_MAX). glibc's default, 8 per core, gives every thread that "
         "allocates (Whisper's, the LM's, asyncio's workers) its own arena, each keeping its own freed memory; 0 = glibc's default.")
     mmap_threshold_kib: int = Field(
-        0, ge=0, description="Blocks at least this big are mapped on their own and handed back to the system when freed "
+        0, ge=0, le=32768, description="Blocks at least this big are mapped on their own and handed back to the system when freed "
         "(glibc M_MMAP_THRESHOLD); 0 = glibc's dynamic threshold, which rises to 32 MiB as big tensors come and go and puts "
         "them inside the arenas. 4096 held a server's RSS lower and flatter but cost Whisper about 17% of its speed "
         "(docs/server.md, \"Soak\").")

@@ -7,6 +7,9 @@ benchmarks/soak.py (docs/server.md), one server session went from 2350 to 2580 M
 audio, and one `malloc_trim(0)` took it to 2210 MiB. The pipeline calls `release_free_memory` after
 each rolling summary (every few minutes of audio); elsewhere than glibc it does nothing. It is not
 the whole story: with it, RSS still rose 8% from 30 to 120 audio minutes (docs/server.md, "Four hours").
+What rose was the memory held by glibc's arenas (one per allocating thread, up to 8 per core), not
+what was in use in them, so `tune_allocator` caps the arenas (and can fix the mmap threshold) once
+per process, before the models load (docs/server.md, "Where the growth is, and the allocator").
 """
 
 from __future__ import annotations
