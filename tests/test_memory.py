@@ -1,4 +1,5 @@
-"""Freed heap memory goes back to the system (glibc's malloc_trim), which keeps a long stream's RSS level."""
+"""Freed heap memory goes back to the system (glibc's malloc_trim), and the allocator is held to few arenas
+(tune_allocator): both keep a long stream's RSS level."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import pytest
 
 from livesum.memory import release_free_memory
 
+GLIBC_ONLY = pytest.mark.skipif(platform.system() != "Linux" or "libc" not in (ctypes.util.find_library("c") or ""),
+                                reason="glibc only")
 
-@pytest.mark.skipif(platform.system() != "Linux" or "libc" not in (ctypes.util.find_library("c") or ""), reason="glibc only")
+
+@GLIBC_ONLY
 def test_freed_heap_pages_are_returned() -> None:
     """64 KiB blocks live on the heap (below glibc's mmap threshold); freeing all but the last leaves
     200 MiB free inside the heap, held in RSS until trimmed."""
@@ -75,7 +79,7 @@ def arenas_and_mapping(arenas: int, threshold_kib: int) -> tuple[int, int]:
     return int(heaps), int(second_block_mapped)
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or "libc" not in (ctypes.util.find_library("c") or ""), reason="glibc only")
+@GLIBC_ONLY
 def test_the_allocator_is_held_to_few_arenas_and_big_blocks_stay_mapped_on_their_own() -> None:
     """Eight threads that allocate get eight arenas from glibc by default, two once tuned; glibc raises its
     mmap threshold past a freed 8 MiB block (the next one goes into an arena), a fixed threshold does not."""
