@@ -23,7 +23,7 @@ from pathlib import Path
 from livesum.cli import model_flags, settings_from
 from livesum.events import Segment, Summary
 from livesum.llm.minutes import MeetingMinutes, spoken_line
-from livesum.runner import load_language, new_engine
+from livesum.loading import load_language, new_engine
 from notes_quality import MEETINGS, answer_right  # beside this script: the benchmark's own answer rule
 
 

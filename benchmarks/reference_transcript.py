@@ -29,7 +29,8 @@ from livesum.events import Segment
 from livesum.llm.service import LmService
 from livesum.outputs.files import write_notes_trace
 from livesum.pipeline import Pipeline
-from livesum.runner import ensure_writable, load_engine, open_sinks
+from livesum.loading import load_engine
+from livesum.runner import ensure_writable, open_sinks
 from livesum.source.audio import AudioChunk
 
 

@@ -80,7 +80,7 @@ def refuse_overwrite(out: Path, settings: Settings, force: bool) -> None:
 
 def run_stream(stream: Coroutine[Any, Any, RunResult], out: Path) -> RunResult:
     """Run a file or mic stream; the errors a user can cause become one line and an exit code."""
-    from livesum.runner import StartupError  # heavy imports only once the arguments are sound
+    from livesum.loading import StartupError  # heavy imports only once the arguments are sound
 
     try:
         result = asyncio.run(stream)
@@ -155,7 +155,7 @@ def batch_command(
     from livesum.batch.inputs import BatchInputError, collect
     from livesum.batch.local import run_local
     from livesum.batch.run import BatchRun
-    from livesum.runner import StartupError
+    from livesum.loading import StartupError
 
     try:
         batch = BatchRun(collect(inputs, settings.batch.extensions, ask or []), out, settings, quiet=quiet)

@@ -83,12 +83,9 @@ SHARE = CoreShare()
 
 
 def share_cores(settings: Settings) -> None:
-    """Tell the process's `SHARE` where the LM computes (before Whisper loads: its pool size follows),
-    and tune the process's allocator (`memory`) before the model threads first allocate."""
-    from livesum.memory import tune_allocator
+    """Tell the process's `SHARE` where the LM computes (before Whisper loads: its pool size follows)."""
     from livesum.models import resolve_device
 
-    tune_allocator(settings.memory)
     on_cpu = settings.llm.enabled and resolve_device(settings.llm.device) == "cpu"
     SHARE.configure(lm_on_cpu=on_cpu, lm_threads=settings.llm.threads)
 

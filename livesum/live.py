@@ -18,10 +18,11 @@ from datetime import datetime
 from pathlib import Path
 
 from livesum.config import Settings
+from livesum.loading import load_models, transcriber_factory
 from livesum.outputs.files import EventSink
 from livesum.outputs.live_view import LiveView, PlainLiveView
 from livesum.pipeline import Pipeline, RunResult
-from livesum.runner import ensure_writable, load_models, open_sinks, stop_on_signals, transcriber_factory
+from livesum.runner import ensure_writable, open_sinks, stop_on_signals
 from livesum.source.mic import MicSource
 
 ERASE = {"\x7f", "\b"}

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from conftest import REPO, SAMPLES
 from livesum.config import Settings, load_settings
-from livesum.runner import FileModels, load_file_models
+from livesum.loading import FileModels, load_file_models
 from livesum.source.file import decode_file
 
 ray = pytest.importorskip("ray", reason="livesum[ray] is not installed")

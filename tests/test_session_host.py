@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, SAMPLES
 from livesum.config import load_settings
 from livesum.events import Answer, Notes, Segment, parse_event
-from livesum.runner import FileModels, load_file_models
+from livesum.loading import FileModels, load_file_models
 from livesum.scale.session_host import SessionHost, SessionHostError
 from livesum.source.file import decode_file
 

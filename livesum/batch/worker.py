@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from livesum.config import Settings
+from livesum.loading import StartupError, load_file_models
 from livesum.models import ModelNotInstalled
 from livesum.pipeline import Pipeline
-from livesum.runner import StartupError, load_file_models, run_file
+from livesum.runner import run_file
 from livesum.source.audio import AudioSourceError
 
 OUTPUT_FILES = ("transcript.txt", "transcript.srt", "transcript.vtt", "events.jsonl", "notes.md")

@@ -32,7 +32,7 @@ from livesum.events import Error, Event
 from livesum.llm.service import LmService, Priority
 from livesum.outputs.files import file_sinks
 from livesum.pipeline import Pipeline
-from livesum.runner import FileModels, load_file_models, new_engine, transcriber_factory
+from livesum.loading import FileModels, load_file_models, new_engine, transcriber_factory
 from livesum.server.protocol import SESSION_ID
 from livesum.source.audio import AudioChunk
 

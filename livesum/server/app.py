@@ -122,12 +122,10 @@ def load_shared_models(settings: Settings) -> SharedModels:
     """Whisper and the LM, once per server (blocking; call from a thread)."""
     from livesum.asr.transcriber import load_whisper
 
-    from livesum.runner import load_language
-
     from livesum.asr.diarize import voices_for
-    from livesum.compute import share_cores
+    from livesum.loading import load_language, prepare_process
 
-    share_cores(settings)  # before Whisper loads: its threads depend on where the LM computes
+    prepare_process(settings)  # before Whisper loads: its threads depend on where the LM computes
     whisper = load_whisper(settings.asr, settings.resolved_cache_dir())
     voices_for(settings.asr)  # the diarizer's voice model, cached for the sessions' transcribers
     loaded = load_language(settings)
@@ -439,7 +437,7 @@ class LivesumServer:
 
     async def open_session(self, session_id: str, settings: Settings, speakers: dict[str, str] | None, *, live: bool) -> Session:
         """A running session with its own engine cache and event log (under an admission reservation)."""
-        from livesum.runner import new_engine, transcriber_factory
+        from livesum.loading import new_engine, transcriber_factory
 
         engine = None
         if self.models.language_model is not None:
