@@ -120,9 +120,8 @@ def twilio_signature(auth_token: str, url: str) -> str:
 
 def load_shared_models(settings: Settings) -> SharedModels:
     """Whisper and the LM, once per server (blocking; call from a thread)."""
-    from livesum.asr.transcriber import load_whisper
-
     from livesum.asr.diarize import voices_for
+    from livesum.asr.transcriber import load_whisper
     from livesum.loading import load_language, prepare_process
 
     prepare_process(settings)  # before Whisper loads: its threads depend on where the LM computes
