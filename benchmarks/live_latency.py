@@ -46,8 +46,8 @@ import numpy as np
 from livesum.asr.transcriber import BatchTranscriber, load_whisper
 from livesum.config import Settings, load_settings
 from livesum.events import Answer, AnswerPart, Event, Segment, Status
-from livesum.pipeline import Pipeline
 from livesum.loading import load_engine, transcriber_factory
+from livesum.pipeline import Pipeline
 from livesum.source.audio import AudioChunk
 from livesum.source.file import decode_file
 

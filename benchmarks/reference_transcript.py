@@ -27,9 +27,9 @@ import numpy as np
 from livesum.cli import model_flags, settings_from
 from livesum.events import Segment
 from livesum.llm.service import LmService
+from livesum.loading import load_engine
 from livesum.outputs.files import write_notes_trace
 from livesum.pipeline import Pipeline
-from livesum.loading import load_engine
 from livesum.runner import ensure_writable, open_sinks
 from livesum.source.audio import AudioChunk
 

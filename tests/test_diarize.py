@@ -188,8 +188,8 @@ def test_cli_bad_diarization_values_exit_2(tmp_path: Path, flags: list[str], mes
 
 @pytest.mark.slow
 async def test_the_language_model_reads_each_line_with_its_speaker(tmp_path: Path) -> None:
-    from livesum.pipeline import Pipeline
     from livesum.loading import transcriber_factory
+    from livesum.pipeline import Pipeline
     from tests.test_pipeline import RecordingEngine
 
     settings = load_settings(Path(CPU_PROFILE), {"asr": {"speakers": 2}})

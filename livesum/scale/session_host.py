@@ -30,9 +30,14 @@ from livesum.batch.worker import ray_node_id
 from livesum.config import ConfigError, Settings, deep_merge, validate_settings
 from livesum.events import Error, Event
 from livesum.llm.service import LmService, Priority
+from livesum.loading import (
+    FileModels,
+    load_file_models,
+    new_engine,
+    transcriber_factory,
+)
 from livesum.outputs.files import file_sinks
 from livesum.pipeline import Pipeline
-from livesum.loading import FileModels, load_file_models, new_engine, transcriber_factory
 from livesum.server.protocol import SESSION_ID
 from livesum.source.audio import AudioChunk
 
