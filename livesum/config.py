@@ -103,6 +103,14 @@ class AsrConfig(Section):
         "Without partials only. 1 by default: on 2 cores the README's command was no faster with 0."
     )
     seed: int = Field(0, ge=0, description="Seed of Whisper's temperature-fallback sampling, so a file always transcribes the same.")
+    max_new_tokens: int = Field(
+        0, ge=0, le=220,
+        description="Most tokens Whisper writes for one 30 s window; 0 = its own limit (448 with the prompt; a "
+        "prompt takes up to 224, hence at most 220). A window that loops decodes to the limit before the "
+        "temperature fallback decodes it again: 160 took 9 s off the README's command, but the transcripts "
+        "changed well beyond such windows and pooled WER on the eight meetings rose 16.9% -> 17.6% "
+        "(docs/notes-quality.md), so it is off by default.",
+    )
     diarize: Literal["auto"] | bool = Field(
         "auto",
         description="Speaker labels on one-track audio (files, the microphone, a websocket stream without a speaker): "

@@ -159,6 +159,7 @@ def whisper_recognizer(model: WhisperModel, config: AsrConfig) -> Recognizer:
             vad_filter=False,
             condition_on_previous_text=False,
             chunk_length=encoder_window(len(audio) / SAMPLE_RATE) if fit else None,
+            max_new_tokens=config.max_new_tokens or None,
         )
         words: list[HypWord] = []
         for segment in segments:

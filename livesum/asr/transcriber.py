@@ -148,6 +148,7 @@ class BatchTranscriber:
             vad_parameters=self.vad,
             condition_on_previous_text=False,
             word_timestamps=self.word_timestamps,
+            max_new_tokens=self.config.max_new_tokens or None,
         )
         events = []
         for piece in segments:
