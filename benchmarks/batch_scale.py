@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -58,6 +59,7 @@ def make_recordings(folder: Path, count: int, minutes: float) -> list[Path]:
 
 
 def run_batch(command: list[str], out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)  # a fresh --out: in the last one `livesum batch` would skip what is done
     load_before = os.getloadavg()[0]
     began = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)

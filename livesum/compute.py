@@ -44,6 +44,11 @@ class CoreShare:
         self.lm_on_cpu = lm_on_cpu
         self.fixed_lm_threads = lm_threads or None
 
+    def reserve(self, cores: int) -> None:
+        """Share out only `cores` of the machine: a Ray worker reserves CPUs without being pinned to them,
+        and its two pools must fit in what it reserved (at most the cores it may run on)."""
+        self.cores = max(1, min(cores, cpu_cores()))
+
     def asr_threads(self, configured: int = 0) -> int:
         """Whisper's pool: `asr.cpu_threads` when set; else half the cores when the LM computes on them
         too, all of them when it does not (off, or on a GPU)."""

@@ -183,3 +183,15 @@ def test_cores_are_shared_between_whisper_and_the_lm() -> None:
     assert share.asr_workers(share.asr_threads()) == 2  # two streams recognise side by side, a core each
     with share.recognition(), share.recognition():
         assert share.lm_threads() == 1  # both cores are Whisper's now: the LM still gets a thread
+
+
+def test_a_worker_shares_out_only_the_cores_it_reserved() -> None:
+    from livesum.compute import CoreShare, cpu_cores
+
+    share = CoreShare(cores=cpu_cores())
+    share.reserve(1)  # a Ray batch worker with one CPU on a bigger machine: one thread for each pool, never both on all
+    assert share.asr_threads() == 1 and share.asr_workers(1) == 1 and share.lm_threads() == 1
+    with share.recognition():
+        assert share.lm_threads() == 1
+    share.reserve(10_000)  # more than the process may run on: what it may run on
+    assert share.cores == cpu_cores()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from livesum.compute import SHARE
 from livesum.config import Settings
 from livesum.loading import StartupError, load_file_models
 from livesum.models import ModelNotInstalled
@@ -103,7 +104,8 @@ def ray_node_id() -> str | None:
 
 
 def with_threads(settings: Settings, threads: int | None) -> Settings:
-    """Torch and CTranslate2 on as many threads as the worker reserved CPUs (unless configured)."""
+    """Torch and CTranslate2 each on as many threads as the CPUs reserved (unless configured): what
+    `serve --ray`'s session hosts still do; batch workers share their CPUs out instead (`SHARE.reserve`)."""
     if not threads:
         return settings
     data = settings.model_dump()
@@ -114,7 +116,12 @@ def with_threads(settings: Settings, threads: int | None) -> Settings:
 
 class RecordingWorker:
     def __init__(self, settings: Settings, threads: int | None = None) -> None:
-        self.settings = with_threads(settings, threads).model_copy(update={"output": settings.output.model_copy(update={"console": False})})
+        """`threads`: the CPUs a Ray worker reserved; Whisper and the LM share them as `livesum file` shares
+        the machine's (livesum.compute), not each on all of them: two pools of 2 threads busy at once on 2
+        reserved cores made a recording 16% slower than `livesum file` (docs/scale.md)."""
+        if threads:
+            SHARE.reserve(threads)
+        self.settings = settings.model_copy(update={"output": settings.output.model_copy(update={"console": False})})
         self.models = load_file_models(self.settings)
         self._lock = threading.Lock()
         self._stop: Callable[[], None] | None = None
