@@ -107,7 +107,7 @@ class AsrConfig(Section):
         0, ge=0, le=220,
         description="Most tokens Whisper writes for one 30 s window; 0 = its own limit (448 with the prompt; a "
         "prompt takes up to 224, hence at most 220). A window that loops decodes to the limit before the "
-        "temperature fallback decodes it again: 160 took 9 s off the README's command, but the transcripts "
+        "temperature fallback decodes it again: 160 took 9 s of Whisper's time (5 s of wall) off the README's command, but the transcripts "
         "changed well beyond such windows and pooled WER on the eight meetings rose 16.9% -> 17.6% "
         "(docs/notes-quality.md), so it is off by default.",
     )

@@ -117,8 +117,8 @@ def with_threads(settings: Settings, threads: int | None) -> Settings:
 class RecordingWorker:
     def __init__(self, settings: Settings, threads: int | None = None) -> None:
         """`threads`: the CPUs a Ray worker reserved; Whisper and the LM share them as `livesum file` shares
-        the machine's (livesum.compute), not each on all of them: two pools of 2 threads busy at once on 2
-        reserved cores made a recording 16% slower than `livesum file` (docs/scale.md)."""
+        the machine's (livesum.compute), not each on all of them: two pools on the same cores, busy at
+        once, stall each other at every barrier (benchmarks/core_share.py; docs/scale.md for the batch)."""
         if threads:
             SHARE.reserve(threads)
         self.settings = settings.model_copy(update={"output": settings.output.model_copy(update={"console": False})})
