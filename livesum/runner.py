@@ -50,8 +50,8 @@ async def build_pipeline(settings: Settings, out_dir: Path, models: FileModels |
     first feed, and a failure seen before the audio starts is raised here, as before."""
     view = ConsoleView() if settings.output.console else None
     engine: LanguageEngine | asyncio.Future | None
-    prepare_process(settings)
-    if models is None:
+    if models is None:  # models given were loaded by load_file_models, which prepared the process
+        prepare_process(settings)
         engine = asyncio.ensure_future(asyncio.to_thread(load_engine, settings))
         with view.console.status("loading models (the first run converts them once)") if view else nullcontext():
             whisper, _ = await asyncio.gather(asyncio.to_thread(load_whisper, settings.asr, settings.resolved_cache_dir()),
