@@ -26,7 +26,9 @@ HEAD_PORT, CLIENT_PORT = 6380, 10001  # free in a namespace of our own
 
 def ray_environment() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    # Ray Client's proxy gives a new client's server process 30 s to come up; a test suite loading
+    # both cores can take longer, and the client then sees only "Initialization failure from server".
+    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="180")
     return env
 
 
@@ -75,6 +77,13 @@ class RayCluster:
                          f"--ray-client-server-port={CLIENT_PORT}"])
         if node_cpus:
             self._ray_start([f"--address={self.gcs_address}", f"--num-cpus={node_cpus}"])
+
+    def client_server_logs(self, lines: int = 20) -> str:
+        """The tails of Ray Client's server logs (the proxy and each client's server), for a failed test's message."""
+        tails = []
+        for log in sorted((self.temp_dir / "session_latest" / "logs").glob("ray_client_server*.err")):
+            tails.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(tails)
 
     def stop(self) -> None:
         groups = [*self.groups, *([self.holder.pid] if self.holder else [])]

@@ -101,7 +101,7 @@ def test_object_store_carries_recordings_and_outputs_through_ray_client(cluster:
     result = subprocess.run(
         batch_command(cluster, cluster.client_address, str(manifest), "--out", str(out), "--set", "batch.transfer=object"),
         capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr + cluster.client_server_logs()
     row = rows(out)["short"]
     assert (row["status"], row["transfer"], row["attempts"]) == ("done", "object", 1)
     notes = (out / "short" / "notes.md").read_text()

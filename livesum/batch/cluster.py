@@ -39,8 +39,17 @@ def connect(address: str) -> Any:
     try:
         ray.init(address=address, namespace="livesum", log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as error:
-        raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {_reason(error)}") from None
     return ray
+
+
+def _reason(error: Exception) -> str:
+    """One line: the error's first line and, when Ray Client wraps the server's traceback after it
+    ("Initialization failure from server:"), that traceback's last line, which says what failed."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
 
 
 @dataclass
