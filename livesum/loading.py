@@ -60,24 +60,26 @@ def load_engine(settings: Settings) -> LanguageEngine | None:
 
 
 @dataclass
-class FileModels:
-    """Whisper and the LM loaded once for many recordings in a row (`livesum batch`); each recording
-    still gets its own transcribers and its own sink cache on them."""
+class SharedModels:
+    """The models one process loads once and shares: a batch worker's recordings, a session host's or
+    the server's sessions. Each recording or session still gets its own transcribers and sink cache."""
 
     whisper: WhisperModel
-    language: tuple[Any, Any] | None  # (model, tokenizer); None when the LM is off
+    language: tuple[Any, Any] | None = None  # (model, tokenizer); None when the LM is off
 
 
-def load_file_models(settings: Settings) -> FileModels:
-    """Both models, blocking (a batch worker loads them once, before its first recording)."""
-    prepare_process(settings)
-    return FileModels(load_whisper(settings.asr, settings.resolved_cache_dir()), load_language(settings))
+def load_shared_models(settings: Settings) -> SharedModels:
+    """Whisper, the LM and the diarizer's voice model, blocking (call from a thread, once per process)."""
+    prepare_process(settings)  # before Whisper loads: its threads depend on where the LM computes
+    whisper = load_whisper(settings.asr, settings.resolved_cache_dir())
+    voices_for(settings.asr)  # cached for transcriber_factory
+    return SharedModels(whisper, load_language(settings))
 
 
 def transcriber_factory(whisper: WhisperModel, settings: Settings, *, live: bool) -> TranscriberFactory:
     """A new transcriber per track, all on the one shared Whisper model. One-track audio (track None) is
     diarized when `asr.diarize` says so; a named track is one speaker already."""
-    voices = voices_for(settings.asr)  # loaded by load_models / load_shared_models beforehand
+    voices = voices_for(settings.asr)  # loaded (and cached) by load_models / load_shared_models beforehand
     return lambda track: make_transcriber(whisper, settings.asr, settings.audio.sample_rate, live=live,
                                           voices=voices if track is None else None)
 

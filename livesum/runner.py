@@ -12,7 +12,7 @@ from livesum.asr.diarize import voices_for
 from livesum.asr.transcriber import load_whisper
 from livesum.config import Settings
 from livesum.loading import (
-    FileModels,
+    SharedModels,
     StartupError,
     load_engine,
     new_engine,
@@ -43,14 +43,14 @@ def open_sinks(out_dir: Path, settings: Settings) -> list[EventSink]:
         raise StartupError(f"cannot write to {out_dir}: {error.strerror or error}") from None
 
 
-async def build_pipeline(settings: Settings, out_dir: Path, models: FileModels | None = None) -> Pipeline:
+async def build_pipeline(settings: Settings, out_dir: Path, models: SharedModels | None = None) -> Pipeline:
     """Speech recognition first (loaded now, or the models given), then the files (so a model that fails
     to load leaves no empty outputs). The LM goes on loading while the first audio is transcribed (it
     takes seconds and nothing needs it before the first words): the pipeline waits for it before its
     first feed, and a failure seen before the audio starts is raised here, as before."""
     view = ConsoleView() if settings.output.console else None
     engine: LanguageEngine | asyncio.Future | None
-    if models is None:  # models given were loaded by load_file_models, which prepared the process
+    if models is None:  # models given were loaded by load_shared_models, which prepared the process
         prepare_process(settings)
         engine = asyncio.ensure_future(asyncio.to_thread(load_engine, settings))
         with view.console.status("loading models (the first run converts them once)") if view else nullcontext():
@@ -94,7 +94,7 @@ def stop_on_signals(pipeline: Pipeline, signals: tuple[signal.Signals, ...] = (s
 
 
 async def run_file(
-    path: Path, out_dir: Path, settings: Settings, questions: list[str], models: FileModels | None = None,
+    path: Path, out_dir: Path, settings: Settings, questions: list[str], models: SharedModels | None = None,
     control: Callable[[Pipeline], Callable[[], None]] = stop_on_signals,
 ) -> RunResult:
     """One recording into `out_dir`. `models`: already loaded ones (a batch worker's), else loaded now.

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from conftest import REPO, SAMPLES
 from livesum.config import Settings, load_settings
-from livesum.loading import FileModels, load_file_models
+from livesum.loading import SharedModels, load_shared_models
 from livesum.source.file import decode_file
 
 ray = pytest.importorskip("ray", reason="livesum[ray] is not installed")
@@ -67,7 +67,7 @@ class FakeRay:
 
     exceptions = ray.exceptions
 
-    def __init__(self, models: FileModels) -> None:
+    def __init__(self, models: SharedModels) -> None:
         self.models = models
         self.actors: dict[str, FakeHandle] = {}
         self.util = SimpleNamespace(list_named_actors=lambda all_namespaces=False: [
@@ -90,8 +90,8 @@ class FakeRay:
 
 
 @pytest.fixture(scope="module")
-def models() -> FileModels:
-    return FileModels(load_file_models(load_settings(REPO / "configs" / "cpu.toml", {"llm": {"enabled": False}})).whisper, None)
+def models() -> SharedModels:
+    return SharedModels(load_shared_models(load_settings(REPO / "configs" / "cpu.toml", {"llm": {"enabled": False}})).whisper, None)
 
 
 def front_settings(data_dir: Path) -> Settings:
@@ -157,7 +157,7 @@ START = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le"}
 
 @pytest.mark.slow
 async def test_two_front_ends_share_the_hosts_take_over_a_session_and_a_dead_host_closes_4503(
-        tmp_path: Path, models: FileModels) -> None:
+        tmp_path: Path, models: SharedModels) -> None:
     samples = np.concatenate([chunk.samples for chunk in decode_file(SAMPLES / "librivox.flac", 16000, 1.0)])  # 25 s
     pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
     half = len(pcm) // 2 // FRAME * FRAME

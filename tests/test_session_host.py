@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, SAMPLES
 from livesum.config import load_settings
 from livesum.events import Answer, Notes, Segment, parse_event
-from livesum.loading import FileModels, load_file_models
+from livesum.loading import SharedModels, load_shared_models
 from livesum.scale.session_host import SessionHost, SessionHostError
 from livesum.source.file import decode_file
 
@@ -22,8 +22,8 @@ CPU = REPO / "configs" / "cpu.toml"
 
 
 @pytest.fixture(scope="module")
-def models() -> FileModels:
-    return load_file_models(load_settings(CPU))
+def models() -> SharedModels:
+    return load_shared_models(load_settings(CPU))
 
 
 def settings(tmp_path: Path, **server: object):
@@ -46,7 +46,7 @@ async def collect(host: SessionHost, session_id: str, after_seq: int = 0) -> lis
 
 
 @pytest.mark.slow
-async def test_two_sessions_on_one_host_each_get_their_own_transcript_and_notes(tmp_path: Path, models: FileModels) -> None:
+async def test_two_sessions_on_one_host_each_get_their_own_transcript_and_notes(tmp_path: Path, models: SharedModels) -> None:
     host = SessionHost(settings(tmp_path), models=models)
     await host.open("reading", speakers=None)
     await host.open("silence")
@@ -71,8 +71,8 @@ async def test_two_sessions_on_one_host_each_get_their_own_transcript_and_notes(
     assert (data / "reading" / "notes.md").is_file() and (data / "silence" / "notes.md").is_file()
 
 
-async def test_resume_from_a_seq_refusals_and_the_grace_period(tmp_path: Path, models: FileModels) -> None:
-    no_llm = FileModels(models.whisper, None)
+async def test_resume_from_a_seq_refusals_and_the_grace_period(tmp_path: Path, models: SharedModels) -> None:
+    no_llm = SharedModels(models.whisper, None)
     host = SessionHost(load_settings(CPU, {"llm": {"enabled": False}, "server": {"data_dir": str(tmp_path / "s"), "resume_grace_seconds": 1}}),
                        capacity=1, models=no_llm)
     await host.open("call-1", secret="s3cret", meta={"format": {"sample_rate": 8000}})

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from livesum.server.app import SharedModels
+from livesum.loading import SharedModels
 
 from conftest import REPO, SPEECH_REFERENCE, SPEECH_SAMPLE
 from test_server import RunningServer, server_settings, wer

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from livesum.compute import SHARE
 from livesum.config import Settings
-from livesum.loading import StartupError, load_file_models
+from livesum.loading import StartupError, load_shared_models
 from livesum.models import ModelNotInstalled
 from livesum.pipeline import Pipeline
 from livesum.runner import run_file
@@ -122,7 +122,7 @@ class RecordingWorker:
         if threads:
             SHARE.reserve(threads)
         self.settings = settings.model_copy(update={"output": settings.output.model_copy(update={"console": False})})
-        self.models = load_file_models(self.settings)
+        self.models = load_shared_models(self.settings)
         self._lock = threading.Lock()
         self._stop: Callable[[], None] | None = None
         self._stopping = False

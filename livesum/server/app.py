@@ -22,18 +22,17 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from faster_whisper import WhisperModel
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from livesum.config import ConfigError, Settings, deep_merge, nest, validate_settings
 from livesum.llm.service import LmService, Priority
+from livesum.loading import SharedModels, load_shared_models, new_engine, transcriber_factory
 from livesum.server.adapters import Adapter, AdapterError, Audio, Close, Open
 from livesum.server.adapters.recall import RecallAdapter
 from livesum.server.adapters.telnyx import TelnyxAdapter
@@ -73,13 +72,6 @@ class ServerStartupError(RuntimeError):
     """The server cannot start as configured; one line."""
 
 
-@dataclass
-class SharedModels:
-    whisper: WhisperModel
-    language_model: Any | None = None  # transformers model, None when the LLM is off
-    tokenizer: Any | None = None
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -116,19 +108,6 @@ def twilio_signature(auth_token: str, url: str) -> str:
     connected to (no body parameters on a GET), keyed with the account's auth token."""
     digest = hmac.new(auth_token.encode(), url.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
-
-
-def load_shared_models(settings: Settings) -> SharedModels:
-    """Whisper and the LM, once per server (blocking; call from a thread)."""
-    from livesum.asr.diarize import voices_for
-    from livesum.asr.transcriber import load_whisper
-    from livesum.loading import load_language, prepare_process
-
-    prepare_process(settings)  # before Whisper loads: its threads depend on where the LM computes
-    whisper = load_whisper(settings.asr, settings.resolved_cache_dir())
-    voices_for(settings.asr)  # the diarizer's voice model, cached for the sessions' transcribers
-    loaded = load_language(settings)
-    return SharedModels(whisper) if loaded is None else SharedModels(whisper, *loaded)
 
 
 def kv_cache_bytes(model: Any, capacity: int) -> int:
@@ -436,13 +415,11 @@ class LivesumServer:
 
     async def open_session(self, session_id: str, settings: Settings, speakers: dict[str, str] | None, *, live: bool) -> Session:
         """A running session with its own engine cache and event log (under an admission reservation)."""
-        from livesum.loading import new_engine, transcriber_factory
-
         engine = None
-        if self.models.language_model is not None:
-            engine = await self.service.run(Priority.QUESTION, new_engine, settings, self.models.language_model, self.models.tokenizer)
+        if self.models.language is not None:
+            engine = await self.service.run(Priority.QUESTION, new_engine, settings, *self.models.language)
             if self.kv_bytes is None:
-                self.kv_bytes = kv_cache_bytes(self.models.language_model, engine.cache.capacity)
+                self.kv_bytes = kv_cache_bytes(self.models.language[0], engine.cache.capacity)
                 log.info("KV cache per session: %.1f MiB (%d positions)", self.kv_bytes / 2**20, engine.cache.capacity)
         out_dir = settings.server.data_dir / session_id
         out_dir.mkdir(parents=True, exist_ok=True)

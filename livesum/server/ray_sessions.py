@@ -37,11 +37,12 @@ from websockets.exceptions import ConnectionClosed
 
 from livesum.config import Settings
 from livesum.events import Status
+from livesum.loading import SharedModels
 from livesum.scale.session_host import EventBatch, HostLoad, SessionHost, SessionHostError
 from livesum.server.adapters import Adapter, Open
 from livesum.server.app import (
     CLOSE_FULL, CLOSE_PROTOCOL, CLOSE_SESSION_TAKEN, CLOSE_UNAUTHORIZED, CLOSE_UNKNOWN_SESSION, CLOSE_WORKER_DIED,
-    FrameDecoder, LivesumServer, SharedModels, _closing, safe_session_id, token_matches,
+    FrameDecoder, LivesumServer, _closing, safe_session_id, token_matches,
 )
 from livesum.server.audio import PIPELINE_RATE
 from livesum.server.protocol import Envelope, ProtocolError, Resume, Start, Watch
