@@ -19,7 +19,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,22 +31,20 @@ from livesum.config import ConfigError, Settings, deep_merge, validate_settings
 from livesum.events import Error, Event
 from livesum.llm.service import LmService, Priority
 from livesum.loading import (
-    FileModels,
-    load_file_models,
+    SharedModels,
+    load_shared_models,
     new_engine,
     transcriber_factory,
 )
 from livesum.outputs.files import file_sinks
 from livesum.pipeline import Pipeline
+from livesum.server.audio_queue import SessionAudio, TrackRefused
 from livesum.server.protocol import SESSION_ID
-from livesum.source.audio import AudioChunk
 
 log = logging.getLogger(__name__)
 
-PIPELINE_RATE = 16000
 REPLAY_EVENTS = 2000  # events kept for a resume; an older `after_seq` is told what it missed
 GRACE_CHECK_SECONDS = 1.0
-CLOCK_GAP_SECONDS = 0.2  # a pushed `at` this far past a track's clock moves the clock (as the in-process server does)
 EVENTS_FILE = "events.jsonl"
 
 
@@ -94,8 +92,8 @@ class HostLoad:
 
 
 class HostedSession:
-    """One session: audio queued per push (the oldest dropped past `server.session_queue_seconds`),
-    a live pipeline reading it, and the numbered events."""
+    """One session: its audio queue (server/audio_queue.py, as in process), a live pipeline reading
+    it, and the numbered events."""
 
     def __init__(self, session_id: str, settings: Settings, pipeline_factory: Callable[[HostedSession], Pipeline], *,
                  live: bool = True, secret: str | None = None, meta: dict[str, Any] | None = None) -> None:
@@ -109,56 +107,37 @@ class HostedSession:
         self.seq = 0
         self.replay: deque[tuple[int, str]] = deque(maxlen=REPLAY_EVENTS)
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # resolved at each new event
-        self.ended = False  # no more audio
         self.finished = False  # the pipeline is done: notes written, every event numbered
         self.last_contact = time.monotonic()
         self.waiting = 0  # front-ends' calls waiting here now (long-polls, pushes held for room): contact while they wait
-        self._queue: deque[AudioChunk] = deque()
-        self._queued_samples = 0
-        self._max_queued = int(settings.server.session_queue_seconds * PIPELINE_RATE)
-        self._clocks: dict[str | None, int] = {}
-        self._wakeup = asyncio.Event()
-        self._room = asyncio.Event()
         self._tasks: set[asyncio.Task[object]] = set()
         self.pipeline = pipeline_factory(self)
+        self.audio = SessionAudio(settings, live=live, report_dropped=self.pipeline.report_dropped)
         self.task = asyncio.create_task(self._run(), name=f"hosted-{session_id}")
 
     def push(self, samples: np.ndarray, track: str | None = None, at: float | None = None, speaker: str | None = None) -> float:
-        """Audio of one track; returns the seconds dropped to make room (0 when the pipeline keeps up).
-        `at` (stream seconds, where the protocol gives it) moves a track's clock that fell behind it (a
-        silent participant the vendor did not send); `speaker` names the track."""
-        if self.ended or not len(samples):
+        """Audio of one track; returns the seconds a live session dropped to make room (0 when the
+        pipeline keeps up). `at` (stream seconds, where the protocol gives it) places the audio;
+        `speaker` names the track."""
+        if self.audio.ended or not len(samples):
             return 0.0
-        if track not in self._clocks and len(self._clocks) >= self.settings.server.max_tracks_per_session:
-            self.report(f"track {str(track)[:40]!r} refused: at most {self.settings.server.max_tracks_per_session} tracks a session")
+        try:
+            dropped = self.audio.push(track, samples, at)
+        except TrackRefused as refused:
+            self.report(str(refused))
             return 0.0
         if speaker is not None and track is not None:
             self.pipeline.speakers[track] = speaker
-        start = self._clocks.get(track, 0)
-        if at is not None and round(at * PIPELINE_RATE) - start > CLOCK_GAP_SECONDS * PIPELINE_RATE:
-            start = round(at * PIPELINE_RATE)
-        self._clocks[track] = start + len(samples)
-        self._queue.append(AudioChunk(samples, start / PIPELINE_RATE, PIPELINE_RATE, captured_at=time.time(), track=track))
-        self._queued_samples += len(samples)
-        dropped = 0.0
-        while self._queued_samples > self._max_queued and len(self._queue) > 1:  # live: drop the oldest
-            chunk = self._queue.popleft()
-            self._queued_samples -= len(chunk.samples)
-            dropped += chunk.duration
-        if dropped:
-            self.pipeline.report_dropped(dropped, "the session queue was full")
-        self._wakeup.set()
         return dropped
 
     @property
-    def needs_room(self) -> bool:
-        return not self.live and not self.ended and self._queued_samples >= self._max_queued
+    def ended(self) -> bool:
+        """No more audio will come."""
+        return self.audio.ended
 
     async def room(self) -> None:
         """Returns once a source that can wait may push again (its queue has room, or the session ended)."""
-        while self.needs_room:
-            self._room.clear()
-            await self._room.wait()
+        await self.audio.room()
 
     def report(self, message: str) -> None:
         """A non-fatal error into the session's events, a flood thinned (the first 20, then every 100th)."""
@@ -170,27 +149,12 @@ class HostedSession:
         self.pipeline.emit(Error(message=message, source="server"))
 
     def end_audio(self) -> None:
-        self.ended = True
-        self._wakeup.set()
-        self._room.set()
+        self.audio.end()
 
     def spawn(self, work: object) -> None:
         task = asyncio.ensure_future(work)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _chunks(self) -> AsyncIterator[AudioChunk]:
-        while True:
-            while not self._queue:
-                if self.ended:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            chunk = self._queue.popleft()
-            self._queued_samples -= len(chunk.samples)
-            if self._queued_samples < self._max_queued:
-                self._room.set()
-            yield chunk
 
     def publish(self, event: Event) -> None:
         """The pipeline's sink: number the event, keep it, wake the pollers."""
@@ -227,13 +191,13 @@ class HostedSession:
 
     async def _run(self) -> None:
         try:
-            await self.pipeline.run(self._chunks())
+            await self.pipeline.run(self.audio.chunks())
         except Exception as error:  # the pipeline finishes itself; this guards the host's other sessions
             log.exception("hosted session %s crashed", self.id)
             self.pipeline.emit(Error(message=f"session crashed: {error}", fatal=True, source="server"))
         finally:
-            self.ended = self.finished = True
-            self._room.set()
+            self.audio.close()
+            self.finished = True
             self._notify()
 
 
@@ -253,11 +217,11 @@ class SessionHost:
     actor, so a long-poll of one session never holds up another session's audio."""
 
     def __init__(self, settings: Settings, data_dir: str | None = None, capacity: int | None = None,
-                 models: FileModels | None = None) -> None:
+                 models: SharedModels | None = None) -> None:
         self.settings = settings
         self.data_dir = Path(data_dir) if data_dir else settings.server.data_dir
         self.capacity = capacity or settings.server.max_sessions
-        self.models = models or load_file_models(settings)
+        self.models = models or load_shared_models(settings)
         self.service = LmService()
         self.sessions: dict[str, HostedSession] = {}
         self._opening: set[str] = set()

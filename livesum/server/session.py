@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +23,11 @@ from livesum.events import Error, Event
 from livesum.llm.service import LmService
 from livesum.outputs.files import EventSink, file_sinks
 from livesum.pipeline import LanguageEngine, Pipeline, TranscriberFactory
-from livesum.server.audio import PIPELINE_RATE
+from livesum.server.audio_queue import SessionAudio, TrackRefused
 from livesum.server.eventlog import EventLog
 
 log = logging.getLogger(__name__)
 
-REPORT_DROPS_EVERY = 1.0  # seconds between "dropped audio" reports (a flood must not flood events)
-CLOCK_GAP_SECONDS = 0.2  # a vendor timestamp this far past a track's clock moves the clock (no silence is queued)
 CLOSE_TAKEN_OVER = 4409
 
 
@@ -71,15 +67,6 @@ class Subscriber:
         self.task.cancel()
 
 
-class _Track:
-    """Per-track stream clock and the samples waiting to fill a chunk."""
-
-    def __init__(self) -> None:
-        self.samples_in = 0  # stream position (in samples) of the next sample queued on this track
-        self.pending: list[np.ndarray] = []
-        self.pending_len = 0
-
-
 class Session:
     def __init__(
         self,
@@ -105,19 +92,8 @@ class Session:
         self.owner: ServerConnection | None = None  # the connection streaming into this session now
         self.owner_subscriber: Subscriber | None = None
         self.watchers: dict[ServerConnection, Subscriber] = {}
-        self.ended = False  # no more audio will come (stop, or grace expired)
         self.finished = asyncio.Event()
         self._on_finished = on_finished
-        self._chunk_samples = max(1, int(settings.audio.chunk_seconds * PIPELINE_RATE))
-        self._tracks: dict[str | None, _Track] = {}
-        self._queue: deque = deque()
-        self._queued_samples = 0
-        self._samples_in = 0  # every sample pushed, for /metrics (the tracks' clocks may skip ahead)
-        self._max_queued = int(settings.server.session_queue_seconds * PIPELINE_RATE)
-        self._wakeup = asyncio.Event()
-        self._room = asyncio.Event()
-        self._unreported_drop = 0.0
-        self._last_drop_report = 0.0
         self._grace: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
         self._asking = 0
@@ -125,118 +101,53 @@ class Session:
         formats = [kind for kind in settings.output.formats if kind != "jsonl"]  # the event log is events.jsonl
         sinks: list[EventSink] = [*file_sinks(out_dir, formats), _Numbering(self)]
         self.pipeline = Pipeline(settings, transcribers, engine, sinks, live=True, service=service, speakers=speakers)
+        self.audio = SessionAudio(settings, live=live, report_dropped=self.pipeline.report_dropped)
         self.task = asyncio.create_task(self._run(), name=f"session-{session_id}")
 
     # -- audio in ----------------------------------------------------------------------------------
 
     def push(self, track: str | None, samples: np.ndarray, at: float | None = None, speaker: str | None = None) -> None:
-        """Audio of one track at 16 kHz. `at` (stream seconds), where the protocol gives it, places the
-        audio: a track that skipped ahead (a silent participant the vendor did not send) has its clock
-        moved there, so tracks stay on one clock without queueing silence."""
-        if self.ended or not len(samples):
+        """Audio of one track at 16 kHz, placed at `at` (stream seconds) where the protocol gives it."""
+        if self.audio.ended or not len(samples):
             return
-        state = self._tracks.get(track)
-        if state is None:
-            limit = self.settings.server.max_tracks_per_session
-            if len(self._tracks) >= limit:
-                self.report(f"track {str(track)[:40]!r} refused: at most {limit} tracks a session")
-                return
-            state = self._tracks[track] = _Track()
+        try:
+            self.audio.push(track, samples, at)
+        except TrackRefused as refused:
+            self.report(str(refused))
+            return
         if speaker is not None and track is not None:
             self.pipeline.speakers[track] = speaker
-        if at is not None:
-            position = round(at * PIPELINE_RATE)
-            if position - (state.samples_in + state.pending_len) > CLOCK_GAP_SECONDS * PIPELINE_RATE:
-                if state.pending_len:
-                    self._enqueue(track, state)
-                state.samples_in = position
-        state.pending.append(samples.astype(np.float32, copy=False))
-        self._samples_in += len(samples)
-        state.pending_len += len(samples)
-        if state.pending_len >= self._chunk_samples:
-            self._enqueue(track, state)
 
-    def _enqueue(self, track: str | None, state: _Track) -> None:
-        from livesum.source.audio import AudioChunk
-
-        samples = np.concatenate(state.pending) if len(state.pending) > 1 else state.pending[0]
-        state.pending, state.pending_len = [], 0
-        chunk = AudioChunk(samples, state.samples_in / PIPELINE_RATE, PIPELINE_RATE, captured_at=time.time(), track=track)
-        state.samples_in += len(samples)
-        self._queue.append(chunk)
-        self._queued_samples += len(samples)
-        if self.live:
-            while self._queued_samples > self._max_queued and len(self._queue) > 1:  # a live source cannot wait: drop the oldest
-                dropped = self._queue.popleft()
-                self._queued_samples -= len(dropped.samples)
-                self._unreported_drop += dropped.duration
-            if self._unreported_drop and time.monotonic() - self._last_drop_report >= REPORT_DROPS_EVERY:
-                self._report_drops()
-        self._wakeup.set()
-
-    def _report_drops(self) -> None:
-        self.pipeline.report_dropped(self._unreported_drop, "the session queue was full")
-        self._unreported_drop, self._last_drop_report = 0.0, time.monotonic()
+    @property
+    def ended(self) -> bool:
+        """No more audio will come (stop, the grace expired, or the pipeline stopped)."""
+        return self.audio.ended
 
     @property
     def needs_room(self) -> bool:
         """A source that can wait has filled its queue: its connection stops reading until there is room."""
-        return not self.live and not self.ended and self._queued_samples >= self._max_queued
+        return self.audio.needs_room
 
     async def room(self) -> None:
-        """Returns once the queue has room again (or the session ended)."""
-        while self.needs_room:
-            self._room.clear()
-            await self._room.wait()
+        await self.audio.room()
 
     def end_audio(self) -> None:
         """No more audio: what is pending becomes the last chunks, then the pipeline writes the notes."""
-        if self.ended:
-            return
-        for track, state in self._tracks.items():
-            if state.pending_len:
-                self._enqueue(track, state)
-        if self._unreported_drop:
-            self._report_drops()
-        self.ended = True
-        self._wakeup.set()
-        self._room.set()
-
-    async def _chunks(self) -> AsyncIterator:
-        try:
-            while True:
-                while not self._queue:
-                    if self.ended:
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                chunk = self._queue.popleft()
-                self._queued_samples -= len(chunk.samples)
-                if self._queued_samples < self._max_queued:
-                    self._room.set()
-                yield chunk
-        finally:  # the pipeline stopped reading: what is still queued will not be heard; say so
-            if self._unreported_drop:
-                self._report_drops()
-            left = self._queued_samples + sum(state.pending_len for state in self._tracks.values())
-            if left:
-                self.pipeline.report_dropped(left / PIPELINE_RATE, "the stream ended before it was transcribed")
-            self._queue.clear()
-            self._queued_samples = 0
+        self.audio.end()
 
     @property
     def queued_seconds(self) -> float:
-        return self._queued_samples / PIPELINE_RATE
+        return self.audio.queued_seconds
 
     @property
     def audio_in_seconds(self) -> float:
         """Audio received so far (all tracks), for /metrics."""
-        return self._samples_in / PIPELINE_RATE
+        return self.audio.received_seconds
 
     @property
     def dropped_seconds(self) -> float:
         """Audio dropped so far, reported or not yet (reports are thinned), for /metrics."""
-        return self.pipeline.result.dropped_seconds + self._unreported_drop
+        return self.pipeline.result.dropped_seconds + self.audio.unreported_drop_seconds
 
     # -- control -------------------------------------------------------------------------------------
 
@@ -344,13 +255,12 @@ class Session:
 
     async def _run(self) -> None:
         try:
-            await self.pipeline.run(self._chunks())
+            await self.pipeline.run(self.audio.chunks())
         except Exception as error:  # the pipeline finishes itself; this is a last guard for the server
             log.exception("session %s crashed", self.id)
             self.pipeline.emit(Error(message=f"session crashed: {error}", fatal=True, source="server"))
         finally:
-            self.ended = True
-            self._room.set()
+            self.audio.close()
             if self._grace is not None:
                 self._grace.cancel()
             self.log.close()
