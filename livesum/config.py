@@ -277,7 +277,7 @@ class ScaleConfig(Section):
     to `server.max_sessions` sessions on one set of models."""
 
     hosts: int = Field(1, ge=1, description="Session hosts this front-end makes sure exist (livesum-host-0..N-1, detached; the first front-end creates them).")
-    cpus_per_host: float = Field(2.0, gt=0, description="CPUs Ray reserves per host: Whisper and the LM run in it; torch and CTranslate2 get this many threads.")
+    cpus_per_host: float = Field(2.0, gt=0, description="CPUs Ray reserves per host: Whisper and the LM share them as in one process (livesum.compute).")
     gpus_per_host: float | None = Field(None, ge=0, description="GPUs Ray reserves per host; None = 1 where the cluster has GPUs, else 0.")
     placement: Literal["SPREAD", "DEFAULT"] = Field("SPREAD", description="Ray's scheduling strategy for the hosts: SPREAD puts them on as many nodes as possible.")
     namespace: str = Field("livesum", min_length=1, description="Ray namespace of the hosts: front-ends that share it share the hosts.")

@@ -103,17 +103,6 @@ def ray_node_id() -> str | None:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
-def with_threads(settings: Settings, threads: int | None) -> Settings:
-    """Torch and CTranslate2 each on as many threads as the CPUs reserved (unless configured): what
-    `serve --ray`'s session hosts still do; batch workers share their CPUs out instead (`SHARE.reserve`)."""
-    if not threads:
-        return settings
-    data = settings.model_dump()
-    data["llm"]["threads"] = data["llm"]["threads"] or threads
-    data["asr"]["cpu_threads"] = data["asr"]["cpu_threads"] or threads
-    return Settings.model_validate(data)
-
-
 class RecordingWorker:
     def __init__(self, settings: Settings, threads: int | None = None) -> None:
         """`threads`: the CPUs a Ray worker reserved; Whisper and the LM share them as `livesum file` shares

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from livesum.batch.worker import ray_node_id
+from livesum.compute import SHARE
 from livesum.config import ConfigError, Settings, deep_merge, validate_settings
 from livesum.events import Error, Event
 from livesum.llm.service import LmService, Priority
@@ -217,7 +218,11 @@ class SessionHost:
     actor, so a long-poll of one session never holds up another session's audio."""
 
     def __init__(self, settings: Settings, data_dir: str | None = None, capacity: int | None = None,
-                 models: SharedModels | None = None) -> None:
+                 models: SharedModels | None = None, cpus: int | None = None) -> None:
+        """`cpus`: what a Ray actor reserved; Whisper and the LM share them as one process shares the
+        machine's (livesum.compute), not two pools of all of them that stall each other at every barrier."""
+        if cpus:
+            SHARE.reserve(cpus)
         self.settings = settings
         self.data_dir = Path(data_dir) if data_dir else settings.server.data_dir
         self.capacity = capacity or settings.server.max_sessions

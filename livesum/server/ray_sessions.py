@@ -102,10 +102,7 @@ class HostPool:
                     num_cpus=self.config.cpus_per_host, num_gpus=gpus, scheduling_strategy=self.config.placement)
 
     def _host_settings(self) -> Settings:
-        from livesum.batch.worker import with_threads
-
-        settings = with_threads(self.settings, max(1, int(self.config.cpus_per_host)))
-        data = settings.model_dump()
+        data = self.settings.model_dump()
         data["server"]["data_dir"] = str(Path(self.settings.server.data_dir).resolve())  # the hosts' cwd is not ours
         return Settings.model_validate(data)
 
@@ -114,7 +111,7 @@ class HostPool:
         if self._actor_class is None:
             self._actor_class = (self.ray.remote(SessionHost), self._host_options(), self._host_settings())
         actor, options, settings = self._actor_class
-        return actor.options(name=name, **options).remote(settings)
+        return actor.options(name=name, **options).remote(settings, cpus=max(1, int(self.config.cpus_per_host)))
 
     def ensure_all(self) -> None:
         """This front-end's `scale.hosts` hosts, and any other host in the namespace (made by a front-end
