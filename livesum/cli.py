@@ -19,7 +19,7 @@ from livesum.outputs.files import existing_outputs
 from livesum.source.audio import AudioSourceError
 
 if TYPE_CHECKING:
-    from livesum.pipeline import RunResult
+    from livesum.run_stats import RunResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 models_app = typer.Typer(no_args_is_help=True, help="The embedded models.")

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from livesum.config import Settings
@@ -85,6 +85,15 @@ class CoreShare:
 
 
 SHARE = CoreShare()
+
+
+def recognizing(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` (a transcriber's push or flush) counted as speech recognition while it runs (`SHARE.recognition`)."""
+    def run(*args: Any) -> Any:
+        with SHARE.recognition():
+            return function(*args)
+
+    return run
 
 
 def share_cores(settings: Settings) -> None:

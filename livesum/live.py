@@ -21,7 +21,8 @@ from livesum.config import Settings
 from livesum.loading import load_models, transcriber_factory
 from livesum.outputs.files import EventSink
 from livesum.outputs.live_view import LiveView, PlainLiveView
-from livesum.pipeline import Pipeline, RunResult
+from livesum.pipeline import Pipeline
+from livesum.run_stats import RunResult
 from livesum.runner import ensure_writable, open_sinks, stop_on_signals
 from livesum.source.mic import MicSource
 

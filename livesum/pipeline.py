@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import resource
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from livesum.asr.policy import Transcriber
 from livesum.asr.speaker_names import SpeakerNames
-from livesum.compute import SHARE
+from livesum.compute import recognizing
 from livesum.config import Settings
 from livesum.events import Answer, AnswerPart, Error, Event, Notes, Segment, Status, Summary
 from livesum.llm.minutes import MeetingMinutes, spoken_line
@@ -43,6 +41,7 @@ from livesum.llm.notes import whole_sentences
 from livesum.llm.service import LmService, Priority
 from livesum.memory import release_free_memory
 from livesum.outputs.files import EventSink
+from livesum.run_stats import LiveStats, RunResult, StageClock
 from livesum.source.audio import AudioChunk, AudioSourceError, level_dbfs
 
 
@@ -59,64 +58,6 @@ class LanguageEngine(Protocol):
 
 
 TranscriberFactory = Callable[[str | None], Transcriber]
-
-
-@dataclass
-class StageClock:
-    """Seconds each stage spent busy, for the RTF split that the CLI reports.
-
-    `source` is the time the pipeline waited for audio: decoding that ASR did not hide. `notes` is
-    the LM time after the audio ended (questions, final notes): what keeping up live does not need.
-    """
-
-    seconds: dict[str, float] = field(default_factory=lambda: {"source": 0.0, "asr": 0.0, "llm": 0.0, "notes": 0.0})
-    audio_ended: bool = False
-
-    def timed(self, stage: str, function: Callable[..., Any]) -> Callable[..., Any]:
-        def run(*args: Any) -> Any:
-            began = time.perf_counter()
-            try:
-                return function(*args)
-            finally:
-                self.seconds[stage] += time.perf_counter() - began
-
-        return run
-
-    async def run(self, stage: str, function: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.to_thread(self.timed(stage, function), *args)
-
-
-@dataclass
-class RunResult:
-    audio_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    segments: list[Segment] = field(default_factory=list)
-    fatal_error: str | None = None
-    interrupted: bool = False
-    dropped_seconds: float = 0.0
-
-    @property
-    def real_time_factor(self) -> float:
-        return self.wall_seconds / self.audio_seconds if self.audio_seconds else 0.0
-
-
-@dataclass
-class LiveStats:
-    """What the live status line shows; updated by the stages, sent with progress events."""
-
-    level_db: float | None = None
-    asr_lag: float | None = None
-    oldest_unfed: float | None = None  # wall time the oldest final text not yet in the LM was emitted
-
-
-def recognizing(function: Callable[..., Any]) -> Callable[..., Any]:
-    """`function` (a transcriber's push or flush) counted as speech recognition on the cores (livesum.compute)."""
-    def run(*args: Any) -> Any:
-        with SHARE.recognition():
-            return function(*args)
-
-    return run
 
 
 class StageFailure(Exception):
@@ -350,14 +291,7 @@ class Pipeline:
             raise StageFailure(stage, error) from error
 
     def describe_timing(self) -> str:
-        result = self.result
-        split = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.stage_seconds.items())
-        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-        dropped = f"; dropped {result.dropped_seconds:.1f} s" if result.dropped_seconds else ""
-        return (
-            f"{result.audio_seconds:.1f} s of audio in {result.wall_seconds:.1f} s (RTF {result.real_time_factor:.3f}; "
-            f"busy: {split}; peak RSS {peak_mib:.0f} MiB{dropped})"
-        )
+        return self.result.describe()
 
     # -- ASR stage -----------------------------------------------------------------------------------
 

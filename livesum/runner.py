@@ -21,7 +21,8 @@ from livesum.loading import (
 )
 from livesum.outputs.console import ConsoleView
 from livesum.outputs.files import EventSink, file_sinks, write_notes_trace
-from livesum.pipeline import LanguageEngine, Pipeline, RunResult
+from livesum.pipeline import LanguageEngine, Pipeline
+from livesum.run_stats import RunResult
 from livesum.source.file import probe_duration, stream_file
 
 
