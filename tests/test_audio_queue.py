@@ -81,7 +81,7 @@ def test_a_live_source_loses_its_oldest_audio_and_every_dropped_second_is_report
     chunks = asyncio.run(scenario())
     assert [round(chunk.start, 2) for chunk in chunks] == [3.0, 3.5]  # the newest second is kept
     assert sum(seconds for seconds, _ in reports) == pytest.approx(3.0)
-    assert len(reports) <= 2 and all(why == "the session queue was full" for _, why in reports)  # thinned, not one per chunk
+    assert len(reports) < 6 and all(why == "the session queue was full" for _, why in reports)  # thinned: not one per dropped chunk (6)
 
 
 def test_a_source_that_can_wait_is_held_until_there_is_room_and_loses_nothing() -> None:
