@@ -70,6 +70,7 @@ class FakeRay:
     def __init__(self, models: SharedModels) -> None:
         self.models = models
         self.actors: dict[str, FakeHandle] = {}
+        self.reserved: dict[str, int | None] = {}  # the CPUs each host was told it has (its share is Ray's reservation)
         self.util = SimpleNamespace(list_named_actors=lambda all_namespaces=False: [
             {"name": name, "namespace": "livesum"} for name, handle in self.actors.items() if not handle.dead])
 
@@ -78,9 +79,11 @@ class FakeRay:
 
     def remote(self, cls: type) -> Any:
         def options(name: str, **_: Any) -> Any:
-            def create(settings: Settings) -> FakeHandle:
+            def create(settings: Settings, cpus: int | None = None) -> FakeHandle:
+                # In one test process the core share stays the process's: `cpus` is recorded, not applied.
                 if name not in self.actors or self.actors[name].dead:
                     self.actors[name] = FakeHandle(cls(settings, models=self.models))
+                    self.reserved[name] = cpus
                 return self.actors[name]
             return SimpleNamespace(remote=create)
         return SimpleNamespace(options=options)
@@ -105,6 +108,7 @@ def front_settings(data_dir: Path) -> Settings:
 async def front_end(fake: FakeRay, settings: Settings) -> tuple[RayLivesumServer, asyncio.Event, asyncio.Task[None]]:
     pool = HostPool(fake, settings)
     assert await pool.start() == 2
+    assert set(fake.reserved.values()) == {int(settings.scale.cpus_per_host)}  # each host shares out what Ray reserved
     server = RayLivesumServer(settings, pool)
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(server.serve(stop, lambda _: ready.set()))

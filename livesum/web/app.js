@@ -355,7 +355,7 @@ function connect(sessionId, first) {
     socket.send(JSON.stringify(first));
     page.linked = true;
     if (page.outage) {
-      Object.assign(page.outage, { openedAt: performance.now(), kept: page.audio.backlogFrames });
+      Object.assign(page.outage, { openedAt: performance.now(), kept: page.audio.backlogFrames, sentAtOpen: page.audio.sent });
       showLink(`reconnected to session ${sessionId}; resuming…`);
     }
     flushBacklog();
@@ -449,8 +449,11 @@ function resumed() {
 
 async function catchUp(sessionId) {
   // The session is no longer running: what it said after the last event shown is in its event log
-  // (line n = event n).
-  const unsent = page.audio.backlogFrames;
+  // (line n = event n). Audio sent behind a resume that the server refused was never taken: however
+  // much of it the browser had already handed to the network, it counts as not sent.
+  const refused = page.outage?.sentAtOpen == null ? 0 : page.audio.sent - page.outage.sentAtOpen;
+  page.audio.sent -= refused;
+  const unsent = page.audio.backlogFrames + refused;
   try {
     const text = await (await api(`/api/sessions/${encodeURIComponent(sessionId)}/events.jsonl`)).text();
     text.split("\n").forEach((line, index) => {
