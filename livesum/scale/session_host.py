@@ -100,7 +100,6 @@ class HostedSession:
                  live: bool = True, secret: str | None = None, meta: dict[str, Any] | None = None) -> None:
         self.id = session_id
         self.settings = settings
-        self.live = live  # a source that cannot wait: drop the oldest audio when behind; else `push` waits for room
         self.secret = secret  # what a resume must present (None: no check here, e.g. a vendor's call id)
         self.meta = dict(meta or {})
         self.owner = 1

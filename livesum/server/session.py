@@ -88,7 +88,6 @@ class Session:
         self.out_dir = out_dir
         self.log = event_log
         self.secret = secret
-        self.live = live  # a source that cannot wait: drop the oldest audio when behind; else flow control
         self.owner: ServerConnection | None = None  # the connection streaming into this session now
         self.owner_subscriber: Subscriber | None = None
         self.watchers: dict[ServerConnection, Subscriber] = {}
