@@ -74,6 +74,45 @@ async def test_every_call_runs_on_the_one_worker_thread_and_errors_reach_the_cal
     service.close(wait=True)
 
 
+class UnstartableRun:
+    """A run whose first step cannot even be prepared (a snapshot or a prompt that fails)."""
+
+    done = live = decoding = False
+    result = None
+
+    def want(self) -> None:
+        raise MemoryError("no room for the fork's snapshot")
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_run_that_cannot_start_fails_its_caller_and_the_worker_serves_on() -> None:
+    service = LmService()
+    with pytest.raises(MemoryError, match="snapshot"):
+        await asyncio.wait_for(asyncio.wrap_future(service.submit_runs(Priority.SUMMARY, object(), [UnstartableRun()])), 30)
+    assert await asyncio.wait_for(service.run(Priority.FEED, lambda: "still serving"), 30) == "still serving"
+    service.close(wait=True)
+
+
+async def test_a_failure_of_the_scheduling_itself_fails_every_waiting_caller_instead_of_hanging() -> None:
+    service = LmService()
+    running, gate = await occupy(service)
+    waiting = asyncio.wrap_future(service.submit_call(Priority.SUMMARY, lambda: "never"))
+
+    def broken_ranking() -> None:
+        raise AssertionError("a scheduling bug")
+
+    service._ranked = broken_ranking  # type: ignore[method-assign]  # the bug, planted in the next turn
+    gate.set()
+    assert await asyncio.wait_for(running, 30) is None
+    with pytest.raises(RuntimeError, match="LM worker failed"):
+        await asyncio.wait_for(waiting, 30)
+    del service._ranked  # fixed: the next submission gets a fresh worker
+    assert await asyncio.wait_for(service.run(Priority.FEED, lambda: "back"), 30) == "back"
+    service.close(wait=True)
+
+
 async def test_a_caller_that_went_away_is_skipped() -> None:
     service = LmService()
     ran: list[str] = []

@@ -223,6 +223,20 @@ class LmService:
     # -- the worker ---------------------------------------------------------------------------------
 
     def _work(self) -> None:
+        """The worker's loop; should it ever fail, every waiting caller hears why instead of waiting
+        forever, and the next submission starts a fresh worker."""
+        try:
+            self._serve()
+        except BaseException as error:  # a bug in the scheduling itself: never a hang
+            log.exception("the LM worker failed")
+            with self._wake:
+                jobs, self._jobs, self._open, self._parked = list(self._jobs), [], {}, {}
+                self._thread = None
+            failure = RuntimeError(f"the LM worker failed: {error!r}")
+            for job in jobs:
+                self._settle(job, error=failure)
+
+    def _serve(self) -> None:
         while True:
             with self._wake:
                 self._drop_cancelled()
@@ -243,7 +257,13 @@ class LmService:
                 continue
             # Outside the lock: starting a fork (a cache snapshot, a prompt to encode) or putting a parked
             # one back takes milliseconds, and a submitter (the event loop) must never wait for that.
-            self._step(*self._choose(ranked))
+            try:
+                first, rows = self._choose(ranked)
+            except Exception as error:  # a run that cannot start (its snapshot, its prompt): its caller hears
+                log.debug("LM job could not start", exc_info=True)
+                self._settle(ranked[0], error=error)
+                continue
+            self._step(first, rows)
 
     def _drop_cancelled(self) -> None:
         """Abandoned jobs out of the queue (under the lock); their runs are closed by the next `_work` turn."""
