@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 
 from livesum.asr.diarize import (
-    DiarizingTranscriber, OnlineSpeakers, VoiceEmbedder, phrases, shared_voice_embedder, speaker_label, voice_features, windows,
+    DiarizingTranscriber,
+    OnlineSpeakers,
+    VoiceEmbedder,
+    phrases,
+    shared_voice_embedder,
+    speaker_label,
+    voice_features,
+    windows,
 )
 from livesum.asr.policy import make_transcriber
 from livesum.asr.transcriber import load_whisper

