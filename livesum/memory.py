@@ -2,14 +2,14 @@
 
 glibc keeps what a process frees in its per-thread arenas for reuse. A stream allocates in many
 threads (the LM's, Whisper's, the asyncio workers') in sizes that change with every fork and pass,
-so the arenas fragment and RSS creeps up for hours although nothing leaks: measured with
-benchmarks/soak.py (docs/server.md), one server session went from 2350 to 2580 MiB over 3.5 hours of
-audio, and one `malloc_trim(0)` took it to 2210 MiB. The pipeline calls `release_free_memory` after
-each rolling summary (every few minutes of audio); elsewhere than glibc it does nothing. It is not
-the whole story: with it, RSS still rose 8% from 30 to 120 audio minutes (docs/server.md, "Four hours").
-What rose was the memory held by glibc's arenas (one per allocating thread, up to 8 per core), not
-what was in use in them, so `tune_allocator` caps the arenas (and can fix the mmap threshold) once
-per process, before the models load (docs/server.md, "Where the growth is, and the allocator").
+so the arenas fragment and hold freed memory: measured with benchmarks/soak.py (docs/server.md),
+one `malloc_trim(0)` took a server session from 2520 to 2210 MiB. The pipeline calls
+`release_free_memory` after each rolling summary (every few minutes of audio); elsewhere than glibc
+it does nothing. `tune_allocator` caps the arenas (one per allocating thread, up to 8 per core) once
+per process, before the models load: two arenas keep a server 300-400 MiB lower (docs/server.md,
+"Where the growth is, and the allocator"). The hours-long creep the soak first showed was not the
+allocator but a leak in senko's C++ filterbank, no longer used (docs/server.md, "The leak was the
+diarizer's filterbank").
 """
 
 from __future__ import annotations
