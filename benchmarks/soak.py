@@ -7,10 +7,14 @@ one native session until `--hours` of audio have been sent, as fast as the serve
 question every `--ask-every` audio minutes. Rolling summaries come at the profile's cadence.
 
 A row per `--window` audio minutes, sampled when the transcript reaches past it: wall time, the
-server's RSS, the LM cache length (from the status events), the p50/p95 latency of the finals
-emitted in that window (Segment.latency: emission minus arrival of the segment's last frame), and how long the window's questions took to their answer.
-At the end: RSS at the end against the level after the first 30 audio minutes (the issue's bar:
-within 5%), dropped audio (must be 0), and whether the transcript reaches the end of the audio.
+server's RSS then, its mean and peak over the samples taken every `RSS_EVERY` seconds while the
+transcript was inside the window (one sample swings by 100-300 MiB with the forks and the summaries'
+`malloc_trim`: a 4-hour run's samples said -7.6% where the means said +3%), the LM cache length
+(from the status events), the p50/p95 latency of the finals emitted in that window (Segment.latency:
+emission minus arrival of the segment's last frame), and how long the window's questions took to
+their answer. At the end: the last window's mean and peak RSS against those of the window after the
+first 30 audio minutes (the issue's bar: within 5%), dropped audio (must be 0), and whether the
+transcript reaches the end of the audio.
 
     .venv/bin/python benchmarks/soak.py --hours 4 --json docs/soak.json
 """
@@ -40,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 RATE = 16000
 FRAME = 1600  # 100 ms
 RECORDINGS = [REPO / "samples" / "cafe_meeting.flac", REPO / "samples" / "two_readers.flac", REPO / "samples" / "librivox.flac"]
+RSS_EVERY = 5.0  # seconds between samples of the server's RSS
 QUESTIONS = ["What was decided so far?", "Who is doing what next?", "What did the last speaker talk about?"]
 
 
@@ -51,6 +56,7 @@ class Window:
     latencies: list[float] = field(default_factory=list)
     answers: list[float] = field(default_factory=list)
     sampled: dict = field(default_factory=dict)  # wall time, server RSS and cache length when its audio was read
+    rss_mib: list[float] = field(default_factory=list)  # every RSS_EVERY seconds while the transcript was in it
 
 
 async def soak(url: str, pid: int, hours: float, window_minutes: float, ask_every_minutes: float) -> dict:
@@ -62,6 +68,7 @@ async def soak(url: str, pid: int, hours: float, window_minutes: float, ask_ever
     received: list[Envelope] = []
     cache_tokens: int | None = None
     began = time.monotonic()
+    reached = 0  # the window the transcript is in now (None once all audio is transcribed)
 
     def window_at(stream_seconds: float) -> int:
         return min(len(windows) - 1, int(stream_seconds / 60 / window_minutes))
@@ -69,15 +76,20 @@ async def soak(url: str, pid: int, hours: float, window_minutes: float, ask_ever
     async with connect(f"{url}?session=soak-{int(time.time())}", max_size=None, ping_interval=None) as socket:
         await socket.send(Start(live=False).model_dump_json())
 
+        async def watch_rss() -> None:
+            while reached is not None:
+                windows[reached].rss_mib.append(server.memory_info().rss / 2**20)
+                await asyncio.sleep(RSS_EVERY)
+
         async def receive() -> None:
-            nonlocal cache_tokens
+            nonlocal cache_tokens, reached
             async for message in socket:
                 envelope = Envelope.model_validate_json(message)
                 received.append(envelope)
                 event = envelope.event
                 if isinstance(event, Segment) and event.final and event.latency is not None:
-                    reached = window_at(event.end)
-                    windows[reached].latencies.append(event.latency)
+                    reached = max(reached or 0, window_at(event.end))
+                    windows[window_at(event.end)].latencies.append(event.latency)
                     for window in windows[:reached]:  # the transcript has reached past these: sample now
                         if not window.sampled:
                             window.sampled = sample(server, cache_tokens, began)
@@ -88,6 +100,7 @@ async def soak(url: str, pid: int, hours: float, window_minutes: float, ask_ever
                 elif isinstance(event, Status) and event.cache_tokens is not None:
                     cache_tokens = event.cache_tokens
                 elif isinstance(event, Status) and event.detail == "writing notes":  # all audio transcribed
+                    reached = None
                     for window in windows:
                         if not window.sampled:
                             window.sampled = sample(server, cache_tokens, began)
@@ -95,6 +108,7 @@ async def soak(url: str, pid: int, hours: float, window_minutes: float, ask_ever
                     return
 
         receiver = asyncio.create_task(receive())
+        watcher = asyncio.create_task(watch_rss())
         frame_bytes = FRAME * 2
         frames_in_loop = len(loop_pcm) // frame_bytes
         next_question, asked_count = ask_every_minutes * 60, 0
@@ -110,6 +124,8 @@ async def soak(url: str, pid: int, hours: float, window_minutes: float, ask_ever
                 next_question += ask_every_minutes * 60
         await socket.send(Stop().model_dump_json())
         await asyncio.wait_for(receiver, timeout=3600)
+        reached = None
+        await watcher
     # Latencies per window once every final is in (a window's last finals come after its audio was read).
     rows = [row_of(window) for window in windows if window.sampled]
     rows.append({"at": "notes written", **sample(server, None, began)})
@@ -129,6 +145,8 @@ def row_of(window: Window) -> dict:
         "finals": len(window.latencies),
         "final_latency_p50_s": round(float(np.percentile(latencies, 50)), 2),
         "final_latency_p95_s": round(float(np.percentile(latencies, 95)), 2),
+        "rss_mean_mib": round(float(np.mean(window.rss_mib))) if window.rss_mib else None,
+        "rss_peak_mib": round(max(window.rss_mib)) if window.rss_mib else None,
         "answer_seconds": [round(seconds, 1) for seconds in window.answers],
     }
 
@@ -137,16 +155,17 @@ def summarize(rows: list[dict], received: list[Envelope], hours: float, window_m
     events = [envelope.event for envelope in received]
     finals = [event for event in events if isinstance(event, Segment) and event.final]
     streamed = [row for row in rows if "at" not in row]
-    after_30 = next((row for row in streamed if row["audio_minutes"] >= 30), streamed[0])
-    end = streamed[-1]
+    measured = [row for row in streamed if row["rss_mean_mib"] is not None]
+    after_30 = next((row for row in measured if row["audio_minutes"] > 30), measured[0])  # the window from 30 minutes on
+    end = measured[-1]
     dropped = [event.message for event in events if isinstance(event, Error) and "dropped" in event.message]
     return {
         "hours": hours,
         "window_minutes": window_minutes,
         "rows": rows,
-        "rss_after_30_min_mib": after_30["server_rss_mib"],
-        "rss_at_end_mib": end["server_rss_mib"],
-        "rss_growth_after_30_min": round(end["server_rss_mib"] / after_30["server_rss_mib"] - 1, 4),
+        "rss_after_30_min_mib": {"mean": after_30["rss_mean_mib"], "peak": after_30["rss_peak_mib"]},
+        "rss_at_end_mib": {"mean": end["rss_mean_mib"], "peak": end["rss_peak_mib"]},
+        "rss_growth_after_30_min": {kind: round(end[f"rss_{kind}_mib"] / after_30[f"rss_{kind}_mib"] - 1, 4) for kind in ("mean", "peak")},
         "finals": len(finals),
         "last_final_end_s": round(finals[-1].end, 1) if finals else None,
         "summaries": sum(isinstance(event, Summary) for event in events),
