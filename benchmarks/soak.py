@@ -78,7 +78,7 @@ async def soak(url: str, pid: int, hours: float, window_minutes: float, ask_ever
 
         async def watch_rss() -> None:
             while reached is not None:
-                windows[reached].rss_mib.append(server.memory_info().rss / 2**20)
+                windows[reached].rss_mib.append(rss_mib(server))
                 await asyncio.sleep(RSS_EVERY)
 
         async def receive() -> None:
@@ -88,8 +88,8 @@ async def soak(url: str, pid: int, hours: float, window_minutes: float, ask_ever
                 received.append(envelope)
                 event = envelope.event
                 if isinstance(event, Segment) and event.final and event.latency is not None:
-                    reached = max(reached or 0, window_at(event.end))
-                    windows[window_at(event.end)].latencies.append(event.latency)
+                    reached = window_at(event.end)
+                    windows[reached].latencies.append(event.latency)
                     for window in windows[:reached]:  # the transcript has reached past these: sample now
                         if not window.sampled:
                             window.sampled = sample(server, cache_tokens, began)
@@ -132,8 +132,12 @@ async def soak(url: str, pid: int, hours: float, window_minutes: float, ask_ever
     return summarize(rows, received, hours, window_minutes)
 
 
+def rss_mib(server: psutil.Process) -> float:
+    return server.memory_info().rss / 2**20
+
+
 def sample(server: psutil.Process, cache_tokens: int | None, began: float) -> dict:
-    return {"wall_minutes": round((time.monotonic() - began) / 60, 1), "server_rss_mib": round(server.memory_info().rss / 2**20),
+    return {"wall_minutes": round((time.monotonic() - began) / 60, 1), "server_rss_mib": round(rss_mib(server)),
             "cache_tokens": cache_tokens}
 
 
