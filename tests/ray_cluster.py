@@ -79,9 +79,10 @@ class RayCluster:
             self._ray_start([f"--address={self.gcs_address}", f"--num-cpus={node_cpus}"])
 
     def client_server_logs(self, lines: int = 20) -> str:
-        """The tails of Ray Client's server logs (the proxy and each client's server), for a failed test's message."""
+        """The tails of Ray Client's server logs (the proxy and each client's server, stderr and stdout), for a
+        failed test's message."""
         tails = []
-        for log in sorted((self.temp_dir / "session_latest" / "logs").glob("ray_client_server*.err")):
+        for log in sorted((self.temp_dir / "session_latest" / "logs").glob("ray_client_server*.[eo][ru][rt]")):
             tails.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(tails)
 

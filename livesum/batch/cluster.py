@@ -23,6 +23,10 @@ from livesum.batch.run import BatchRun, Interrupts, Planned
 from livesum.batch.worker import PROBE_PREFIX, Job, Outcome, RecordingWorker, StorageProbe, WorkerInfo, write_outputs
 
 POLL_SECONDS = 0.5  # how often the driver looks up from waiting, for Ctrl-C
+# Ray Client's proxy starts one server process per client; when that process dies while starting
+# (seen under load, with nothing in its logs), the proxy says so within seconds and a new connection
+# gets a new process: one more try, then the error.
+CLIENT_SERVER_DIED = "Starting Ray client server failed"
 
 
 class RayUnavailable(RuntimeError):
@@ -37,10 +41,20 @@ def connect(address: str) -> Any:
     except ImportError:
         raise RayUnavailable("--ray needs Ray: pip install 'livesum[ray]'") from None
     try:
-        ray.init(address=address, namespace="livesum", log_to_driver=False, logging_level="ERROR")
+        try:
+            _init(ray, address)
+        except ConnectionError as error:
+            if CLIENT_SERVER_DIED not in str(error):
+                raise
+            ray.shutdown()  # a new ray.init is a new client id, which gets a new server process
+            _init(ray, address)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {_reason(error)}") from None
     return ray
+
+
+def _init(ray: Any, address: str) -> None:
+    ray.init(address=address, namespace="livesum", log_to_driver=False, logging_level="ERROR")
 
 
 def _reason(error: Exception) -> str:
