@@ -11,8 +11,11 @@ import threading
 import time
 
 import pytest
+import torch
 
+import livesum.llm.service as service_module
 from livesum.config import EngineConfig
+from livesum.llm.batched import forward_batch, may_share_forward, rows_of_like_width
 from livesum.llm.engine import ForkRequest, StreamingEngine
 from livesum.llm.service import LmService, Priority
 
@@ -262,6 +265,44 @@ def test_forks_decoded_together_give_the_same_answers_as_one_after_another(smoll
     length = engine.cache.length
     assert engine.complete_many(requests) == alone
     assert engine.cache.length == length
+
+
+def test_prompt_chunks_share_a_forward_on_the_cpu_only_when_their_widths_are_alike() -> None:
+    """The notes' five fork prompts of the default model (measured widths): the two extraction prompts
+    together, the three short ones together; on CUDA, where a padded row is nearly free, all five."""
+    widths = [96, 110, 25, 24, 27]
+    assert rows_of_like_width(widths, torch.device("cpu"), anchor=1) == [0, 1]
+    assert rows_of_like_width(widths, torch.device("cpu"), anchor=3) == [2, 3, 4]
+    assert rows_of_like_width(widths, torch.device("cuda"), anchor=1) == [0, 1, 2, 3, 4]
+    assert may_share_forward([64, 64, 50], torch.device("cpu")) and not may_share_forward([64, 30], torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_a_groups_prompts_of_unlike_widths_run_in_forwards_of_like_widths_with_the_same_answers(
+        smollm2, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the service (as the notes at the end go): no prefill forward pads a short prompt to a
+    long one's width, and the answers are those of one fork after another."""
+    engine = engine_on(smollm2)
+    requests = [ForkRequest(LONG_INSTRUCTION, 24, structured=True), ForkRequest("Give this meeting a short title.", 12),
+                ForkRequest("Who will send the minutes?", 16)]
+    alone = [engine.complete(r.instruction, r.max_new_tokens, structured=r.structured) for r in requests]
+    prefills: list[list[int]] = []
+
+    def recorded(model, caches, chunks):  # noqa: ANN001, ANN202
+        if max(len(chunk) for chunk in chunks) > 1:
+            prefills.append([len(chunk) for chunk in chunks])
+        return forward_batch(model, caches, chunks)
+
+    monkeypatch.setattr(service_module, "forward_batch", recorded)
+    service = LmService()
+    try:
+        together = service.blocking(engine, Priority.NOTES, session="s", account=None).complete_many(requests)
+    finally:
+        service.close()
+    assert together == alone
+    assert len(prefills) >= 2 and all(may_share_forward(widths, torch.device("cpu")) for widths in prefills)
+    assert sorted(width for widths in prefills for width in widths) == sorted(
+        len(engine.fork_prompt(r.instruction, r.max_new_tokens)[0]) for r in requests)  # each prompt once, whole
 
 
 @pytest.mark.slow

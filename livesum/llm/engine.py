@@ -79,12 +79,17 @@ def step_runs(runs: Sequence[FeedRun | ForkRun]) -> None:
     """One forward for all `runs` (each on its own cache, one model): each gets the logits it wanted.
 
     Rows that want a prompt chunk run first, apart from one-token decode rows: padded to a chunk's
-    width, a decode row would cost as much as a chunk.
+    width, a decode row would cost as much as a chunk. On the CPU only chunks of like widths share a
+    forward (`rows_of_like_width`); the rest wait for the next.
     """
+    from livesum.llm.batched import forward_batch, rows_of_like_width
+
     wants = [run.want() for run in runs]
     wide = [index for index, (_, tokens) in enumerate(wants) if len(tokens) > 1]
     chosen = wide or list(range(len(runs)))
-    from livesum.llm.batched import forward_batch
+    if wide:  # prompt chunks of like widths together (padding costs on the CPU), the widest first
+        widths = [len(wants[i][1]) for i in wide]
+        chosen = [wide[i] for i in rows_of_like_width(widths, runs[0].engine.device, widths.index(max(widths)))]
 
     logits = forward_batch(runs[0].engine.model, [wants[i][0] for i in chosen], [wants[i][1] for i in chosen])
     for index, row_logits in zip(chosen, logits):

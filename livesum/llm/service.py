@@ -39,7 +39,7 @@ from enum import IntEnum
 from typing import Any
 
 from livesum.compute import flush_denormals, use_lm_threads
-from livesum.llm.batched import forward_batch
+from livesum.llm.batched import forward_batch, may_share_forward, rows_of_like_width
 from livesum.llm.engine import FeedRun, ForkRequest, ForkRun, StreamingEngine
 
 log = logging.getLogger(__name__)
@@ -311,10 +311,12 @@ class LmService:
         self._take(first)
         rows = [(first, run) for run in first.pending()]
         wants = [run.want() for _, run in rows]
-        if any(len(tokens) > 1 for _, tokens in wants):
+        device = first.engine.device
+        widths = [len(tokens) for _, tokens in wants if len(tokens) > 1]  # prompt or feed chunks
+        if widths:
             rows = [row for row, (_, tokens) in zip(rows, wants) if len(tokens) > 1]
-            if first.priority != Priority.FEED:
-                return first, rows
+            if first.priority != Priority.FEED:  # a group's prompts: those of like widths, the widest first
+                return first, [rows[i] for i in rows_of_like_width(widths, device, widths.index(max(widths)))]
             width = MAX_FEED_BATCH
             kind = FeedRun
         else:
@@ -332,10 +334,13 @@ class LmService:
             for run in other.pending():
                 if len(rows) >= width or id(run.cache) in caches or not isinstance(run, kind):
                     continue
+                if kind is FeedRun and not may_share_forward([*widths, len(run.pending[0])], device):
+                    continue  # its chunk is too unlike the others': it waits for a forward of its own
                 if kind is ForkRun and not run.decoding:
                     continue  # only forks already decoding join a decode batch
                 if kind is FeedRun:
                     self._take(other)
+                    widths.append(len(run.pending[0]))
                 rows.append((other, run))
                 caches.add(id(run.cache))
         return first, rows
