@@ -42,6 +42,18 @@ def test_fewer_hits_give_fewer_lines_and_words_never_said_give_none() -> None:
     assert relevant_segments("Who will ring?", [], hits=3) == []
 
 
+def test_lines_cut_mid_sentence_at_a_pause_come_whole() -> None:
+    """A diarized transcript splits a sentence where its speaker paused: the hit's neighbour is then half
+    a sentence, and the run grows to the whole of it (who was asked), at either end."""
+    cut = [*LINES[:5], "Tom, could you give them a ring tomorrow and ask", "whether they would do a discount if we", "order sixty kilos at a time?",
+           LINES[6], "Fine, and the training days", "we can do", "later."]
+    lines = [Segment(final=True, start=5.0 * i, end=5.0 * i + 4, text=line) for i, line in enumerate(cut)]
+    found = [segment.text for segment in relevant_segments("Who will call them?", lines, hits=1)]
+    assert found == cut[5:12]  # the hit (cut[8]) and its neighbours, grown back to a sentence's start and on to its end
+    alone = [segment.text for segment in relevant_segments("Who will call them?", lines[7:], hits=1)]
+    assert alone == cut[7:12]  # the run never reaches before the transcript's first line
+
+
 def test_question_context_is_earlier_summaries_then_matching_lines_with_gaps_marked() -> None:
     minutes = MeetingMinutes(Settings())
     for segment in segments():

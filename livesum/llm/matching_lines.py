@@ -3,7 +3,9 @@
 The window holds only the last few minutes, and a rolling summary keeps the gist, not "which
 roofer" or "how much". So a question's fork is also given the few lines whose words match the
 question best (each with the line before and after it: "Tom, could you ring them?" is answered
-on the next line). That costs a couple of hundred prompt tokens per question, inside the fork;
+on the next line), widened to whole sentences: a diarized transcript cuts a sentence where its
+speaker paused ("Tom, could you ring them and ask whether we get a discount if we order" / "sixty
+kilos at a time?"), and a neighbour that is half a sentence leaves out who was asked. That costs a couple of hundred prompt tokens per question, inside the fork;
 nothing else of the history is re-encoded, and it is the same text a user would scroll back to.
 Each question stems the transcript again: linear in its length (milliseconds for an hour).
 Words are stemmed (snowball), so "ordering" finds "order" and "quotes" finds "quote".
@@ -28,6 +30,8 @@ STOP_WORDS = frozenset(
     "me my us about into over than then so if not no yes any some all has have had let meeting".split()
 )
 LINES_AROUND = 1  # lines given before and after each hit
+MAX_SENTENCE_LINES = 3  # lines a run may grow by at each end to finish a sentence cut at a pause
+SENTENCE_END = re.compile(r"[.?!…][\"')\]]*$")
 _stemmer = snowballstemmer.stemmer("english")
 
 
@@ -49,5 +53,24 @@ def relevant_segments(question: str, segments: Sequence[Segment], hits: int) -> 
     ranked = sorted((index for index, words in enumerate(documents) if wanted.intersection(words)), key=lambda i: -scores[i])
     picked: set[int] = set()
     for index in ranked[:hits]:
-        picked.update(range(max(index - LINES_AROUND, 0), min(index + LINES_AROUND + 1, len(segments))))
+        first, last = whole_sentences(segments, max(index - LINES_AROUND, 0), min(index + LINES_AROUND, len(segments) - 1))
+        picked.update(range(first, last + 1))
     return [segments[index] for index in sorted(picked)]
+
+
+def ends_sentence(segment: Segment) -> bool:
+    return bool(SENTENCE_END.search(segment.text.rstrip()))
+
+
+def whole_sentences(segments: Sequence[Segment], first: int, last: int) -> tuple[int, int]:
+    """The run of lines `first`..`last` grown at each end (by MAX_SENTENCE_LINES at most) until it starts
+    after a sentence end and ends on one."""
+    for _ in range(MAX_SENTENCE_LINES):
+        if first == 0 or ends_sentence(segments[first - 1]):
+            break
+        first -= 1
+    for _ in range(MAX_SENTENCE_LINES):
+        if last == len(segments) - 1 or ends_sentence(segments[last]):
+            break
+        last += 1
+    return first, last
