@@ -288,7 +288,7 @@ def test_a_groups_prompts_of_unlike_widths_run_in_forwards_of_like_widths_with_t
     alone = [engine.complete(r.instruction, r.max_new_tokens, structured=r.structured) for r in requests]
     prefills: list[list[int]] = []
 
-    def recorded(model, caches, chunks):  # noqa: ANN001, ANN202
+    def recorded(model, caches, chunks):
         if max(len(chunk) for chunk in chunks) > 1:
             prefills.append([len(chunk) for chunk in chunks])
         return forward_batch(model, caches, chunks)
