@@ -154,6 +154,10 @@ class EngineConfig(Section):
     keep_rotated_keys: bool = Field(True, description="Keep a second copy of the cached keys rotated for their slots, so a decode step reads them instead of rotating the whole cache: ~11% faster decode of the 1.5B model on 2 CPU cores, at 50% more key memory per session (docs/engine.md).")
     repetition_penalty: float = Field(1.2, ge=1.0, description="Greedy decoding of small models loops; >1 discourages reusing the answer's tokens.")
     no_repeat_ngram_size: int = Field(3, ge=0, description="Never repeat an n-gram of the answer; 0 = off.")
+    draft_tokens: int = Field(3, ge=0, le=8, description=(
+        "Prompt-lookup drafts: a fork's decode step also checks up to this many tokens that followed the answer's "
+        "last words where they were said before (transcript window, prompt, answer), when the step has rows to "
+        "spare under the int4 decode weights' limit; the answers are the same, in fewer steps. 0 = off."))
 
 
 class LlmConfig(Section):

@@ -162,9 +162,10 @@ def smollm2(model_cache):
     return load_language_model("smollm2-135m", model_cache, device="cpu", dtype="float32")
 
 
-def engine_on(loaded, window: int = 512) -> StreamingEngine:
+def engine_on(loaded, window: int = 512, draft_tokens: int = 3) -> StreamingEngine:
     model, tokenizer = loaded
-    engine = StreamingEngine(model, tokenizer, EngineConfig(window=window, evict_chunk=64, prefill_chunk=64, fork_room=512))
+    engine = StreamingEngine(model, tokenizer, EngineConfig(window=window, evict_chunk=64, prefill_chunk=64, fork_room=512,
+                                                            draft_tokens=draft_tokens))
     engine.feed(MEETING)
     return engine
 
@@ -288,10 +289,10 @@ def test_a_groups_prompts_of_unlike_widths_run_in_forwards_of_like_widths_with_t
     alone = [engine.complete(r.instruction, r.max_new_tokens, structured=r.structured) for r in requests]
     prefills: list[list[int]] = []
 
-    def recorded(model, caches, chunks):
-        if max(len(chunk) for chunk in chunks) > 1:
+    def recorded(model, caches, chunks, **options):
+        if max(len(chunk) for chunk in chunks) > 1 and not options.get("every_logit"):  # not a step with drafts
             prefills.append([len(chunk) for chunk in chunks])
-        return forward_batch(model, caches, chunks)
+        return forward_batch(model, caches, chunks, **options)
 
     monkeypatch.setattr(service_module, "forward_batch", recorded)
     service = LmService()
@@ -303,6 +304,45 @@ def test_a_groups_prompts_of_unlike_widths_run_in_forwards_of_like_widths_with_t
     assert len(prefills) >= 2 and all(may_share_forward(widths, torch.device("cpu")) for widths in prefills)
     assert sorted(width for widths in prefills for width in widths) == sorted(
         len(engine.fork_prompt(r.instruction, r.max_new_tokens)[0]) for r in requests)  # each prompt once, whole
+
+
+@pytest.mark.slow
+def test_a_draft_is_what_followed_the_answers_last_words_where_they_were_said(smollm2) -> None:
+    engine = engine_on(smollm2)
+    assert engine.decode(engine.draft(engine.encode("So we go with"), 3)).startswith("Hartley")
+    assert engine.draft(engine.encode("purple elephants dance"), 3) == []  # never said
+    assert engine.draft(engine.encode("So we go with"), 0) == []
+
+
+@pytest.mark.slow
+def test_forks_with_drafts_give_the_same_answers_in_fewer_forwards(smollm2, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the service, SmolLM2 with its int4 decode weights (spare rows under their limit): a group of
+    forks and a streamed question, with prompt-lookup drafts and without; greedy either way, so the very
+    same answers, and what the drafts save is forwards."""
+    requests = [ForkRequest(LONG_INSTRUCTION, 40, structured=True), ForkRequest("Who will call Hartley, and when?", 24)]
+    question = "How much was the Hartley quote?"
+    forwards = {"drafts": 0}
+
+    def counted(model, caches, chunks, **options):
+        forwards["drafts"] += bool(options.get("every_logit"))
+        forwards[label] = forwards.get(label, 0) + 1
+        return forward_batch(model, caches, chunks, **options)
+
+    monkeypatch.setattr(service_module, "forward_batch", counted)
+    results = {}
+    for label, drafts in (("plain", 0), ("drafted", 3)):
+        engine = engine_on(smollm2, draft_tokens=drafts)
+        streamed: list[str] = []
+        service = LmService()
+        try:
+            group = service.blocking(engine, Priority.NOTES, session="s", account=None).complete_many(requests)
+            answer = service.submit_runs(Priority.QUESTION, engine, [engine.question_run(question, on_text=streamed.append)]).result(60)
+        finally:
+            service.close()
+        results[label] = (group, answer, streamed[-1])
+    assert results["drafted"] == results["plain"]
+    assert results["plain"][1] == results["plain"][2]  # the streamed text ends as the answer
+    assert forwards["drafts"] > 0 and forwards["drafted"] < forwards["plain"]
 
 
 @pytest.mark.slow

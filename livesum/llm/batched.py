@@ -118,8 +118,10 @@ def rows_of_like_width(widths: Sequence[int], device: torch.device, anchor: int 
 
 
 @torch.inference_mode()
-def forward_batch(model, caches: Sequence[SinkCache], chunks: Sequence[list[int]]) -> list[torch.Tensor]:
-    """Run each session's `chunk` at its next cache slots in one forward; each one's last logits (float32).
+def forward_batch(model, caches: Sequence[SinkCache], chunks: Sequence[list[int]],
+                  every_logit: bool = False) -> list[torch.Tensor]:
+    """Run each session's `chunk` at its next cache slots in one forward; each one's last logits (float32),
+    or with `every_logit` the logits of each of its tokens ([len(chunk), vocab]: a decode step with drafts).
 
     The caller has made room (`make_room`) or checked the free room (forks); every chunk is non-empty.
     """
@@ -129,8 +131,8 @@ def forward_batch(model, caches: Sequence[SinkCache], chunks: Sequence[list[int]
     if len(caches) == 1:  # the engine's own single-session path: no padding, gather or custom mask
         cache, chunk = caches[0], chunks[0]
         out = model(input_ids=torch.tensor([chunk], device=device), position_ids=cache.positions(len(chunk), device),
-                    cache=cache, use_cache=True, logits_to_keep=1)
-        return [out.logits[0, -1].float()]
+                    cache=cache, use_cache=True, logits_to_keep=len(chunk) if every_logit else 1)
+        return [out.logits[0].float() if every_logit else out.logits[0, -1].float()]
     starts = [cache.length for cache in caches]
     counts = [len(chunk) for chunk in chunks]
     width = max(counts)
@@ -145,7 +147,9 @@ def forward_batch(model, caches: Sequence[SinkCache], chunks: Sequence[list[int]
         for index in range(len(caches[0].layers))
     ])
     out = model(input_ids=input_ids, position_ids=slots, attention_mask=masks, cache=view,
-                use_cache=True, logits_to_keep=1)
+                use_cache=True, logits_to_keep=width if every_logit else 1)
+    if every_logit:  # right-padded: each row's own tokens are its first columns
+        return [out.logits[row, :count].float() for row, count in enumerate(counts)]
     return list(out.logits[:, -1].float().unbind(0))
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -59,6 +60,9 @@ PINNED_CLOSE = "]\n"
 FORK_ROOM = 128  # fork prompt tokens reserved at least beyond the longest configured answer
 STRUCTURED_LOOP_NGRAM = 24  # longer than one JSON object's fixed keys and quotes, shorter than an object
 MIN_FORK_ANSWER = 8  # a fork keeps room for at least this many answer tokens when its prompt is cut
+# Prompt lookup: a draft is what followed the latest occurrence of the answer's last DRAFT_NGRAM tokens
+# (or, failing that, its last MIN_DRAFT_NGRAM); a single token matches too much to be worth a row.
+DRAFT_NGRAM, MIN_DRAFT_NGRAM = 3, 2
 TRANSCRIPT_MARK = "@@LIVESUM_TRANSCRIPT@@"
 INSTRUCTION_MARK = "@@LIVESUM_INSTRUCTION@@"
 
@@ -168,6 +172,7 @@ class StreamingEngine:
         self.cache_length = 0  # live entries: at most n_sink + pinned summary + window between operations
         self.pinned_summary: str | None = None
         self.epoch = 0  # bumped by every change of the live cache: a parked fork knows whether it can resume
+        self.recent_ids: deque[int] = deque(maxlen=config.window)  # the transcript's latest tokens: drafts' source
         self._last_text = head
         self.ingest(head_ids)
         static = config.static_decode == "on"
@@ -269,6 +274,7 @@ class StreamingEngine:
         """Bookkeeping once `ids` (from `feed_ids`) are in the cache."""
         if ids:
             self.tokens_seen += len(ids)
+            self.recent_ids.extend(ids)
             self._last_text = text
 
     def chunks(self, ids: list[int]) -> list[list[int]]:
@@ -329,6 +335,22 @@ class StreamingEngine:
             generated = torch.tensor([answer], device=logits.device)
             logits = (self.anti_repetition if processors is None else processors)(generated, logits[None])[0]
         return int(torch.argmax(logits))
+
+    def draft(self, tail: Sequence[int], count: int) -> list[int]:
+        """Up to `count` tokens to check after `tail` (a fork's prompt and answer so far): those that followed
+        the latest earlier occurrence of its last few tokens in the transcript window or in `tail` itself.
+        An answer copies names and phrases of the meeting, and its own JSON keys, so these often hold."""
+        if count <= 0:
+            return []
+        corpus = [*self.recent_ids, *tail]
+        for size in range(DRAFT_NGRAM, MIN_DRAFT_NGRAM - 1, -1):
+            if len(tail) < size:
+                continue
+            key = corpus[-size:]
+            for start in range(len(corpus) - size - 1, -1, -1):
+                if corpus[start] == key[0] and corpus[start:start + size] == key:
+                    return corpus[start + size:start + size + count]
+        return []
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -425,6 +447,8 @@ class ForkRun:
         self.limit = 0
         self.prompted = 0
         self.answer: list[int] = []
+        self.draft_tokens = 0  # drafts the next step may check (the LM service sets it for one step)
+        self.drafted: list[int] = []  # the drafts the current step runs behind the answer's last token
 
     @property
     def done(self) -> bool:
@@ -448,10 +472,14 @@ class ForkRun:
             self.mark, self.epoch = self.cache.length, engine.epoch
         if self.prompted < len(self.prompt):
             return self.cache, self.prompt[self.prompted:self.prompted + engine.prefill_chunk]
-        return self.cache, self.answer[-1:]
+        room = min(self.draft_tokens, self.limit - len(self.answer) - 1, self.cache.free - 1)
+        self.drafted = engine.draft(self.prompt + self.answer, room)
+        return self.cache, self.answer[-1:] + self.drafted
 
     def accept(self, logits: torch.Tensor) -> bool:
-        """Logits of the wanted tokens' last one; picks the next token. True when the answer is complete."""
+        """Logits of the wanted tokens' last one (of each of them, [1 + drafts, vocab], when the step ran
+        drafts); picks the next token, and the drafts the model itself picks after it. True when the answer
+        is complete."""
         engine = self.engine
         if self.prompted < len(self.prompt):
             self.prompted += min(engine.prefill_chunk, len(self.prompt) - self.prompted)
@@ -464,16 +492,32 @@ class ForkRun:
                 if token not in engine.stop_ids:
                     self.answer = engine.static.decode([token], self.limit, engine.stop_ids)
                 return self._finish()
-        token = engine.pick(self.answer, logits, engine.loop_guard if self.structured else engine.anti_repetition)
-        if token in engine.stop_ids:
-            return self._finish()
-        self.answer.append(token)
+        drafted, self.drafted, self.draft_tokens = self.drafted, [], 0
+        rows = logits if logits.dim() == 2 else logits[None]
+        if len(rows) != len(drafted) + 1:
+            raise ValueError(f"a step with {len(drafted)} drafts needs {len(drafted) + 1} rows of logits, got {len(rows)}")
+        processors = engine.loop_guard if self.structured else engine.anti_repetition
+        for index, row in enumerate(rows):  # greedy: each row is the model's own pick while the drafts agree with it
+            token = engine.pick(self.answer, row, processors)
+            if token in engine.stop_ids:
+                return self._finish()
+            self.answer.append(token)
+            if len(self.answer) >= self.limit:
+                self._tell()
+                return self._finish()
+            if index == len(drafted) or token != drafted[index]:
+                break
+        if drafted:  # the cache keeps the step's first token and the drafts that held, not those after
+            self.cache.truncate(self.cache.length - len(drafted) + index)
+        self._tell()
+        return False
+
+    def _tell(self) -> None:
         if self.on_text is not None:
             try:
-                self.on_text(engine.decode(self.answer))
+                self.on_text(self.engine.decode(self.answer))
             except Exception:  # noqa: BLE001 - a listener that went away must not fail the step (or its batch)
                 log.debug("answer listener failed", exc_info=True)
-        return self._finish() if len(self.answer) >= self.limit else False
 
     def _finish(self) -> bool:
         self.cache.truncate(self.mark)

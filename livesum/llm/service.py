@@ -343,7 +343,20 @@ class LmService:
                     widths.append(len(run.pending[0]))
                 rows.append((other, run))
                 caches.add(id(run.cache))
+        if kind is ForkRun:
+            self._grant_drafts(first.engine.model, [run for _, run in rows])
         return first, rows
+
+    @staticmethod
+    def _grant_drafts(model: Any, runs: list[Run]) -> None:
+        """Rows the int4 decode weights still serve at their speed (livesum.llm.compact: up to 4 rows cost
+        about 1.5x one) go to prompt-lookup drafts, the same number per fork, so no row is padded past the
+        limit: one fork checks 3 drafts, two forks 1 each. Full weights: none (not measured to pay)."""
+        rows = getattr(model, "livesum_decode_rows", 0)
+        spare = rows // len(runs) - 1 if rows else 0
+        for run in runs:
+            if isinstance(run, ForkRun):
+                run.draft_tokens = max(0, min(spare, run.engine.config.draft_tokens))
 
     def _take(self, job: _Job) -> None:
         """Make `job` the running live job of its engine, parking a fork it preempts."""
@@ -370,7 +383,9 @@ class LmService:
                 self._settle(first, result=result)
             else:
                 wants = [run.want() for _, run in rows]
-                logits = forward_batch(first.engine.model, [cache for cache, _ in wants], [tokens for _, tokens in wants])
+                drafts = any(isinstance(run, ForkRun) and run.drafted for _, run in rows)
+                logits = forward_batch(first.engine.model, [cache for cache, _ in wants], [tokens for _, tokens in wants],
+                                       every_logit=drafts)
                 for (_, run), row_logits in zip(rows, logits):
                     run.accept(row_logits)
                 for job in jobs:
