@@ -35,11 +35,13 @@ def assert_same_state(batched: list[StreamingEngine], alone: list[StreamingEngin
             torch.testing.assert_close(a, b, **TOLERANCE)
 
 
+@pytest.mark.parametrize("keep_rotated", [True, False], ids=["rotated-keys-kept", "keys-rotated-at-read"])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text"])
-def test_a_batched_step_gives_each_session_its_own_logits(family: str) -> None:
-    """Sessions at different cache lengths (one past its first eviction), chunks of different sizes."""
+def test_a_batched_step_gives_each_session_its_own_logits(family: str, keep_rotated: bool) -> None:
+    """Sessions at different cache lengths (one past its first eviction), chunks of different sizes; the
+    batch reads the sessions' rotated keys where they keep them, else rotates the gathered keys."""
     model = tiny_model(family)
-    batched, alone = sessions(model, 3), sessions(model, 3)
+    batched, alone = sessions(model, 3, keep_rotated_keys=keep_rotated), sessions(model, 3, keep_rotated_keys=keep_rotated)
     for engines in (batched, alone):
         for engine, count in zip(engines, (1, 3, 8)):
             for _ in range(count):
@@ -54,6 +56,23 @@ def test_a_batched_step_gives_each_session_its_own_logits(family: str) -> None:
     together = forward_batch(model, [engine.cache for engine in batched], chunks)
     for logits, engine, chunk in zip(together, alone, chunks):
         torch.testing.assert_close(logits, engine.forward(chunk), **TOLERANCE)
+    assert_same_state(batched, alone)
+
+
+def test_every_logit_gives_each_row_the_logits_of_each_of_its_tokens() -> None:
+    """What a decode step with drafts reads: per row, one row of logits per token it ran (right padding
+    never shows), the same as the row's tokens run alone."""
+    model = tiny_model("qwen2")
+    batched, alone = sessions(model, 2), sessions(model, 2)
+    chunks = [[5, 9, 200, 17], [33, 34]]
+    for engines in (batched, alone):
+        for engine, chunk in zip(engines, chunks):
+            engine.feed(TEXT[:30])
+            engine.cache.make_room(len(chunk))
+    together = forward_batch(model, [engine.cache for engine in batched], chunks, every_logit=True)
+    assert [tuple(logits.shape[:1]) for logits in together] == [(4,), (2,)]
+    for logits, engine, chunk in zip(together, alone, chunks):
+        torch.testing.assert_close(logits, forward_batch(model, [engine.cache], [chunk], every_logit=True)[0], **TOLERANCE)
     assert_same_state(batched, alone)
 
 

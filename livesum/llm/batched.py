@@ -75,15 +75,18 @@ class _BatchLayer(CacheLayerMixin):
                 sources.append(key_states[row:row + 1, :, :count])
             layer.length = start + count
         torch._foreach_copy_(targets, sources)
+        # Where every session keeps its keys rotated (`keep_rotated_keys`), attention gets those: rotating
+        # the whole gathered block at each step cost more the more rows a step has.
+        rotated = all(layer.rotated is not None for layer in self.layers)
         keys = key_states.new_zeros((batch, heads, self.read_length, head_dim))
         values = value_states.new_zeros((batch, heads, self.read_length, value_states.shape[-1]))
         targets, sources = [], []
         for row, layer in enumerate(self.layers):
             end = layer.length
             targets += [keys[row:row + 1, :, :end], values[row:row + 1, :, :end]]
-            sources += [layer.keys[:, :, :end], layer.values[:, :, :end]]
+            sources += [(layer.rotated if rotated else layer.keys)[:, :, :end], layer.values[:, :, :end]]
         torch._foreach_copy_(targets, sources)
-        return self.table.rotate(keys, 0), values
+        return (keys if rotated else self.table.rotate(keys, 0)), values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.read_length, 0
