@@ -5,8 +5,9 @@ roofer" or "how much". So a question's fork is also given the few lines whose wo
 question best (each with the line before and after it: "Tom, could you ring them?" is answered
 on the next line), widened to whole sentences: a diarized transcript cuts a sentence where its
 speaker paused ("Tom, could you ring them and ask whether we get a discount if we order" / "sixty
-kilos at a time?"), and a neighbour that is half a sentence leaves out who was asked. That costs a couple of hundred prompt tokens per question, inside the fork;
-nothing else of the history is re-encoded, and it is the same text a user would scroll back to.
+kilos at a time?"), and a neighbour that is half a sentence leaves out who was asked. That costs a
+couple of hundred prompt tokens per question, inside the fork; nothing else of the history is
+re-encoded, and it is the same text a user would scroll back to.
 Each question stems the transcript again: linear in its length (milliseconds for an hour).
 Words are stemmed (snowball), so "ordering" finds "order" and "quotes" finds "quote".
 """
