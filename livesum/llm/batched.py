@@ -100,14 +100,20 @@ class _BatchLayer(CacheLayerMixin):
 
 # On the CPU a padded row of a batched forward costs what a real one does: the notes' five fork prompts
 # (24-110 tokens, the default model, 2 threads) took 4.7 s padded into one forward, 3.1 s one at a
-# time, and 2.8 s as two forwards of like widths. On CUDA a few more rows are nearly free: all join.
-CPU_MAX_PADDING = 0.25  # share of a batched prefill forward's rows that may be padding
+# time, and 2.8 s as two forwards of like widths. Nor do long chunks gain from sharing a forward (two
+# 110-token prompts: 1.90 s together, 1.94 s one after the other), while a forward cannot be preempted:
+# a question that comes meanwhile waits for it. On CUDA a few more rows are nearly free: all join.
+CPU_MAX_PADDING = 0.25  # share of a shared prefill forward's rows that may be padding
+CPU_MAX_SHARED_ROWS = 128  # rows of a shared prefill forward, padding included: about a second here
 
 
 def may_share_forward(widths: Sequence[int], device: torch.device) -> bool:
-    """Whether rows of these token counts should run as one forward: always on CUDA; on the CPU while
-    padding is at most CPU_MAX_PADDING of the forward's rows."""
-    return device.type == "cuda" or 1 - sum(widths) / (len(widths) * max(widths)) <= CPU_MAX_PADDING
+    """Whether chunks of these token counts should run as one forward: always on CUDA; on the CPU while
+    padding is at most CPU_MAX_PADDING of the forward's rows and they are CPU_MAX_SHARED_ROWS at most."""
+    if device.type == "cuda":
+        return True
+    rows = len(widths) * max(widths)
+    return rows <= CPU_MAX_SHARED_ROWS and 1 - sum(widths) / rows <= CPU_MAX_PADDING
 
 
 def rows_of_like_width(widths: Sequence[int], device: torch.device, anchor: int = 0) -> list[int]:
