@@ -36,6 +36,7 @@ from faster_whisper.vad import get_vad_model
 
 from livesum.config import AsrConfig, StreamingAsrConfig
 from livesum.events import Segment, Word
+from livesum.sentences import ends_sentence
 from livesum.source.audio import AudioChunk
 
 SAMPLE_RATE = 16000  # Silero and Whisper both work at 16 kHz
@@ -45,8 +46,6 @@ PRE_ROLL_SECONDS = 0.3  # audio kept before speech onset, so the first consonant
 MIN_SPEECH_SECONDS = 0.25  # an "utterance" with less speech than this (a click, a cough) is dropped unheard
 GAP_TOLERANCE_SECONDS = 0.05  # a jump in chunk start times beyond this (dropped audio, a clock reset) ends the utterance
 MAX_OVERLAP_WORDS = 5  # committed words Whisper may say again at the start of a pass, its timestamps drifting
-SENTENCE_END = re.compile(r"[.!?…][\"')\]]*$")
-ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "st.", "prof.", "vs.", "e.g.", "i.e.", "etc.", "no.", "jr.", "sr."})
 # A pass that finalises without a second opinion sees the audio end abruptly; Whisper then tends to
 # invent a closing "Thank you." (seen on the librivox sample). A little silence after the audio and
 # dropping near-zero-probability trailing words (that one had 0.0) keep it out.
@@ -78,7 +77,7 @@ class HypWord:
 
     @property
     def ends_sentence(self) -> bool:
-        return bool(SENTENCE_END.search(self.text)) and self.text.strip().lower() not in ABBREVIATIONS
+        return ends_sentence(self.text)
 
 
 def join_words(words: Sequence[HypWord]) -> str:

@@ -21,6 +21,7 @@ import snowballstemmer
 from rank_bm25 import BM25Okapi
 
 from livesum.events import Segment
+from livesum.sentences import ends_sentence
 
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # Words that say what kind of answer is wanted, not what it is about.
@@ -32,7 +33,6 @@ STOP_WORDS = frozenset(
 )
 LINES_AROUND = 1  # lines given before and after each hit
 MAX_SENTENCE_LINES = 3  # lines a run may grow by at each end to finish a sentence cut at a pause
-SENTENCE_END = re.compile(r"[.?!…][\"')\]]*$")
 _stemmer = snowballstemmer.stemmer("english")
 
 
@@ -54,24 +54,20 @@ def relevant_segments(question: str, segments: Sequence[Segment], hits: int) -> 
     ranked = sorted((index for index, words in enumerate(documents) if wanted.intersection(words)), key=lambda i: -scores[i])
     picked: set[int] = set()
     for index in ranked[:hits]:
-        first, last = whole_sentences(segments, max(index - LINES_AROUND, 0), min(index + LINES_AROUND, len(segments) - 1))
+        first, last = sentence_run(segments, max(index - LINES_AROUND, 0), min(index + LINES_AROUND, len(segments) - 1))
         picked.update(range(first, last + 1))
     return [segments[index] for index in sorted(picked)]
 
 
-def ends_sentence(segment: Segment) -> bool:
-    return bool(SENTENCE_END.search(segment.text.rstrip()))
-
-
-def whole_sentences(segments: Sequence[Segment], first: int, last: int) -> tuple[int, int]:
+def sentence_run(segments: Sequence[Segment], first: int, last: int) -> tuple[int, int]:
     """The run of lines `first`..`last` grown at each end (by MAX_SENTENCE_LINES at most) until it starts
     after a sentence end and ends on one."""
     for _ in range(MAX_SENTENCE_LINES):
-        if first == 0 or ends_sentence(segments[first - 1]):
+        if first == 0 or ends_sentence(segments[first - 1].text.rstrip()):
             break
         first -= 1
     for _ in range(MAX_SENTENCE_LINES):
-        if last == len(segments) - 1 or ends_sentence(segments[last]):
+        if last == len(segments) - 1 or ends_sentence(segments[last].text.rstrip()):
             break
         last += 1
     return first, last

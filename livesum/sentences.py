@@ -1,0 +1,15 @@
+"""Where a sentence of transcript text ends: the streaming ASR commits words up to one
+(livesum/asr/streaming.py), and a question's matching lines grow to one (livesum/llm/matching_lines.py)."""
+
+from __future__ import annotations
+
+import re
+
+SENTENCE_END = re.compile(r"[.!?…][\"')\]]*$")
+ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "st.", "prof.", "vs.", "e.g.", "i.e.", "etc.", "no.", "jr.", "sr."})
+
+
+def ends_sentence(text: str) -> bool:
+    """Whether `text` (a word, or a line) ends a sentence: closing punctuation, and not a title or
+    abbreviation on its own ("Dr.")."""
+    return bool(SENTENCE_END.search(text)) and text.strip().lower() not in ABBREVIATIONS
