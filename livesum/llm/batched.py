@@ -116,9 +116,12 @@ def may_share_forward(widths: Sequence[int], device: torch.device) -> bool:
     return rows <= CPU_MAX_SHARED_ROWS and 1 - sum(widths) / rows <= CPU_MAX_PADDING
 
 
-def rows_of_like_width(widths: Sequence[int], device: torch.device, anchor: int = 0) -> list[int]:
-    """Which rows (by their token counts) run in one forward with row `anchor`, in their given order:
-    the closest widths first, each while `may_share_forward`. The others wait for a later forward."""
+def rows_of_like_width(widths: Sequence[int], device: torch.device, anchor: int | None = None) -> list[int]:
+    """Which rows (by their token counts) run in one forward with row `anchor` (the widest by default),
+    in their given order: the closest widths first, each while `may_share_forward`. The others wait
+    for a later forward."""
+    if anchor is None:
+        anchor = widths.index(max(widths))
     chosen = [anchor]
     for index in sorted(range(len(widths)), key=lambda i: abs(widths[i] - widths[anchor])):
         if index != anchor and may_share_forward([widths[i] for i in [*chosen, index]], device):

@@ -93,7 +93,7 @@ def step_runs(runs: Sequence[FeedRun | ForkRun]) -> None:
     chosen = wide or list(range(len(runs)))
     if wide:  # prompt chunks of like widths together (padding costs on the CPU), the widest first
         widths = [len(wants[i][1]) for i in wide]
-        chosen = [wide[i] for i in rows_of_like_width(widths, runs[0].engine.device, widths.index(max(widths)))]
+        chosen = [wide[i] for i in rows_of_like_width(widths, runs[0].engine.device)]
 
     logits = forward_batch(runs[0].engine.model, [wants[i][0] for i in chosen], [wants[i][1] for i in chosen])
     for index, row_logits in zip(chosen, logits):
@@ -473,7 +473,7 @@ class ForkRun:
         if self.prompted < len(self.prompt):
             return self.cache, self.prompt[self.prompted:self.prompted + engine.prefill_chunk]
         room = min(self.draft_tokens, self.limit - len(self.answer) - 1, self.cache.free - 1)
-        self.drafted = engine.draft(self.prompt + self.answer, room)
+        self.drafted = engine.draft(self.prompt + self.answer, room) if room > 0 else []
         return self.cache, self.answer[-1:] + self.drafted
 
     def accept(self, logits: torch.Tensor) -> bool:

@@ -316,7 +316,7 @@ class LmService:
         if widths:
             rows = [row for row, (_, tokens) in zip(rows, wants) if len(tokens) > 1]
             if first.priority != Priority.FEED:  # a group's prompts: those of like widths, the widest first
-                return first, [rows[i] for i in rows_of_like_width(widths, device, widths.index(max(widths)))]
+                return first, [rows[i] for i in rows_of_like_width(widths, device)]
             width = MAX_FEED_BATCH
             kind = FeedRun
         else:
