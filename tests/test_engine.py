@@ -336,6 +336,65 @@ def test_forks_roll_back_bitwise(family: str) -> None:
     assert engine.pinned_summary is None
 
 
+EARLIER = "Earlier parts of this meeting, summarized in order:\n- The team set the beta date and the budget.\n"
+
+
+def prompt_entries(run) -> list[torch.Tensor]:
+    """The cache entries of a fork's prompt, once it has run."""
+    start, end = run.mark, run.mark + len(run.prompt)
+    return [tensor[:, :, start:end].clone() for layer in run.cache.layers for tensor in (layer.keys, layer.values)]
+
+
+def run_prompt(engine: StreamingEngine, run) -> tuple[int, list[torch.Tensor]]:
+    """Run a fork's prompt alone: (prompt tokens it reused, its prompt's entries); the fork is then closed."""
+    run.want()
+    reused = run.prompted
+    while run.prompted < len(run.prompt):
+        cache, tokens = run.want()
+        run.accept(engine.forward(tokens, cache))
+    entries = prompt_entries(run)
+    run.close()
+    return reused, entries
+
+
+@pytest.mark.parametrize("detached", [False, True])
+def test_a_fork_reuses_the_entries_of_the_prompt_prefix_it_shares_with_the_last_one(detached: bool) -> None:
+    """At the end of a meeting every question and most notes forks start with the earlier summaries: the
+    second prompt copies the entries the first computed for them, and they equal a recomputation."""
+    engine = tiny_engine()
+    engine.feed(TEXT)
+    make = (lambda text: engine.fork_group([ForkRequest(text, 8)])[0]) if detached else (lambda text: engine.fork_run(text, 8))
+    first = make(EARLIER + "Who sends the release notes?")
+    assert run_prompt(engine, first)[0] == 0
+    assert engine.prompt_memo is not None
+    second_text = EARLIER + "When does the beta ship?"
+    reused, entries = run_prompt(engine, make(second_text))
+    shared = len(engine.encode(engine._separator + EARLIER))
+    assert shared <= reused < len(engine.fork_prompt(second_text, 8)[0])
+    engine.prompt_memo = None
+    fresh_reused, fresh = run_prompt(engine, make(second_text))
+    assert fresh_reused == 0
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(entries, fresh))
+    engine.prompt_memo = None
+    plain = engine.ask("When does the beta ship?", context=EARLIER)
+    assert engine.ask("When does the beta ship?", context=EARLIER) == plain  # the second reuses the first's prompt
+
+
+def test_a_remembered_prompt_is_dropped_when_the_stream_moves_on() -> None:
+    engine = tiny_engine()
+    engine.feed(TEXT)
+    before = snapshot(engine)
+    run_prompt(engine, engine.fork_run(EARLIER + "Who sends the release notes?", 8))
+    assert engine.prompt_memo is not None and all(torch.equal(a, b) for a, b in zip(before, snapshot(engine)))
+    engine.feed("Anna will draft the job advert. ")
+    assert engine.prompt_memo is None
+    assert run_prompt(engine, engine.fork_run(EARLIER + "Who sends the release notes?", 8))[0] == 0
+    short = tiny_engine()
+    short.feed(TEXT)
+    run_prompt(short, short.fork_run("Title?", 8))  # too short to be worth keeping
+    assert short.prompt_memo is None
+
+
 def test_structured_output_is_decoded_without_the_prose_penalties_but_whole_loops_are_banned() -> None:
     """JSON repeats keys and quotes: a structured fork answers as an engine without penalties would,
     while no run of STRUCTURED_LOOP_NGRAM tokens ever comes back (a model copying one object over)."""

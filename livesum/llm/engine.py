@@ -63,10 +63,39 @@ MIN_FORK_ANSWER = 8  # a fork keeps room for at least this many answer tokens wh
 # Prompt lookup: a draft is what followed the latest occurrence of the answer's last DRAFT_NGRAM tokens
 # (or, failing that, its last MIN_DRAFT_NGRAM); a single token matches too much to be worth a row.
 DRAFT_NGRAM, MIN_DRAFT_NGRAM = 3, 2
+# A fork whose prompt starts with at least this many tokens of the last prompt run over the same live
+# cache copies their entries instead of computing them (`PromptMemo`); fewer are not worth the copy.
+MIN_REUSED_PROMPT = 32
 TRANSCRIPT_MARK = "@@LIVESUM_TRANSCRIPT@@"
 INSTRUCTION_MARK = "@@LIVESUM_INSTRUCTION@@"
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptMemo:
+    """The cache entries of the last fork prompt run behind the live cache as it is now (`epoch`).
+
+    At the end of a meeting a dozen questions and the notes' forks all start with the same earlier
+    summaries; each prompt's entries depend only on the live cache and the tokens before them (causal
+    attention), so a fork whose prompt shares a prefix with this one copies those entries instead of
+    running them again. Dropped whenever the live cache changes, so it holds memory only between feeds.
+    """
+
+    epoch: int
+    mark: int  # the live length the prompt sits behind
+    tokens: tuple[int, ...]
+    entries: list  # SinkCache.save_tail(mark) right after the prompt ran
+
+    def shared(self, prompt: Sequence[int]) -> int:
+        """How many leading tokens of `prompt` this memo holds (at most all but its last: the fork needs
+        the logits of a token it runs)."""
+        count = 0
+        for mine, theirs in zip(self.tokens, prompt[:len(prompt) - 1]):
+            if mine != theirs:
+                break
+            count += 1
+        return count
 
 
 @dataclass(frozen=True)
@@ -173,6 +202,7 @@ class StreamingEngine:
         self.pinned_summary: str | None = None
         self.epoch = 0  # bumped by every change of the live cache: a parked fork knows whether it can resume
         self.recent_ids: deque[int] = deque(maxlen=config.window)  # the transcript's latest tokens: drafts' source
+        self.prompt_memo: PromptMemo | None = None
         self._last_text = head
         self.ingest(head_ids)
         static = config.static_decode == "on"
@@ -281,9 +311,29 @@ class StreamingEngine:
         return [ids[start:start + self.prefill_chunk] for start in range(0, len(ids), self.prefill_chunk)]
 
     def ingested(self) -> None:
-        """Live tokens were written (or evicted): publish the length, and no parked fork resumes as it was."""
+        """Live tokens were written (or evicted): publish the length, and no parked fork resumes as it was
+        (nor does any fork reuse a prompt run before)."""
         self.epoch += 1
         self.cache_length = self.cache.length
+        self.prompt_memo = None
+
+    def remember_prompt(self, cache: SinkCache, mark: int, epoch: int, prompt: Sequence[int]) -> None:
+        """Keep the entries of a fork's prompt, just run behind `mark` in `cache` (the live one or a snapshot
+        of it), for the next fork over the same live cache (`reuse_prompt`)."""
+        if epoch == self.epoch and len(prompt) >= MIN_REUSED_PROMPT and cache.length == mark + len(prompt):
+            self.prompt_memo = PromptMemo(epoch, mark, tuple(prompt), cache.save_tail(mark))
+
+    def reuse_prompt(self, cache: SinkCache, mark: int, prompt: Sequence[int]) -> int:
+        """Copy the entries of the leading tokens `prompt` shares with the remembered one into `cache` behind
+        `mark` (where it sits behind the same live cache), and say how many: those need no forward."""
+        memo = self.prompt_memo
+        if memo is None or memo.epoch != self.epoch or memo.mark != mark or cache.length != mark:
+            return 0
+        count = memo.shared(prompt)
+        if count < MIN_REUSED_PROMPT:
+            return 0
+        cache.restore_tail(mark, [None if pair is None else tuple(part[:, :, :count] for part in pair) for pair in memo.entries])
+        return count
 
     def ingest(self, ids: list[int]) -> None:
         """Chunked prefill of live tokens, evicting before each chunk."""
@@ -470,6 +520,7 @@ class ForkRun:
                 self.cache = engine.cache.snapshot(live, engine.cache.capacity - live)
             self.prompt, self.limit = engine.fork_prompt(self.instruction, self.max_new_tokens, self.cache)
             self.mark, self.epoch = self.cache.length, engine.epoch
+            self.prompted = engine.reuse_prompt(self.cache, self.mark, self.prompt)
         if self.prompted < len(self.prompt):
             return self.cache, self.prompt[self.prompted:self.prompted + engine.prefill_chunk]
         room = min(self.draft_tokens, self.limit - len(self.answer) - 1, self.cache.free - 1)
@@ -485,6 +536,7 @@ class ForkRun:
             self.prompted += min(engine.prefill_chunk, len(self.prompt) - self.prompted)
             if self.prompted < len(self.prompt):
                 return False
+            engine.remember_prompt(self.cache, self.mark, self.epoch, self.prompt)
             if self.limit <= 0:
                 return self._finish()
             if engine.static is not None and not self.structured and self.live:  # graphs: whole answer at once
