@@ -46,7 +46,7 @@ import numpy as np
 from livesum.asr.transcriber import BatchTranscriber, load_whisper
 from livesum.config import Settings, load_settings
 from livesum.events import Answer, AnswerPart, Event, Segment, Status
-from livesum.loading import load_engine, transcriber_factory
+from livesum.loading import load_engine, prepare_process, transcriber_factory
 from livesum.pipeline import Pipeline
 from livesum.source.audio import AudioChunk
 from livesum.source.file import decode_file
@@ -219,6 +219,7 @@ def main() -> None:
     settings = load_settings(overrides=overrides)
     settings.output.console = False
 
+    prepare_process(settings)  # as the CLI does: the allocator, and the cores Whisper and the LM share
     whisper = load_whisper(settings.asr, settings.resolved_cache_dir())
     chunks = load_audio(args.audio, settings, args.minutes * 60 if args.minutes else None)
     questions = [(float(at), question) for at, _, question in (item.partition(":") for item in args.ask)]

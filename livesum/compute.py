@@ -7,6 +7,11 @@ when the LM runs on the CPU, Whisper's pool (fixed when it loads) gets half the 
 takes all of them for a step while no recognition is running and the other half while one is:
 each gets the whole machine when it is alone, and neither waits on the other's threads.
 
+A question is what a user waits for: while one waits for its prompt to run, a recognition call that
+is about to start waits (at most `question_hold_seconds`, then not again for as long), and the prompt's
+step waits as long at most for the calls already running to end, so the prompt runs on every core
+instead of the half Whisper leaves. Captions pause that long; answers come sooner.
+
 One `CoreShare` per process (`SHARE`): the models are shared by every stream of the process too.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -37,12 +43,17 @@ class CoreShare:
         self.cores = cores or cpu_cores()
         self.lm_on_cpu = True
         self.fixed_lm_threads: int | None = None  # llm.threads when set
+        self.question_hold_seconds = 0.0  # llm.question_hold_seconds
         self._recognizing = 0
+        self._held = False  # a question waits for its prompt to run
+        self._no_hold_until = 0.0  # after a hold, recognition runs at once for as long (it is never starved)
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
 
-    def configure(self, *, lm_on_cpu: bool, lm_threads: int = 0) -> None:
+    def configure(self, *, lm_on_cpu: bool, lm_threads: int = 0, question_hold_seconds: float = 0.0) -> None:
         self.lm_on_cpu = lm_on_cpu
         self.fixed_lm_threads = lm_threads or None
+        self.question_hold_seconds = question_hold_seconds
 
     def reserve(self, cores: int) -> None:
         """Share out only `cores` of the machine: a Ray worker reserves CPUs without being pinned to them,
@@ -72,16 +83,46 @@ class CoreShare:
     def recognizing(self) -> bool:
         return self._recognizing > 0
 
+    @property
+    def question_waiting(self) -> bool:
+        """Whether a question waits for its prompt now (recognition about to start holds back)."""
+        return self._held
+
+    def hold_recognition(self, held: bool) -> None:
+        """Whether a question waits for its prompt (the LM service says so as its queue changes)."""
+        with self._changed:
+            if held != self._held:
+                self._held = held
+                self._changed.notify_all()
+
+    def _hold(self) -> float:
+        """Seconds recognition may be held for a question: only where the LM shares the CPU's cores."""
+        return self.question_hold_seconds if self.lm_on_cpu and not self.fixed_lm_threads else 0.0
+
+    def clear_for_question(self) -> None:
+        """Before a question's prompt step (on the LM thread): wait, at most `question_hold_seconds`, for
+        the recognition calls already running to end, so the step gets every core (none start meanwhile)."""
+        hold = self._hold()
+        if hold > 0:
+            with self._changed:
+                self._changed.wait_for(lambda: self._recognizing == 0, timeout=hold)
+
     @contextmanager
     def recognition(self) -> Iterator[None]:
-        """Around a speech-recognition call (Whisper, and the diarizer inside it)."""
-        with self._lock:
+        """Around a speech-recognition call (Whisper, and the diarizer inside it); it starts once no
+        question waits for its prompt, or after `question_hold_seconds` (where the LM is on the CPU)."""
+        with self._changed:
+            hold = self._hold()
+            if hold > 0 and self._held and time.monotonic() >= self._no_hold_until:
+                self._changed.wait_for(lambda: not self._held, timeout=hold)
+                self._no_hold_until = time.monotonic() + hold
             self._recognizing += 1
         try:
             yield
         finally:
-            with self._lock:
+            with self._changed:
                 self._recognizing -= 1
+                self._changed.notify_all()
 
 
 SHARE = CoreShare()
@@ -101,7 +142,7 @@ def share_cores(settings: Settings) -> None:
     from livesum.models import resolve_device
 
     on_cpu = settings.llm.enabled and resolve_device(settings.llm.device) == "cpu"
-    SHARE.configure(lm_on_cpu=on_cpu, lm_threads=settings.llm.threads)
+    SHARE.configure(lm_on_cpu=on_cpu, lm_threads=settings.llm.threads, question_hold_seconds=settings.llm.question_hold_seconds)
 
 
 def use_lm_threads() -> int:

@@ -181,6 +181,12 @@ class LlmConfig(Section):
         "something was said since the last one.",
     )
     question_lines: int = Field(3, ge=0, le=20, description="Transcript lines that best match a question (BM25), each with its neighbours, given to its fork; 0 = only the window and the summaries.")
+    question_hold_seconds: float = Field(
+        3.0, ge=0, le=30,
+        description="While a question waits for its prompt to run, a speech-recognition call about to start waits up to "
+        "this long (then not again for as long), so the prompt gets every core (LM on the CPU, llm.threads = 0); "
+        "0 = never (livesum/compute.py).",
+    )
     max_pending_questions: int = Field(4, ge=1, le=64, description="Questions of one stream being answered at once; one more is refused with an error (one client cannot flood the model).")
     engine: EngineConfig = EngineConfig()
 

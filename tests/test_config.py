@@ -185,6 +185,57 @@ def test_cores_are_shared_between_whisper_and_the_lm() -> None:
         assert share.lm_threads() == 1  # both cores are Whisper's now: the LM still gets a thread
 
 
+def test_recognition_holds_back_while_a_question_waits_for_its_prompt_and_is_never_starved() -> None:
+    import threading
+
+    from livesum.compute import CoreShare
+
+    share = CoreShare(cores=2)
+    share.configure(lm_on_cpu=True, question_hold_seconds=60)
+    share.hold_recognition(True)
+    started, release = threading.Event(), threading.Event()
+
+    def recognize() -> None:
+        with share.recognition():
+            started.set()
+            release.wait(30)
+
+    first = threading.Thread(target=recognize)
+    first.start()
+    assert not started.wait(0.3)  # held back: the question's prompt has both cores
+    assert share.lm_threads() == 2 and not share.recognizing
+    share.hold_recognition(False)  # the answer began
+    assert started.wait(30) and share.lm_threads() == 1
+    release.set()
+    first.join(30)
+    share.hold_recognition(True)  # another question at once: the call after a hold runs without waiting
+    started.clear()
+    second = threading.Thread(target=recognize)
+    second.start()
+    assert started.wait(30)  # not the 60 s of a hold
+    second.join(30)
+    share.hold_recognition(False)
+    release.clear()
+    third = threading.Thread(target=recognize)  # a call already running when a question's prompt is due
+    started.clear()
+    third.start()
+    assert started.wait(30)
+    cleared = threading.Event()
+    clearing = threading.Thread(target=lambda: (share.clear_for_question(), cleared.set()))
+    clearing.start()
+    assert not cleared.wait(0.3)  # the prompt's step waits for the running call to end...
+    release.set()
+    assert cleared.wait(30) and share.lm_threads() == 2  # ...then has both cores
+    third.join(30)
+    clearing.join(30)
+    off = CoreShare(cores=2)
+    off.configure(lm_on_cpu=False, question_hold_seconds=60)  # the LM on a GPU: nothing to give it
+    off.hold_recognition(True)
+    with off.recognition():
+        assert off.recognizing
+        off.clear_for_question()  # returns at once
+
+
 def test_a_worker_shares_out_only_the_cores_it_reserved() -> None:
     from livesum.compute import CoreShare, cpu_cores
 

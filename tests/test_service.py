@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import livesum.llm.service as service_module
+from livesum.compute import SHARE
 from livesum.config import EngineConfig
 from livesum.llm.batched import forward_batch, may_share_forward, rows_of_like_width
 from livesum.llm.engine import ForkRequest, StreamingEngine
@@ -347,6 +348,34 @@ def test_forks_with_drafts_give_the_same_answers_in_fewer_forwards(smollm2, monk
     assert results["drafted"] == results["plain"]
     assert results["plain"][1] == results["plain"][2]  # the streamed text ends as the answer
     assert forwards["drafts"] > 0 and forwards["drafted"] < forwards["plain"]
+
+
+def test_recognition_holds_back_while_a_question_waits_for_its_prompt_and_not_after(smollm2, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service tells the cores' share when a question waits for its prompt: while its prompt runs,
+    a speech-recognition call about to start holds back (livesum.compute); once the answer decodes, or
+    for any other fork, it does not."""
+    steps: list[tuple[str, int, bool]] = []
+    phase = "question"
+
+    def recorded(model, caches, chunks, **options):
+        steps.append((phase, max(len(chunk) for chunk in chunks), SHARE.question_waiting))
+        return forward_batch(model, caches, chunks, **options)
+
+    monkeypatch.setattr(service_module, "forward_batch", recorded)
+    engine = engine_on(smollm2, draft_tokens=0)
+    service = LmService()
+    try:
+        service.submit_runs(Priority.QUESTION, engine, [engine.question_run("Who will call Hartley?")]).result(60)
+        phase = "title"
+        service.blocking(engine, Priority.NOTES, session="s", account=None).complete("Give this meeting a short title.", 8)
+    finally:
+        service.close(wait=True)
+    question_prompt = [held for name, width, held in steps if name == "question" and width > 1]
+    question_decode = [held for name, width, held in steps if name == "question" and width == 1]
+    title = [held for name, _, held in steps if name == "title"]
+    assert question_prompt and all(question_prompt)
+    assert question_decode and not any(question_decode)
+    assert title and not any(title) and not SHARE.question_waiting
 
 
 @pytest.mark.slow

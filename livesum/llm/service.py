@@ -21,7 +21,10 @@ One live operation per engine at a time (a feed, or a fork on the live cache), e
 question preempts a running live fork of its own session between tokens (the fork is parked, see
 `ForkRun.park`). A question is answered on everything transcribed before it was asked: its session's
 feeds queued before it run first, at the question's priority. Forks of a group (`fork_many`) run on
-snapshots of the cache and never block the session's feeds.
+snapshots of the cache and never block the session's feeds. While a question waits for its prompt
+to run, speech recognition holds back its next call (`CoreShare.hold_recognition`) and the prompt's
+step waits for the calls already running (`CoreShare.clear_for_question`), so the prompt gets every
+core of the CPU.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from livesum.compute import flush_denormals, use_lm_threads
+from livesum.compute import SHARE, flush_denormals, use_lm_threads
 from livesum.llm.batched import forward_batch, may_share_forward, rows_of_like_width
 from livesum.llm.engine import FeedRun, ForkRequest, ForkRun, StreamingEngine
 
@@ -86,6 +89,11 @@ class _Job:
     @property
     def is_question(self) -> bool:
         return self.priority == Priority.QUESTION
+
+    @property
+    def prompting(self) -> bool:
+        """A question whose answer has not begun: its prompt (or its session's feeds before it) still to run."""
+        return self.is_question and any(isinstance(run, ForkRun) and not run.decoding for run in self.pending())
 
     def pending(self) -> list[Run]:
         return [run for run in self.runs if not run.done]
@@ -143,6 +151,8 @@ class LmService:
             if self._closing:
                 raise RuntimeError("the LM service is closed")
             self._jobs.append(job)
+            if job.prompting:  # recognition about to start holds back from now, not from the worker's next turn
+                SHARE.hold_recognition(True)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
                 self._thread.start()
@@ -247,6 +257,7 @@ class LmService:
                 if finished:
                     self._thread = None
                 ranked = self._ranked()
+                SHARE.hold_recognition(any(job.prompting for job in self._jobs))
                 closing, self._closing_runs = self._closing_runs, []
             for run in closing:  # freeing a fork's snapshot takes a moment: never under the lock
                 run.close()
@@ -377,6 +388,8 @@ class LmService:
         jobs = list(dict.fromkeys([first, *(job for job, _ in rows)]))
         try:
             flush_denormals()
+            if first.prompting:  # what a user waits for: the recognition calls running end first (bounded)
+                SHARE.clear_for_question()
             use_lm_threads()  # all the cores, or half of them while speech recognition runs (livesum.compute)
             if first.function is not None:
                 result = first.function()
