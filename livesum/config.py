@@ -176,15 +176,9 @@ class LlmConfig(Section):
     summary_every_tokens: int = Field(0, ge=0, description="Also summarize after this many new tokens; 0 = off.")
     extract_every_seconds: float = Field(
         120.0, gt=0,
-        description="Live streams: audio seconds between extractions of decisions and action items from the window (two "
-        "forks on a snapshot of the cache, beside the stream), so items appear as they are said; items merge into a "
-        "running list, and the end extracts only when something was said since the last one.",
-    )
-    file_extract_window_share: float = Field(
-        0.5, gt=0, le=1,
-        description="Files: an extraction runs when this share of the window is text fed since the last one, so each "
-        "stretch is read about 1/share times before the window lets it go (nobody waits on items mid-file, and these "
-        "forks were most of the LM's time at a 120 s cadence).",
+        description="Audio seconds between extractions of decisions and action items from the window (two forks on a "
+        "snapshot of the cache, beside the stream); items merge into a running list, and the end extracts only when "
+        "something was said since the last one.",
     )
     question_lines: int = Field(3, ge=0, le=20, description="Transcript lines that best match a question (BM25), each with its neighbours, given to its fork; 0 = only the window and the summaries.")
     question_hold_seconds: float = Field(

@@ -120,7 +120,6 @@ class Pipeline:
         self._feeding: set[asyncio.Task] = set()
         self._extraction: asyncio.Task | None = None
         self._last_extraction_at = 0.0
-        self._tokens_at_extraction = 0  # tokens_fed when the last extraction started
         self._to_llm: asyncio.Queue[object] = asyncio.Queue(maxsize=0 if live else settings.audio.queue_chunks)
         self._stopping = asyncio.Event()
         self._summary_pending = False
@@ -494,9 +493,7 @@ class Pipeline:
         llm = self.settings.llm
         last_summary_at, done = 0.0, False
         while not done:
-            next_point = last_summary_at + llm.summary_every_seconds
-            if self.live:
-                next_point = min(next_point, self._last_extraction_at + llm.extract_every_seconds)
+            next_point = min(last_summary_at + llm.summary_every_seconds, self._last_extraction_at + llm.extract_every_seconds)
             segments, done = await self._take_batch(next_point)
             feeding = self._feed_now(segments)
             if feeding is not None:
@@ -507,22 +504,13 @@ class Pipeline:
             at = self._fed_until
             # A file's last stretch is left to the notes at its end, which extract it anyway.
             near_end = duration is not None and not self.live and duration - at < llm.extract_every_seconds / 2
-            if self._extraction_due(at) and not near_end:
+            if at - self._last_extraction_at >= llm.extract_every_seconds and not near_end:
                 await self._start_extraction(at)
             due_by_time = bool(segments) and at - last_summary_at >= llm.summary_every_seconds
             due_by_tokens = bool(llm.summary_every_tokens) and self._tokens_since_summary >= llm.summary_every_tokens
             if due_by_time or due_by_tokens or self._summary_pending:
                 await self._summarize(at)
                 last_summary_at, self._tokens_since_summary = at, 0
-
-    def _extraction_due(self, at: float) -> bool:
-        """Live: every `extract_every_seconds` of audio, so items show up as they are said. A file: when
-        `file_extract_window_share` of the window is text fed since the last extraction, so every stretch is
-        read a few times before it leaves the window, and no more often (nobody watches a file's items)."""
-        llm = self.settings.llm
-        if self.live:
-            return at - self._last_extraction_at >= llm.extract_every_seconds
-        return self.tokens_fed - self._tokens_at_extraction >= llm.file_extract_window_share * llm.engine.window
 
     async def _start_extraction(self, at: float) -> None:
         """Decisions and action items of what the window holds, in the background: its forks run on a
@@ -533,7 +521,7 @@ class Pipeline:
             if self.live:
                 return
             await self._extraction
-        self._last_extraction_at, self._tokens_at_extraction = at, self.tokens_fed
+        self._last_extraction_at = at
         extract = asyncio.to_thread(self.minutes.extract, self._served(Priority.SUMMARY), self._memory_start(), at)
         self._extraction = asyncio.ensure_future(self._guarded(extract))
 

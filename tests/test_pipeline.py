@@ -394,34 +394,15 @@ class CountsExtractions(CountingEngine):
         return super().complete(instruction, max_new_tokens, structured=structured)
 
 
-async def test_a_live_stream_extracts_decisions_and_tasks_on_its_clock_and_once_more_at_the_end(tmp_path: Path) -> None:
+async def test_decisions_and_tasks_are_extracted_on_their_own_cadence_and_once_more_at_the_end(tmp_path: Path) -> None:
     settings = Settings.model_validate({"llm": {"summary_every_seconds": 1000, "extract_every_seconds": 1.0}})
     engine = CountsExtractions()
-    pipeline = Pipeline(settings, OneSegmentPerChunk(), engine, file_sinks(tmp_path, ["jsonl", "md"]), live=True)
-    await pipeline.run(chunks(7))
-    # Two forks (decisions, tasks) per round: at 1.0, 2.0 and 3.0 s of audio (a live batch may run past one
-    # of them: then that round comes with the next batch), then the rest at the end; no rolling summary was
-    # due, so extraction did not wait for one.
-    assert 2 * 2 <= len(engine.extractions) <= 2 * 4 and len(engine.extractions) % 2 == 0 and engine.summaries == 0
-    assert (tmp_path / "notes.md").exists()
-
-
-async def test_a_file_extracts_when_half_the_window_is_new_text_and_once_more_at_the_end(tmp_path: Path) -> None:
-    # Each segment is 3 words, which CountingEngine counts as 3 tokens; a window of 16 tokens at a share of
-    # 0.5 extracts after 8 new tokens: 12 segments (36 tokens) give 1 to 4 rounds mid-file, however the
-    # stage's batches fall, then one at the end; the 1-second clock of live streams plays no part.
-    settings = Settings.model_validate({"llm": {"summary_every_seconds": 1000, "extract_every_seconds": 1.0,
-                                                "file_extract_window_share": 0.5, "engine": {"window": 16}}})
-    engine = CountsExtractions()
     pipeline = Pipeline(settings, OneSegmentPerChunk(), engine, file_sinks(tmp_path, ["jsonl", "md"]))
-    await pipeline.run(chunks(12), duration=6.0)
-    rounds = len(engine.extractions) // 2
-    assert len(engine.extractions) % 2 == 0 and 2 <= rounds <= 5 and engine.summaries == 0
-    sparse = Settings.model_validate({"llm": {"summary_every_seconds": 1000, "extract_every_seconds": 1.0,
-                                              "file_extract_window_share": 1.0, "engine": {"window": 64}}})
-    engine = CountsExtractions()
-    await Pipeline(sparse, OneSegmentPerChunk(), engine, file_sinks(tmp_path / "sparse", ["jsonl", "md"])).run(chunks(12), duration=6.0)
-    assert len(engine.extractions) == 2  # 36 tokens never fill a 64-token window: only the end's round
+    await pipeline.run(chunks(7), duration=3.5)
+    # Two forks (decisions, tasks) per round: at 1.0, 2.0 and 3.0 s of audio, then the last half second
+    # at the end; no rolling summary was due, so extraction did not wait for one.
+    assert len(engine.extractions) == 2 * 4 and engine.summaries == 0
+    assert (tmp_path / "notes.md").exists()
 
 
 async def test_the_lm_may_still_be_loading_when_the_audio_starts(tmp_path: Path) -> None:
