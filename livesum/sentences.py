@@ -1,5 +1,6 @@
 """Where a sentence of transcript text ends: the streaming ASR commits words up to one
-(livesum/asr/streaming.py), and a question's matching lines grow to one (livesum/llm/matching_lines.py)."""
+(livesum/asr/streaming.py), a question's matching lines grow to one (livesum/llm/matching_lines.py),
+and the transcript files end a line at one (livesum/outputs/files.py)."""
 
 from __future__ import annotations
 

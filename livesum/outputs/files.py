@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from livesum.events import Event, Notes, Segment
+from livesum.sentences import ends_sentence
 
 # The file each output format writes into the output folder.
 OUTPUT_FILES = {"txt": "transcript.txt", "srt": "transcript.srt", "vtt": "transcript.vtt", "jsonl": "events.jsonl", "md": "notes.md"}
@@ -29,7 +30,6 @@ def timestamp(seconds: float, decimal: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
 
 
-SENTENCE_END = (".", "!", "?", "…", '."', '?"', '!"')
 LINE_GAP_SECONDS = 2.0  # a pause longer than this starts a new line even mid-sentence
 LINE_MAX_CHARS = 400  # unpunctuated speech still breaks into lines
 
@@ -41,7 +41,7 @@ def continues(line: Segment, segment: Segment) -> bool:
     """
     return (
         segment.speaker == line.speaker
-        and not line.text.rstrip().endswith(SENTENCE_END)
+        and not ends_sentence(line.text.rstrip())
         and segment.start - line.end <= LINE_GAP_SECONDS
         and len(line.text) + len(segment.text) < LINE_MAX_CHARS
     )
@@ -101,7 +101,7 @@ class TranscriptWriter:
         else:
             self._write_line()
             self.line = event
-        if self.line.text.rstrip().endswith(SENTENCE_END):
+        if ends_sentence(self.line.text.rstrip()):
             self._write_line()
 
     def _write_line(self) -> None:
