@@ -155,6 +155,16 @@ def finals_of(events: list[dict]) -> list[dict]:
     return [e for e in events if e["type"] == "segment" and e["final"]]
 
 
+def write_finals(folder: Path, pieces: list[Segment], formats: list[str]) -> None:
+    """Final segments through the file sinks of `formats`, as a run hands them over."""
+    sinks = file_sinks(folder, formats)
+    for event in pieces:
+        for sink in sinks:
+            sink.handle(event)
+    for sink in sinks:
+        sink.close()
+
+
 def test_transcripts_show_sentences_with_their_speaker(tmp_path: Path) -> None:
     pieces = [
         Segment(final=True, start=24.0, end=24.4, text="First", speaker="Speaker 1", id="a-1"),
@@ -163,12 +173,7 @@ def test_transcripts_show_sentences_with_their_speaker(tmp_path: Path) -> None:
         Segment(final=True, start=26.0, end=27.0, text="Fine <by> me.", speaker="Speaker 2", id="a-4"),
         Segment(final=True, start=28.0, end=28.5, text="And then", speaker="Speaker 2", id="a-5"),
     ]
-    sinks = file_sinks(tmp_path, ["txt", "srt", "vtt", "jsonl"])
-    for event in pieces:
-        for sink in sinks:
-            sink.handle(event)
-    for sink in sinks:
-        sink.close()
+    write_finals(tmp_path, pieces, ["txt", "srt", "vtt", "jsonl"])
     assert (tmp_path / "transcript.txt").read_text() == (
         "[00:00:24] Speaker 1: First the realtor's.\n[00:00:26] Speaker 2: Fine <by> me.\n[00:00:28] Speaker 2: And then\n"
     )
@@ -177,6 +182,17 @@ def test_transcripts_show_sentences_with_their_speaker(tmp_path: Path) -> None:
     assert "00:00:24.000 --> 00:00:25.300\n<v Speaker 1>First the realtor's.\n" in vtt and "<v Speaker 2>Fine &lt;by&gt; me.\n" in vtt
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [(e["id"], e["speaker"]) for e in finals_of(events)] == [(p.id, p.speaker) for p in pieces]  # the pieces stay events
+
+
+def test_a_transcript_line_ends_where_a_sentence_does_after_a_closing_bracket_too(tmp_path: Path) -> None:
+    write_finals(tmp_path, [
+        Segment(final=True, start=1.0, end=2.0, text="The rota is done (Sam did it.)", speaker="Rose"),
+        Segment(final=True, start=2.2, end=2.6, text="Next, the", speaker="Rose"),
+        Segment(final=True, start=2.7, end=3.0, text="dishwasher.", speaker="Rose"),
+    ], ["txt"])
+    assert (tmp_path / "transcript.txt").read_text() == (
+        "[00:00:01] Rose: The rota is done (Sam did it.)\n[00:00:02] Rose: Next, the dishwasher.\n"
+    )
 
 
 def test_live_view_carries_a_sentence_on_one_line() -> None:

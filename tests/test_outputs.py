@@ -70,19 +70,3 @@ def test_model_output_cleanup() -> None:
     assert whole_sentences("No full stop at all") == "No full stop at all"
     assert whole_sentences('He said "done."') == 'He said "done."'
 
-
-def test_a_transcript_line_ends_where_a_sentence_does_after_a_closing_bracket_too(tmp_path: Path) -> None:
-    pieces = [
-        Segment(final=True, start=1.0, end=2.0, text="The rota is done (Sam did it.)", speaker="Rose"),
-        Segment(final=True, start=2.2, end=2.6, text="Next, the", speaker="Rose"),
-        Segment(final=True, start=2.7, end=3.0, text="dishwasher.", speaker="Rose"),
-    ]
-    sinks = file_sinks(tmp_path, ["txt"])
-    for event in pieces:
-        for sink in sinks:
-            sink.handle(event)
-    for sink in sinks:
-        sink.close()
-    assert (tmp_path / "transcript.txt").read_text() == (
-        "[00:00:01] Rose: The rota is done (Sam did it.)\n[00:00:02] Rose: Next, the dishwasher.\n"
-    )
