@@ -11,6 +11,6 @@ ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "st.", "prof.", "vs.", "
 
 
 def ends_sentence(text: str) -> bool:
-    """Whether `text` (a word, or a line) ends a sentence: closing punctuation, and not a title or
-    abbreviation on its own ("Dr.")."""
-    return bool(SENTENCE_END.search(text)) and text.strip().lower() not in ABBREVIATIONS
+    """Whether `text` (a word, or a line; trailing spaces aside) ends a sentence: closing punctuation,
+    and not a title or abbreviation on its own ("Dr.")."""
+    return bool(SENTENCE_END.search(text.rstrip())) and text.strip().lower() not in ABBREVIATIONS

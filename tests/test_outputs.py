@@ -69,4 +69,3 @@ def test_model_output_cleanup() -> None:
     assert whole_sentences("Ships in April. Maria owns the") == "Ships in April."
     assert whole_sentences("No full stop at all") == "No full stop at all"
     assert whole_sentences('He said "done."') == 'He said "done."'
-

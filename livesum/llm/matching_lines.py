@@ -63,11 +63,11 @@ def sentence_run(segments: Sequence[Segment], first: int, last: int) -> tuple[in
     """The run of lines `first`..`last` grown at each end (by MAX_SENTENCE_LINES at most) until it starts
     after a sentence end and ends on one."""
     for _ in range(MAX_SENTENCE_LINES):
-        if first == 0 or ends_sentence(segments[first - 1].text.rstrip()):
+        if first == 0 or ends_sentence(segments[first - 1].text):
             break
         first -= 1
     for _ in range(MAX_SENTENCE_LINES):
-        if last == len(segments) - 1 or ends_sentence(segments[last].text.rstrip()):
+        if last == len(segments) - 1 or ends_sentence(segments[last].text):
             break
         last += 1
     return first, last

@@ -41,7 +41,7 @@ def continues(line: Segment, segment: Segment) -> bool:
     """
     return (
         segment.speaker == line.speaker
-        and not ends_sentence(line.text.rstrip())
+        and not ends_sentence(line.text)
         and segment.start - line.end <= LINE_GAP_SECONDS
         and len(line.text) + len(segment.text) < LINE_MAX_CHARS
     )
@@ -101,7 +101,7 @@ class TranscriptWriter:
         else:
             self._write_line()
             self.line = event
-        if ends_sentence(self.line.text.rstrip()):
+        if ends_sentence(self.line.text):
             self._write_line()
 
     def _write_line(self) -> None:
