@@ -74,15 +74,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PromptMemo:
-    """The cache entries of the last fork prompt run behind the live cache as it is now (`epoch`).
+    """The cache entries of the last fork prompt run behind the live cache as it is now.
 
     At the end of a meeting a dozen questions and the notes' forks all start with the same earlier
     summaries; each prompt's entries depend only on the live cache and the tokens before them (causal
     attention), so a fork whose prompt shares a prefix with this one copies those entries instead of
-    running them again. Dropped whenever the live cache changes, so it holds memory only between feeds.
+    running them again. Dropped whenever the live cache changes (`StreamingEngine.ingested`), so it holds
+    memory only between feeds and never outlives the cache it was run over.
     """
 
-    epoch: int
     mark: int  # the live length the prompt sits behind
     tokens: tuple[int, ...]
     entries: list  # SinkCache.save_tail(mark) right after the prompt ran
@@ -321,13 +321,13 @@ class StreamingEngine:
         """Keep the entries of a fork's prompt, just run behind `mark` in `cache` (the live one or a snapshot
         of it), for the next fork over the same live cache (`reuse_prompt`)."""
         if epoch == self.epoch and len(prompt) >= MIN_REUSED_PROMPT and cache.length == mark + len(prompt):
-            self.prompt_memo = PromptMemo(epoch, mark, tuple(prompt), cache.save_tail(mark))
+            self.prompt_memo = PromptMemo(mark, tuple(prompt), cache.save_tail(mark))
 
     def reuse_prompt(self, cache: SinkCache, mark: int, prompt: Sequence[int]) -> int:
         """Copy the entries of the leading tokens `prompt` shares with the remembered one into `cache` behind
         `mark` (where it sits behind the same live cache), and say how many: those need no forward."""
         memo = self.prompt_memo
-        if memo is None or memo.epoch != self.epoch or memo.mark != mark or cache.length != mark:
+        if memo is None or memo.mark != mark:
             return 0
         count = memo.shared(prompt)
         if count < MIN_REUSED_PROMPT:
