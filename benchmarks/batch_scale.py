@@ -2,8 +2,8 @@
 2 workers, and what Ray costs against running the same recordings in one process.
 
 Makes N recordings of M minutes (the meetings of samples/meetings/*.toml spoken by espeak-ng and
-joined, each recording starting at another meeting), then runs the same `livesum batch` command line three times, each
-into a fresh --out, timing the whole command (start, model loading, every recording, exit):
+joined, each recording starting at another meeting), then runs the same `livesum batch` command line in three
+ways, each run into a fresh --out, timing the whole command (start, model loading, every recording, exit):
 
 - local: no Ray, one process, recordings one after another (torch and CTranslate2 on all cores);
 - ray-1: a one-node Ray cluster with the machine's CPUs (tests/ray_cluster.py: its own network
@@ -11,10 +11,16 @@ into a fresh --out, timing the whole command (start, model loading, every record
 - ray-2: the same cluster, two workers with half the CPUs each.
 
 Ray's overhead is ray-1 against local, end to end and per recording (the sum of the rows'
-wall_seconds, which leaves out start and model loading). The machine may be shared with other jobs:
-the JSON records the load average before and after each run.
+wall_seconds, which leaves out start and model loading). The same work on this machine drifts by
+20% or more over a quarter of an hour, more than the effect measured, so local and ray-1 run
+interleaved in rounds that mirror each other (local, ray-1, ray-1, local, ...): a drift that is
+steady over the runs costs both the same. The overhead is the mean of ray-1 over the mean of local,
+and each round's pair is reported too. The cluster runs only for the Ray runs (its idle daemons are
+part of what Ray costs, not of the local runs); it is started before them and left to settle for
+`--settle` seconds, as a user's cluster is up before a batch. The JSON records the load average
+before and after each run.
 
-    .venv/bin/python benchmarks/batch_scale.py --recordings 4 --minutes 5 --json docs/batch_scale.json
+    .venv/bin/python benchmarks/batch_scale.py --recordings 2 --minutes 5 --rounds 2 --json docs/batch_scale.json
 """
 
 from __future__ import annotations
@@ -79,10 +85,24 @@ def run_batch(command: list[str], out: Path) -> dict:
     }
 
 
+def run_order(rounds: int) -> list[str]:
+    """local and ray-1 in mirrored rounds (local, ray-1 | ray-1, local | ...), then ray-2 once."""
+    order: list[str] = []
+    for index in range(rounds):
+        order += ["local", "ray-1"] if index % 2 == 0 else ["ray-1", "local"]
+    return order + ["ray-2"]
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recordings", type=int, default=4)
+    parser.add_argument("--recordings", type=int, default=2)
     parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2, help="pairs of local and ray-1 runs, in mirrored order")
+    parser.add_argument("--settle", type=float, default=20.0, help="seconds a new cluster idles before its first run")
     parser.add_argument("--config", default=str(REPO / "configs" / "cpu.toml"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/livesum-batch-scale"))
     parser.add_argument("--json", type=Path, default=None)
@@ -93,26 +113,42 @@ def main() -> None:
     def command(out: Path, *extra: str) -> list[str]:
         return [sys.executable, "-m", "livesum.cli", "batch", *map(str, recordings), "--out", str(out), "-c", args.config, "-q", *extra]
 
-    results: dict[str, dict] = {}
-    out = args.work / "local"
-    results["local"] = run_batch(command(out), out)
-    print("local", results["local"], flush=True)
-    cluster = RayCluster()
+    runs: dict[str, list[dict]] = {"local": [], "ray-1": [], "ray-2": []}
+    cluster: RayCluster | None = None
     try:
-        cluster.start(head_cpus=cpus)
-        for name, workers in (("ray-1", 1), ("ray-2", 2)):
+        for name in run_order(args.rounds):
             out = args.work / name
-            extra = ["--ray", cluster.gcs_address, "--workers", str(workers), "--set", f"batch.cpus_per_worker={cpus // workers}"]
-            results[name] = run_batch(cluster.in_cluster_net(command(out, *extra)), out)
-            print(name, results[name], flush=True)
+            if name == "local":
+                if cluster is not None:
+                    cluster.stop()
+                    cluster = None
+                result = run_batch(command(out), out)
+            else:
+                if cluster is None:
+                    cluster = RayCluster()
+                    cluster.start(head_cpus=cpus)
+                    time.sleep(args.settle)
+                workers = int(name.split("-")[1])
+                extra = ["--ray", cluster.gcs_address, "--workers", str(workers), "--set", f"batch.cpus_per_worker={cpus // workers}"]
+                result = run_batch(cluster.in_cluster_net(command(out, *extra)), out)
+            runs[name].append(result)
+            print(name, result, flush=True)
     finally:
-        cluster.stop()
-    local, ray_one = results["local"], results["ray-1"]
+        if cluster is not None:
+            cluster.stop()
+    local, ray_one = runs["local"], runs["ray-1"]
+
+    def overhead(key: str) -> float:
+        return round(mean([run[key] for run in ray_one]) / mean([run[key] for run in local]) - 1, 3)
+
     summary = {
         "recordings": len(recordings), "minutes_each": args.minutes, "config": Path(args.config).name, "cpus": cpus,
-        "results": results,
-        "ray_overhead_end_to_end": round(ray_one["wall_seconds"] / local["wall_seconds"] - 1, 3),
-        "ray_overhead_per_recording": round(ray_one["recording_wall_seconds"] / local["recording_wall_seconds"] - 1, 3),
+        "order": run_order(args.rounds), "runs": runs,
+        "ray_overhead_end_to_end": overhead("wall_seconds"),
+        "ray_overhead_per_recording": overhead("recording_wall_seconds"),
+        "ray_overhead_end_to_end_per_round": [round(ray["wall_seconds"] / loc["wall_seconds"] - 1, 3) for loc, ray in zip(local, ray_one)],
+        "audio_hours_per_wall_hour": {name: round(mean([run["audio_hours_per_wall_hour"] for run in done]), 2)
+                                      for name, done in runs.items() if done},
     }
     print(json.dumps(summary, indent=2))
     if args.json:
