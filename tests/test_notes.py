@@ -13,6 +13,7 @@ from livesum.llm.minutes import (
     locate_said,
     merge,
     names_in,
+    negation_unsaid,
     not_echo,
     owner_of,
     parse_items,
@@ -110,6 +111,26 @@ def test_i_is_whoever_said_it_when_speakers_are_known() -> None:
     assert owner_of("me", {"Anna"}) is None and owner_of("Anna Smith", {"Anna"}) == "Anna"
     assert owner_of("Speaker 2", {"Speaker 1", "Speaker 2", "Anna"}) == "Speaker 2"  # a diarizer's labels
     assert owner_of("Speaker 3", {"Speaker 1", "Speaker 2"}) is None
+
+
+def test_an_item_that_denies_what_was_said_without_denial_is_dropped() -> None:
+    said = segments(["Should we launch the summer menu on the fifteenth of May?",
+                     "No, not before the new fridge arrives. We launch it on the first of June.",
+                     "Sam, the weekend rota is next.",
+                     "I'll redo the weekend rota and put it up by Friday."])
+    items = parse_items('[{"kind": "decision", "text": "We will not launch the summer menu on the fifteenth of May"},'
+                        ' {"kind": "decision", "text": "We will launch the summer menu on the first of June"},'
+                        ' {"kind": "action", "text": "We will not redo the weekend rota", "owner": "Sam"},'
+                        ' {"kind": "action", "text": "Redo the weekend rota by Friday", "owner": "Sam"}]')
+    kept = ground(items, said, names_in(said))
+    # the first "not" was said ("No, not before..."); nothing near the rota turns it down
+    assert [item.text for item in kept] == ["We will not launch the summer menu on the fifteenth of May",
+                                            "We will launch the summer menu on the first of June", "Redo the weekend rota by Friday"]
+    assert negation_unsaid("We won't redo the rota", said, said[3].start)
+    assert not negation_unsaid("We'll redo the rota", said, said[3].start)  # nothing denied: nothing to check
+    assert not negation_unsaid("We will not redo the rota, Sam puts it up instead", said, said[3].start)  # says what instead
+    # placed at the wrong line, but where its words were said, something was turned down
+    assert not negation_unsaid("We will not launch on the fifteenth", said, said[2].start)
 
 
 def test_a_paraphrased_quote_is_placed_where_the_item_words_were_said() -> None:

@@ -217,6 +217,12 @@ def owner_of(owner: str | None, names: set[str], speaker: str | None = None) -> 
 
 
 STRETCH = 3  # a quote may run over up to this many segments
+CLAUSE_BREAK = re.compile(r"[,;]|\bbut\b|\binstead\b", re.IGNORECASE)
+NEGATED = re.compile(r"\b(?:not|never|no longer|cannot)\b|n't\b", re.IGNORECASE)
+# How people turn a thing down, next to where an item was said: "No, not before the fridge", "we forget
+# the smoothies", "rather not", "skip it". Broad on purpose: it only has to be absent for an item to go.
+TURNED_DOWN = re.compile(r"\b(?:no|not|never|nope|none|nothing|neither|nor|without|instead|rather|forget|"
+                         r"drop|dropped|skip|scrap|cancel|cancelled|postpone|postponed)\b|n't\b", re.IGNORECASE)
 
 
 def _best_stretch(count: int, score: Callable[[int], float]) -> tuple[float, int]:
@@ -248,6 +254,11 @@ def content_words(text: str) -> list[str]:
     return [word for word in CONTENT_WORD.findall(text.lower()) if word not in FUNCTION_WORDS]
 
 
+def said_share(wanted: set[str], heard: set[str]) -> float:
+    """The share of `wanted` content words in `heard`, a word counting when said nearly alike ("fridays")."""
+    return sum(1 for word in wanted if word in heard or any(fuzz.ratio(word, h) >= 85 for h in heard)) / len(wanted)
+
+
 def locate_said(text: str, segments: Sequence[Segment]) -> tuple[float, str] | None:
     """(stream time, what was said) of the stretch of up to three segments that holds most of the
     item's content words, when at least TEXT_MIN_WORDS_SAID of them (and two or more) were said there.
@@ -257,11 +268,7 @@ def locate_said(text: str, segments: Sequence[Segment]) -> tuple[float, str] | N
         return None
     words = [set(content_words(segment.text)) for segment in segments]  # once per segment, not per stretch
 
-    def share(index: int) -> float:
-        heard = set().union(*words[index : index + STRETCH])
-        return sum(1 for word in wanted if word in heard or any(fuzz.ratio(word, h) >= 85 for h in heard)) / len(wanted)
-
-    best_share, best_index = _best_stretch(len(words), share)
+    best_share, best_index = _best_stretch(len(words), lambda index: said_share(wanted, set().union(*words[index : index + STRETCH])))
     if best_share < TEXT_MIN_WORDS_SAID:
         return None
     holder = segments[max(range(best_index, min(best_index + STRETCH, len(words))), key=lambda j: len(wanted & words[j]))]
@@ -281,12 +288,29 @@ def mentioned(text: str, segments: Sequence[Segment]) -> Segment | None:
     return segments[max(range(len(segments)), key=lambda index: len(wanted & words[index]))]
 
 
+def negation_unsaid(text: str, segments: Sequence[Segment], at: float) -> bool:
+    """Whether an item only denies ("we will not redo the rota") what the meeting said without denial
+    ("I'll redo the rota"): every clause of it is negated, and nothing turns anything down in the segment
+    it was placed at, in any segment that says half its words or more, or in the segment after each
+    (where "No, not before the fridge" answers). Greedy decoding copies the first item's "we will not"
+    into the next ones, and each copy turns a decision into its opposite; an item that also says what
+    comes instead ("not the blender, iced tea instead") keeps its positive part and is not checked."""
+    clauses = [clause for clause in CLAUSE_BREAK.split(text) if clause.strip()]
+    if not clauses or not all(NEGATED.search(clause) for clause in clauses):
+        return False
+    wanted = set(content_words(text))
+    places = [i for i, segment in enumerate(segments) if segment.start == at
+              or (wanted and said_share(wanted, set(content_words(segment.text))) >= 0.5)]
+    return bool(places) and not any(TURNED_DOWN.search(segment.text) for i in places for segment in segments[i : i + 2])
+
+
 def ground(items: Iterable[ExtractedItem], segments: Sequence[Segment], names: set[str],
            instruction: str = "") -> list[Decision | ActionItem]:
     """Keep the items the meeting spoke of: at least half of their own words said somewhere (`mentioned`);
     drop the others (invented, whatever quote comes with them) and those that only repeat an example of
     the `instruction`. An item is placed by its evidence quote when found, else by where its words were
-    said together, else by the segment that says most of them (the evidence is then what was said there).
+    said together, else by the segment that says most of them (the evidence is then what was said there);
+    an item that only denies, where nothing said near its words denies anything, is dropped (`negation_unsaid`).
     The owner must be a person of the meeting, else the item is kept unassigned (`owner_of`)."""
     kept: list[Decision | ActionItem] = []
     examples = [quote.lower() for quote in EXAMPLE.findall(instruction)]
@@ -301,6 +325,8 @@ def ground(items: Iterable[ExtractedItem], segments: Sequence[Segment], names: s
             at, item = said[0], item.model_copy(update={"evidence": said[1]})
         if at is None:
             at, item = holder.start, item.model_copy(update={"evidence": holder.text.strip()})
+        if negation_unsaid(item.text, segments, at):
+            continue
         if item.kind == "decision":
             kept.append(Decision(text=item.text, evidence=item.evidence, at=at))
         else:
