@@ -414,6 +414,31 @@ def test_structured_output_is_decoded_without_the_prose_penalties_but_whole_loop
     assert len(runs) == len(set(runs))
 
 
+def test_a_structured_fork_stops_at_an_item_that_repeats_an_earlier_one() -> None:
+    """Greedy decoding falls into near-copies of one item until the token limit ("a 15-year guarantee",
+    "a 14-year guarantee"...): the fork ends as the first copy closes, its answer without it, and the
+    live cache is as before. The model's picks are scripted; the forwards are real."""
+    engine = tiny_engine(static_decode="off")
+    engine.feed(TEXT)
+    before = snapshot(engine)
+    first_two = '[{"text": "Tom calls the roaster"}, {"text": "Priya writes the recipe"}'
+    copy = ', {"text": "Tom calls the roasters"}'
+    script = engine.encode(first_two + copy + ', {"text": "Sam redoes the rota"}]') + [min(engine.stop_ids)]
+    picked: list[int] = []
+
+    def scripted(answer: list[int], logits: torch.Tensor, processors=None) -> int:
+        picked.append(len(answer))
+        return script[len(answer)]
+
+    engine.pick = scripted
+    assert engine.complete("List the items as JSON.", 200, structured=True) == first_two
+    assert max(picked) + 1 == len(engine.encode(first_two + copy))  # no token picked after the copy closed
+    assert all(torch.equal(a, b) for a, b in zip(before, snapshot(engine)))
+    picked.clear()
+    assert engine.complete("List the items as JSON.", 200) == engine.decode(script)  # prose forks are not cut
+    assert max(picked) + 1 == len(script)
+
+
 def test_fork_longer_than_the_free_room_is_cut_to_fit_and_nothing_reallocates() -> None:
     engine = tiny_engine(fork_room=64, max_summary_tokens=12, max_answer_tokens=10)
     engine.feed(TEXT * 2)

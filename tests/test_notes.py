@@ -18,7 +18,7 @@ from livesum.llm.minutes import (
     owner_of,
     parse_items,
 )
-from livesum.llm.notes import whole_sentences
+from livesum.llm.notes import cut_at_repeat, whole_sentences
 
 TRANSCRIPT = [
     "Morning everyone, how was the weekend? Good, we went hiking near the lake.",
@@ -131,6 +131,18 @@ def test_an_item_that_denies_what_was_said_without_denial_is_dropped() -> None:
     assert not negation_unsaid("We will not redo the rota, Sam puts it up instead", said, said[3].start)  # says what instead
     # placed at the wrong line, but where its words were said, something was turned down
     assert not negation_unsaid("We will not launch on the fifteenth", said, said[2].start)
+
+
+def test_a_list_is_cut_before_an_item_that_nearly_repeats_an_earlier_one() -> None:
+    looping = ('[{"text": "The quote includes the scaffolding and a 15-year guarantee."}, {"text": "The fire door is done."}, '
+               '{"text": "The quote includes the scaffolding and a 14-year guarantee."}, {"text": "The fire door is done."}]')
+    assert cut_at_repeat(looping) == looping[: looping.index(', {"text": "The quote includes the scaffolding and a 14')]
+    # alike keys, owners and dates do not make two tasks one; the same task for another owner does
+    tasks = ('[{"owner": "Claire", "text": "ask the kitchen", "due": "next week"}, '
+             '{"owner": "Claire", "text": "ask the PTA", "due": "next week"}]')
+    assert cut_at_repeat(tasks) is None
+    assert cut_at_repeat(tasks[:-1] + ', {"owner": "Ade", "text": "Ask the kitchen.", "due": null}]') == tasks[:-1]
+    assert cut_at_repeat("[]") is None and cut_at_repeat('[{"text": "cut off') is None
 
 
 def test_a_paraphrased_quote_is_placed_where_the_item_words_were_said() -> None:

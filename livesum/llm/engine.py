@@ -41,6 +41,7 @@ import torch
 from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, PreTrainedModel, RepetitionPenaltyLogitsProcessor
 
 from livesum.config import EngineConfig
+from livesum.llm.notes import cut_at_repeat
 from livesum.llm.sink_cache import SinkCache, attention_masks
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -497,6 +498,7 @@ class ForkRun:
         self.limit = 0
         self.prompted = 0
         self.answer: list[int] = []
+        self.cut: str | None = None  # a structured answer cut before an item that repeats an earlier one
         self.draft_tokens = 0  # drafts the next step may check (the LM service sets it for one step)
         self.drafted: list[int] = []  # the drafts the current step runs behind the answer's last token
 
@@ -554,7 +556,7 @@ class ForkRun:
             if token in engine.stop_ids:
                 return self._finish()
             self.answer.append(token)
-            if len(self.answer) >= self.limit:
+            if len(self.answer) >= self.limit or self._repeating(token):
                 self._tell()
                 return self._finish()
             if index == len(drafted) or token != drafted[index]:
@@ -563,6 +565,14 @@ class ForkRun:
             self.cache.truncate(self.cache.length - len(drafted) + index)
         self._tell()
         return False
+
+    def _repeating(self, token: int) -> bool:
+        """A structured answer whose item just closed repeats an earlier one: a loop of near-copies that
+        would run to the token limit (`cut_at_repeat`). The answer ends before that item."""
+        if not self.structured or "}" not in self.engine.decode([token]):
+            return False
+        self.cut = cut_at_repeat(self.engine.decode(self.answer))
+        return self.cut is not None
 
     def _tell(self) -> None:
         if self.on_text is not None:
@@ -573,7 +583,7 @@ class ForkRun:
 
     def _finish(self) -> bool:
         self.cache.truncate(self.mark)
-        self.result = self.engine.decode(self.answer)
+        self.result = self.cut if self.cut is not None else self.engine.decode(self.answer)
         self.mark = None
         if not self.live:
             self.cache = None
