@@ -171,7 +171,8 @@ def replay(out: Path) -> tuple[list[dict], dict] | None:
     """The notes stages after the model (parse, ground, merge: livesum.llm.minutes) run again on the model
     outputs a run recorded in notes_trace.json, with the segments it had at each round: what a change to
     those stages does, without running the model. An output is first cut where today's engine would have
-    stopped the fork (at an object that repeats an earlier one: greedy decoding writes the same prefix). (trace rounds, {"decisions": [...], "action_items": [...]})"""
+    stopped its fork (`cut_at_repeat`: greedy decoding writes the same prefix either way).
+    (trace rounds, {"decisions": [...], "action_items": [...]})"""
     trace_path = out / "notes_trace.json"
     if not trace_path.exists():
         return None
@@ -191,7 +192,6 @@ def replay(out: Path) -> tuple[list[dict], dict] | None:
             minutes.on_segment(segments[given])
             given += 1
         minutes.extraction_requests(pair[0]["until"])
-        # what the engine writes now: a fork stops at the first object that repeats an earlier one
         minutes.take_extractions([cut_at_repeat(r["raw"]) or r["raw"] for r in pair], pair[0]["since"])
     items = {"decisions": [item.model_dump() for item in minutes.decisions()],
              "action_items": [item.model_dump() for item in minutes.action_items()]}

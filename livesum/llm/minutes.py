@@ -29,7 +29,7 @@ from rapidfuzz.utils import default_process
 from livesum.config import Settings
 from livesum.events import ActionItem, Answer, Decision, Notes, Segment, Summary
 from livesum.llm.engine import SUMMARY_INSTRUCTION, ForkRequest
-from livesum.llm.notes import bullet_lines, first_line, whole_sentences
+from livesum.llm.notes import JSON_OBJECT, bullet_lines, first_line, whole_sentences
 from livesum.llm.matching_lines import relevant_segments
 
 # Two focused forks, not one: asked for decisions and tasks in one array, Qwen2.5-Coder-1.5B listed one
@@ -92,7 +92,6 @@ NOT_NAMES = {
     "Remember", "Honest", "Sounds", "Great", "Yep", "Nope", "Ok", "Um", "Uh", "Hmm", "Right", "Mind", "Speaking",
 }
 PRONOUN_OWNERS = {"i", "me", "myself", "i'll", "i will"}
-OBJECT = re.compile(r"\{[^{}]*\}", re.DOTALL)
 EXAMPLE = re.compile(r'"([^"]{3,60})"')  # quoted examples in an instruction, which small models copy as items
 CAPITALIZED = re.compile(r"\b[A-Z][a-z]+\b")
 MID_SENTENCE_NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+)\b")
@@ -157,7 +156,7 @@ def parse_items(output: str, kind: str | None = None) -> list[ExtractedItem]:
     code fences, prose around the JSON, single quotes, a trailing comma, an array cut off by the
     token limit (its whole objects are kept)."""
     items: list[ExtractedItem] = []
-    for raw in OBJECT.findall(output):
+    for raw in JSON_OBJECT.findall(output):
         data = _loads(raw)
         if not isinstance(data, dict):
             continue
