@@ -47,6 +47,8 @@ from pathlib import Path
 
 from rapidfuzz import fuzz
 
+from livesum.llm.notes import JSON_OBJECT, cut_at_repeat
+
 REPO = Path(__file__).resolve().parent.parent
 MEETINGS = REPO / "samples" / "meetings"
 TEXT_MATCH_SCORE = 60.0
@@ -152,7 +154,7 @@ def funnel(script: dict, rounds: list[dict], notes: dict) -> dict[str, dict[str,
         expected = script.get(key, [])
         stages: dict[str, tuple[int, int, int]] = {}
         mine = [r for r in rounds if r["kind"] == kind]
-        written = sum(len(re.findall(r"\{[^{}]*\}", r["raw"])) or len(re.findall(r"(?m)^\s*(?:[-*]|\d+[.)])\s+\S", r["raw"]))
+        written = sum(len(JSON_OBJECT.findall(r["raw"])) or len(re.findall(r"(?m)^\s*(?:[-*]|\d+[.)])\s+\S", r["raw"]))
                       for r in mine)
         stages["written"] = (0, 0, written)
         for stage in ("parsed", "grounded"):
@@ -179,7 +181,6 @@ def replay(out: Path) -> tuple[list[dict], dict] | None:
     from livesum.config import Settings
     from livesum.events import Segment
     from livesum.llm.minutes import MeetingMinutes
-    from livesum.llm.notes import cut_at_repeat
 
     rounds = json.loads(trace_path.read_text())
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
