@@ -6,17 +6,23 @@ the usual 0.25 s collar, and missed speech, false alarm and confusion are report
 false alarm come mostly from Whisper's word timings; confusion is the diarizer's own share).
 
 Data (docs/diarization.md says which informed the defaults):
-- the synthesized meetings of samples/meetings and samples/meeting_script.toml (espeak-ng voices),
-  reference from make_meeting.py's turn times, cut at the silences inside each turn;
+- the synthesized meetings of samples/meetings and samples/meeting_script.toml, reference from
+  make_meeting.py's turn times, cut at the silences inside each turn; spoken by espeak-ng (several
+  of its "people" share one voice, so DER is also scored against the voices it really used) or,
+  with `--synth festival`, by festival's three English voices shifted in pitch, one per person;
 - real read speech of different people joined into a conversation (turns alternate, 0.5 s apart):
   `two_readers` = samples/two_readers.flac (LibriVox reader + the pocketsphinx "cards" speaker; the
   tests use it), and held out from tests and tuning, from Debian packages: `alsa_and_digits` (the
   alsa-utils channel-test voice + the pocketsphinx goforward/numbers/something speaker) and
-  `three_readers` (LibriVox + alsa + goforward speaker).
+  `three_readers` (LibriVox + alsa + goforward speaker);
+- `phone_call`, held out: the 30 s of a real telephone conversation (two women, some overlap) with
+  its RTTM that the pyannote.audio wheel ships as its sample (MIT); fetched once from PyPI with
+  `pip download` into ~/.cache/livesum/benchmarks.
 
     python benchmarks/diarization.py                       # every recording, file (batch) policy
     python benchmarks/diarization.py --policy streaming --only cafe_supplier two_readers
     python benchmarks/diarization.py --json out.json --asr-model tiny.en
+    python benchmarks/diarization.py --synth festival --only cafe_supplier housing_coop
 
 Speed is the time spent in the diarizer (CAM++ windows and the assignment) over the audio duration;
 peak RSS is the whole process (Whisper included) and the diarizer's own load is reported apart.
@@ -55,12 +61,16 @@ LIBRIVOX = [POCKETSPHINX / "librivox" / f"sense_and_sensibility_01_austen_64kb-{
 CARDS = [POCKETSPHINX / "cards" / f"00{n}.wav" for n in range(1, 6)]
 ALSA_VOICE = [ALSA / f"{name}.wav" for name in ("Front_Center", "Front_Left", "Front_Right", "Rear_Center", "Rear_Left", "Rear_Right", "Side_Left", "Side_Right")]
 DIGITS = [POCKETSPHINX / f"{name}.raw" for name in ("goforward", "numbers", "something")]
-MEETINGS = ["cafe_supplier", "garden_committee", "incident_review", "school_trip", "housing_coop", "meeting_script"]
+MEETINGS = ["cafe_supplier", "garden_committee", "incident_review", "school_trip", "housing_coop", "meeting_script",
+            "football_club", "theatre_production", "vet_practice"]
 CONVERSATIONS = {
     "two_readers": None,  # samples/two_readers.flac + .rttm
     "alsa_and_digits": [("alsa", ALSA_VOICE[:4]), ("digits", DIGITS)],
     "three_readers": [("librivox", LIBRIVOX[:3]), ("alsa", ALSA_VOICE[4:]), ("digits", DIGITS)],
+    "phone_call": None,  # pyannote.audio's sample
 }
+PYANNOTE_WHEEL = "pyannote.audio==4.0.7"
+PHONE_CALL = Path.home() / ".cache" / "livesum" / "benchmarks" / "phone_call"
 
 
 # -- data ---------------------------------------------------------------------------------------------
@@ -118,6 +128,21 @@ def make_sample() -> None:
     write_rttm(reference, "two_readers", REPO / "samples" / "two_readers.rttm")
 
 
+def phone_call() -> tuple[Path, list[tuple[float, float, str]]]:
+    """pyannote.audio's sample conversation and its reference, taken out of the wheel on first use."""
+    wav, rttm = PHONE_CALL / "sample.wav", PHONE_CALL / "sample.rttm"
+    if not (wav.is_file() and rttm.is_file()):
+        import zipfile
+
+        PHONE_CALL.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, PYANNOTE_WHEEL], check=True)
+            with zipfile.ZipFile(next(Path(tmp).glob("pyannote_audio-*.whl"))) as wheel:
+                for target in (wav, rttm):
+                    target.write_bytes(wheel.read(f"pyannote/audio/sample/{target.name}"))
+    return wav, read_rttm(rttm)
+
+
 def write_rttm(reference: list[tuple[float, float, str]], name: str, path: Path) -> None:
     path.write_text("".join(f"SPEAKER {name} 1 {a:.3f} {b - a:.3f} <NA> <NA> {s} <NA> <NA>\n" for a, b, s in reference))
 
@@ -142,27 +167,33 @@ def espeak_timbre(voice: str, workdir: Path) -> str:
     return "default" if probe[0] == probe[1] else variant
 
 
-def meeting(name: str, workdir: Path) -> tuple[Path, list[tuple[float, float, str]], dict[str, str]]:
+def meeting(name: str, workdir: Path, synth: str) -> tuple[Path, list[tuple[float, float, str]], dict[str, str]]:
     from make_meeting import synthesize_meeting
 
     script = REPO / "samples" / ("meeting_script.toml" if name == "meeting_script" else f"meetings/{name}.toml")
-    info = synthesize_meeting(script, workdir / f"{name}.wav")
+    info = synthesize_meeting(script, workdir / f"{name}.wav", synth=synth)
     audio = read_audio(Path(info.audio_path))
     reference = []
     for turn in info.turns:
         lo, hi = int(turn.start * RATE), int(turn.end * RATE)
         reference += [(a, b, turn.name) for a, b in speech_runs(audio[lo:hi], turn.start, relative=0.02)]
-    timbres = {speaker["name"]: "voice " + espeak_timbre(speaker["voice"], workdir) for speaker in info.speakers}
+    if synth == "festival":  # each person their own (voice, pitch, tempo), as make_meeting.py chose
+        timbres = {speaker["name"]: json.dumps(speaker["festival"], sort_keys=True) for speaker in info.speakers}
+    else:
+        timbres = {speaker["name"]: "voice " + espeak_timbre(speaker["voice"], workdir) for speaker in info.speakers}
     return Path(info.audio_path), reference, timbres
 
 
-def recording(name: str, workdir: Path) -> tuple[Path, list[tuple[float, float, str]], dict[str, str]]:
+def recording(name: str, workdir: Path, synth: str = "espeak") -> tuple[Path, list[tuple[float, float, str]], dict[str, str]]:
     """(audio, reference, speaker -> distinguishable voice); real people are each their own voice."""
     if name in MEETINGS:
-        return meeting(name, workdir)
+        return meeting(name, workdir, synth)
     if name == "two_readers":
         reference = read_rttm(REPO / "samples" / "two_readers.rttm")
         return REPO / "samples" / "two_readers.flac", reference, {s: s for _, _, s in reference}
+    if name == "phone_call":
+        path, reference = phone_call()
+        return path, reference, {s: s for _, _, s in reference}
     out = workdir / f"{name}.wav"
     reference = assemble(alternate(CONVERSATIONS[name]), out)
     return out, reference, {s: s for _, _, s in reference}
@@ -316,6 +347,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="diarization tunables, e.g. --set threshold=0.5")
     parser.add_argument("--speakers", type=int, default=None, help="the --speakers hint")
     parser.add_argument("--json", type=Path, help="write the scores here")
+    parser.add_argument("--synth", choices=["espeak", "festival"], default="espeak", help="who speaks the synthesized meetings")
     parser.add_argument("--cache", type=Path, help="keep Whisper's segments here and replay them on later runs (tuning)")
     parser.add_argument("--make-sample", action="store_true", help="(re)write samples/two_readers.flac and .rttm, then exit")
     args = parser.parse_args()
@@ -335,8 +367,9 @@ def main() -> None:
     scores = []
     with tempfile.TemporaryDirectory(prefix="diarization-") as tmp:
         for name in names:
-            path, reference, voices_of = recording(name, Path(tmp))
-            cache = args.cache / f"{name}.{args.policy}.{args.asr_model}.json" if args.cache else None
+            path, reference, voices_of = recording(name, Path(tmp), args.synth)
+            synth = f".{args.synth}" if name in MEETINGS and args.synth != "espeak" else ""
+            cache = args.cache / f"{name}{synth}.{args.policy}.{args.asr_model}.json" if args.cache else None
             cached = None
             if cache is not None and cache.is_file():
                 cached = [Segment.model_validate(item) for item in json.loads(cache.read_text())]
@@ -355,7 +388,7 @@ def main() -> None:
                "peak_rss_mib": round(peak), "diarize_x_audio": round(total_diarizing / total_audio, 4),
                "diarize_cpu_x_audio": round(total_cpu / total_audio, 4), "load_average": round(__import__("os").getloadavg()[0], 1),
                "diarize_seconds": round(total_diarizing, 1), "audio_seconds": round(total_audio, 1), "policy": args.policy,
-               "settings": settings.asr.diarization.model_dump(), "speakers_hint": args.speakers}
+               "synth": args.synth, "settings": settings.asr.diarization.model_dump(), "speakers_hint": args.speakers}
     print(json.dumps(summary))
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "scores": [asdict(s) for s in scores]}, indent=2) + "\n")
