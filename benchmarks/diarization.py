@@ -168,10 +168,15 @@ def espeak_timbre(voice: str, workdir: Path) -> str:
 
 
 def meeting(name: str, workdir: Path, synth: str) -> tuple[Path, list[tuple[float, float, str]], dict[str, str]]:
+    """A synthesized meeting, its reference and voices; kept in `workdir` (the --cache) for later runs."""
     from make_meeting import synthesize_meeting
 
+    wav, kept = workdir / f"{name}.{synth}.wav", workdir / f"{name}.{synth}.reference.json"
+    if wav.is_file() and kept.is_file():
+        saved = json.loads(kept.read_text())
+        return wav, [tuple(span) for span in saved["reference"]], saved["voices"]
     script = REPO / "samples" / ("meeting_script.toml" if name == "meeting_script" else f"meetings/{name}.toml")
-    info = synthesize_meeting(script, workdir / f"{name}.wav", synth=synth)
+    info = synthesize_meeting(script, wav, synth=synth)
     audio = read_audio(Path(info.audio_path))
     reference = []
     for turn in info.turns:
@@ -181,6 +186,7 @@ def meeting(name: str, workdir: Path, synth: str) -> tuple[Path, list[tuple[floa
         timbres = {speaker["name"]: json.dumps(speaker["festival"], sort_keys=True) for speaker in info.speakers}
     else:
         timbres = {speaker["name"]: "voice " + espeak_timbre(speaker["voice"], workdir) for speaker in info.speakers}
+    kept.write_text(json.dumps({"reference": reference, "voices": timbres}))
     return Path(info.audio_path), reference, timbres
 
 
@@ -348,11 +354,13 @@ def main() -> None:
     parser.add_argument("--speakers", type=int, default=None, help="the --speakers hint")
     parser.add_argument("--json", type=Path, help="write the scores here")
     parser.add_argument("--synth", choices=["espeak", "festival"], default="espeak", help="who speaks the synthesized meetings")
-    parser.add_argument("--cache", type=Path, help="keep Whisper's segments here and replay them on later runs (tuning)")
+    parser.add_argument("--cache", type=Path, help="keep the synthesized meetings and Whisper's segments here and replay them on later runs (tuning)")
     parser.add_argument("--make-sample", action="store_true", help="(re)write samples/two_readers.flac and .rttm, then exit")
     args = parser.parse_args()
     if args.make_sample:
         return make_sample()
+    if args.cache:
+        args.cache.mkdir(parents=True, exist_ok=True)
     overrides = {"asr": {"model": args.asr_model, "speakers": args.speakers, "diarize": True,
                          "diarization": dict(item.split("=", 1) for item in args.set)}}
     settings = load_settings(overrides=overrides)
@@ -367,7 +375,7 @@ def main() -> None:
     scores = []
     with tempfile.TemporaryDirectory(prefix="diarization-") as tmp:
         for name in names:
-            path, reference, voices_of = recording(name, Path(tmp), args.synth)
+            path, reference, voices_of = recording(name, args.cache or Path(tmp), args.synth)
             synth = f".{args.synth}" if name in MEETINGS and args.synth != "espeak" else ""
             cache = args.cache / f"{name}{synth}.{args.policy}.{args.asr_model}.json" if args.cache else None
             cached = None
