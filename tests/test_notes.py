@@ -113,6 +113,17 @@ def test_i_is_whoever_said_it_when_speakers_are_known() -> None:
     assert owner_of("Speaker 3", {"Speaker 1", "Speaker 2"}) is None
 
 
+def test_a_task_in_the_first_person_belongs_to_who_said_it() -> None:
+    said = [Segment(final=True, start=0, end=4, text="Can someone book the engineer? Steve does the service.", speaker="Speaker 1"),
+            Segment(final=True, start=5, end=9, text="I'll ring Steve tomorrow.", speaker="Speaker 2")]
+    items = parse_items('[{"kind": "action", "text": "I\'ll ring Steve tomorrow", "owner": "Steve"}]')
+    assert [(item.owner, item.at) for item in ground(items, said, names_in(said))] == [("Speaker 2", 5)]
+    unlabelled = [segment.model_copy(update={"speaker": None}) for segment in said]  # no speakers: the model's owner
+    assert [item.owner for item in ground(items, unlabelled, names_in(unlabelled))] == ["Steve"]
+    assert owner_of("Steve", {"Steve", "Ben"}, "Ben", "Ring Steve tomorrow") == "Steve"  # not first person
+    assert owner_of("Steve", {"Steve", "Ben"}, "Ben", "Item: ring Steve") == "Steve"
+
+
 def test_an_item_that_denies_what_was_said_without_denial_is_dropped() -> None:
     said = segments(["Should we launch the summer menu on the fifteenth of May?",
                      "No, not before the new fridge arrives. We launch it on the first of June.",

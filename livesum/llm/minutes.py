@@ -92,6 +92,7 @@ NOT_NAMES = {
     "Remember", "Honest", "Sounds", "Great", "Yep", "Nope", "Ok", "Um", "Uh", "Hmm", "Right", "Mind", "Speaking",
 }
 PRONOUN_OWNERS = {"i", "me", "myself", "i'll", "i will"}
+FIRST_PERSON = re.compile(r"^\s*I\b")  # a task the model wrote as said: "I'll ring Steve tomorrow"
 EXAMPLE = re.compile(r'"([^"]{3,60})"')  # quoted examples in an instruction, which small models copy as items
 CAPITALIZED = re.compile(r"\b[A-Z][a-z]+\b")
 MID_SENTENCE_NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+)\b")
@@ -197,10 +198,13 @@ def names_in(segments: Iterable[Segment], speakers: Iterable[str] = ()) -> set[s
     return {name for name in found if name not in NOT_NAMES}
 
 
-def owner_of(owner: str | None, names: set[str], speaker: str | None = None) -> str | None:
+def owner_of(owner: str | None, names: set[str], speaker: str | None = None, text: str = "") -> str | None:
     """The person an action item belongs to: the model's owner when it is a person of the meeting;
-    "I"/"me" is whoever said it (when speakers are known); anything else (a company, "the team", a name
-    nobody said) leaves the item unassigned rather than losing it."""
+    "I"/"me", or a task written in the first person ("I'll ring Steve"), is whoever said it when speakers
+    are known (the model often makes a name in the task its owner); anything else (a company, "the team",
+    a name nobody said) leaves the item unassigned rather than losing it."""
+    if speaker and FIRST_PERSON.match(text):
+        return speaker
     if owner is None:
         return None
     if owner.strip().lower() in PRONOUN_OWNERS:
@@ -330,7 +334,7 @@ def ground(items: Iterable[ExtractedItem], segments: Sequence[Segment], names: s
             kept.append(Decision(text=item.text, evidence=item.evidence, at=at))
         else:
             speaker = next((s.speaker for s in segments if s.start == at), None)
-            kept.append(ActionItem(text=item.text, owner=owner_of(item.owner, names, speaker), due=item.due,
+            kept.append(ActionItem(text=item.text, owner=owner_of(item.owner, names, speaker, item.text), due=item.due,
                                    evidence=item.evidence, at=at))
     return kept
 
