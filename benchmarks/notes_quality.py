@@ -78,6 +78,7 @@ class Score:
     actions: tuple[int, int, int] = (0, 0, 0)
     strict: tuple[int, int] = (0, 0)  # decisions, action items matched by item_matches_strictly
     owners: tuple[int, int] = (0, 0)  # right, matched action items
+    owners_by_voice: int = 0  # right when an unnamed diarizer label ("Speaker 2") counts as the person it mostly labels
     questions: tuple[int, int] = (0, 0)  # right, asked
     invented: list[str] = field(default_factory=list)
     llm_busy_seconds: float | None = None  # while the audio streamed: must stay under the audio time to keep up
@@ -277,10 +278,12 @@ def run_meeting(script_path: Path, work: Path, cli_args: list[str], rescore: boo
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{name}: livesum failed: {done.stderr.strip()[-500:]}")
-    return score_notes(script, name, out, replayed)
+    timed = work / f"{stem}.expected.json"  # the turns' times, as synthesized
+    turns = json.loads(timed.read_text())["turns"] if timed.is_file() else []
+    return score_notes(script, name, out, replayed, turns)
 
 
-def score_notes(script: dict, name: str, out: Path, replayed: bool = False) -> Score:
+def score_notes(script: dict, name: str, out: Path, replayed: bool = False, turns: list[dict] | None = None) -> Score:
     """Score the notes a `livesum file --ask ...` run wrote to `out` against the script's annotations;
     `replayed`: its decisions and action items made again from its recorded model outputs (`replay`)."""
     questions = script.get("questions", [])
@@ -300,6 +303,9 @@ def score_notes(script: dict, name: str, out: Path, replayed: bool = False) -> S
     matched = match_items(script.get("action_items", []), notes["action_items"])
     score.actions = (len(matched), len(script.get("action_items", [])), len(notes["action_items"]))
     score.owners = (sum((c.get("owner") or "").lower() == e["owner"].lower() for e, c in matched), len(matched))
+    people = label_people(turns or [], [json.loads(line) for line in lines if '"segment"' in line])
+    score.owners_by_voice = sum((people.get(owner, "") if re.fullmatch(r"Speaker \d+", owner) else owner).lower()
+                                == e["owner"].lower() for e, c in matched for owner in [c.get("owner") or ""])
     score.strict = (len(match_items(script.get("decisions", []), notes["decisions"], item_matches_strictly)),
                     len(match_items(script.get("action_items", []), notes["action_items"], item_matches_strictly)))
     answers = {a["question"]: a["text"] for a in notes["answers"]}
@@ -321,8 +327,28 @@ def score_notes(script: dict, name: str, out: Path, replayed: bool = False) -> S
     return score
 
 
+def label_people(turns: list[dict], events: list[dict]) -> dict[str, str]:
+    """Each speaker label of the run's final segments -> the person whose turns it overlaps most."""
+    overlap: dict[str, dict[str, float]] = {}
+    for event in events:
+        if event.get("type") != "segment" or not event.get("final") or not event.get("speaker"):
+            continue
+        for turn in turns:
+            shared = min(event["end"], turn["end"]) - max(event["start"], turn["start"])
+            if shared > 0:
+                person = overlap.setdefault(event["speaker"], {})
+                person[turn["name"]] = person.get(turn["name"], 0.0) + shared
+    return {label: max(people, key=people.get) for label, people in overlap.items()}
+
+
 def ratio(part: int, whole: int) -> str:
     return f"{part}/{whole} ({100 * part / whole:.0f}%)" if whole else "-"
+
+
+def owners(score: Score) -> str:
+    """Owners right by name, and in brackets by voice where unnamed labels add some."""
+    extra = f" [{score.owners_by_voice} by voice]" if score.owners_by_voice != score.owners[0] else ""
+    return ratio(*score.owners) + extra
 
 
 def table(scores: list[Score]) -> str:
@@ -332,17 +358,18 @@ def table(scores: list[Score]) -> str:
     for s in scores:
         busy = f"{s.llm_busy_seconds / s.audio_seconds:.2f}" if s.llm_busy_seconds is not None and s.audio_seconds else "-"
         rows.append(f"| {s.meeting} | {s.audio_seconds:.0f} | {ratio(s.decisions[0], s.decisions[1])} | {ratio(s.decisions[0], s.decisions[2])} | "
-                    f"{ratio(s.actions[0], s.actions[1])} | {ratio(s.actions[0], s.actions[2])} | {ratio(*s.owners)} | "
+                    f"{ratio(s.actions[0], s.actions[1])} | {ratio(s.actions[0], s.actions[2])} | {owners(s)} | "
                     f"{ratio(*s.questions)} | {', '.join(s.invented) or 0} | {busy} | "
                     f"{f'{s.notes_seconds:.0f}' if s.notes_seconds is not None else '-'} | {f'{s.peak_rss_mib:.0f}' if s.peak_rss_mib else '-'} |")
         total.decisions = tuple(a + b for a, b in zip(total.decisions, s.decisions))
         total.actions = tuple(a + b for a, b in zip(total.actions, s.actions))
         total.owners = tuple(a + b for a, b in zip(total.owners, s.owners))
+        total.owners_by_voice += s.owners_by_voice
         total.questions = tuple(a + b for a, b in zip(total.questions, s.questions))
         total.invented += s.invented
     rows.append(f"| **total** | {sum(s.audio_seconds for s in scores):.0f} | {ratio(total.decisions[0], total.decisions[1])} | "
                 f"{ratio(total.decisions[0], total.decisions[2])} | {ratio(total.actions[0], total.actions[1])} | "
-                f"{ratio(total.actions[0], total.actions[2])} | {ratio(*total.owners)} | {ratio(*total.questions)} | "
+                f"{ratio(total.actions[0], total.actions[2])} | {owners(total)} | {ratio(*total.questions)} | "
                 f"{len(total.invented)} | | | |")
     return "\n".join(rows)
 
