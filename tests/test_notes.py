@@ -120,8 +120,11 @@ def test_a_task_in_the_first_person_belongs_to_who_said_it() -> None:
     assert [(item.owner, item.at) for item in ground(items, said, names_in(said))] == [("Speaker 2", 5)]
     unlabelled = [segment.model_copy(update={"speaker": None}) for segment in said]  # no speakers: the model's owner
     assert [item.owner for item in ground(items, unlabelled, names_in(unlabelled))] == ["Steve"]
-    assert owner_of("Steve", {"Steve", "Ben"}, "Ben", "Ring Steve tomorrow") == "Steve"  # not first person
-    assert owner_of("Steve", {"Steve", "Ben"}, "Ben", "Item: ring Steve") == "Steve"
+    assert owner_of("Steve", {"Steve", "Ben"}, "Ben", "Ring Steve tomorrow", "I'll ring Steve") == "Steve"  # not first person
+    assert owner_of("Steve", {"Steve", "Ben"}, "Ben", "Item: ring Steve", "I'll ring Steve") == "Steve"
+    # The model also turns a request into the first person; the line that asked says no "I": its owner stays.
+    assert owner_of("Liam", {"Liam", "Speaker 1"}, "Speaker 1", "I'll change the templates",
+                    "Liam, could you change the templates?") == "Liam"
 
 
 def test_an_item_that_denies_what_was_said_without_denial_is_dropped() -> None:

@@ -93,6 +93,7 @@ NOT_NAMES = {
 }
 PRONOUN_OWNERS = {"i", "me", "myself", "i'll", "i will"}
 FIRST_PERSON = re.compile(r"^\s*I\b")  # a task the model wrote as said: "I'll ring Steve tomorrow"
+SAYS_I = re.compile(r"\bI\b")  # ...and the line it was placed on is said in the first person too
 EXAMPLE = re.compile(r'"([^"]{3,60})"')  # quoted examples in an instruction, which small models copy as items
 CAPITALIZED = re.compile(r"\b[A-Z][a-z]+\b")
 MID_SENTENCE_NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+)\b")
@@ -198,12 +199,13 @@ def names_in(segments: Iterable[Segment], speakers: Iterable[str] = ()) -> set[s
     return {name for name in found if name not in NOT_NAMES}
 
 
-def owner_of(owner: str | None, names: set[str], speaker: str | None = None, text: str = "") -> str | None:
+def owner_of(owner: str | None, names: set[str], speaker: str | None = None, text: str = "", said: str = "") -> str | None:
     """The person an action item belongs to: the model's owner when it is a person of the meeting;
-    "I"/"me", or a task written in the first person ("I'll ring Steve"), is whoever said it when speakers
-    are known (the model often makes a name in the task its owner); anything else (a company, "the team",
+    "I"/"me" is whoever `said` it when speakers are known, and so is a task written in the first person
+    ("I'll ring Steve") when the line it was said in is too (the model often makes a name in the task its
+    owner, and also rewrites "Liam, could you..." as "I'll..."); anything else (a company, "the team",
     a name nobody said) leaves the item unassigned rather than losing it."""
-    if speaker and FIRST_PERSON.match(text):
+    if speaker and FIRST_PERSON.match(text) and SAYS_I.search(said):
         return speaker
     if owner is None:
         return None
@@ -333,8 +335,9 @@ def ground(items: Iterable[ExtractedItem], segments: Sequence[Segment], names: s
         if item.kind == "decision":
             kept.append(Decision(text=item.text, evidence=item.evidence, at=at))
         else:
-            speaker = next((s.speaker for s in segments if s.start == at), None)
-            kept.append(ActionItem(text=item.text, owner=owner_of(item.owner, names, speaker, item.text), due=item.due,
+            line = next((s for s in segments if s.start == at), None)
+            owner = owner_of(item.owner, names, line.speaker if line else None, item.text, line.text if line else "")
+            kept.append(ActionItem(text=item.text, owner=owner, due=item.due,
                                    evidence=item.evidence, at=at))
     return kept
 
