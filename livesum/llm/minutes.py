@@ -199,13 +199,13 @@ def names_in(segments: Iterable[Segment], speakers: Iterable[str] = ()) -> set[s
     return {name for name in found if name not in NOT_NAMES}
 
 
-def owner_of(owner: str | None, names: set[str], speaker: str | None = None, text: str = "", said: str = "") -> str | None:
+def owner_of(owner: str | None, names: set[str], speaker: str | None = None, text: str = "", line: str = "") -> str | None:
     """The person an action item belongs to: the model's owner when it is a person of the meeting;
-    "I"/"me" is whoever `said` it when speakers are known, and so is a task written in the first person
-    ("I'll ring Steve") when the line it was said in is too (the model often makes a name in the task its
-    owner, and also rewrites "Liam, could you..." as "I'll..."); anything else (a company, "the team",
-    a name nobody said) leaves the item unassigned rather than losing it."""
-    if speaker and FIRST_PERSON.match(text) and SAYS_I.search(said):
+    "I"/"me" is the `speaker` of the line the task was placed on, when speakers are known, and so is a
+    task `text` in the first person ("I'll ring Steve") when that `line` says "I" too (the model often
+    makes a name in the task its owner, and also rewrites "Liam, could you..." as "I'll..."); anything
+    else (a company, "the team", a name nobody said) leaves the item unassigned rather than losing it."""
+    if speaker and FIRST_PERSON.match(text) and SAYS_I.search(line):
         return speaker
     if owner is None:
         return None
