@@ -56,3 +56,13 @@ def test_conflicting_evidence_leaves_the_labels() -> None:
 
 def test_only_diarizer_labels_are_named() -> None:
     assert names_after(said("Caller", "I'm Priya.", 0)) == {}
+
+
+def test_a_word_at_a_sentence_start_is_not_someone_addressed() -> None:
+    # Whisper capitalizes it, and it looks like "Tom, could you...": an answer to it names nobody,
+    # and its evidence must not stand against the voice's real name.
+    yeah = [said("Speaker 1", "Yeah, could you send it round?", 0), said("Speaker 2", "Will do.", 3)]
+    assert names_after(*yeah) == {}
+    tom = [said("Speaker 1", "Tom, could you ring the roaster?", 10), said("Speaker 2", "Sure, first thing.", 13),
+           said("Speaker 1", "And the rota, Tom?", 20), said("Speaker 2", "Leave that with me.", 22)]
+    assert names_after(*yeah, *tom) == {"Speaker 2": "Tom"}

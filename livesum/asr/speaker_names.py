@@ -21,6 +21,7 @@ import re
 from collections import Counter, defaultdict
 
 from livesum.events import Segment
+from livesum.words import NOT_NAMES
 
 LABEL = re.compile(r"^Speaker \d+$")
 NAME = r"([A-Z][a-z]{1,20})"
@@ -28,9 +29,6 @@ INTRODUCTION = re.compile(rf"\b(?i:I'm|I am|this is|my name is|it's) {NAME}(?=[,
 ADDRESSED_FIRST = re.compile(rf"(?:^|[.!?]\s+)(?i:(?:and|so|ok|okay|right|now),? )?{NAME}, "
                              rf"(?:could|can|would|will|do|are|please|you|what|how|when|where|is)\b")
 ADDRESSED_LAST = re.compile(rf", {NAME}\?\s*$")
-NOT_NAMES = {"Sure", "Fine", "Good", "Great", "Okay", "Sorry", "Right", "Well", "Here", "There", "This", "That", "Just",
-             "Not", "Still", "Also", "Only", "Really", "Actually", "Happy", "Glad", "Afraid", "Going", "Done", "Back",
-             "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "Yes", "No", "Now", "Then"}
 ANSWERS_NEEDED = 2  # addressed-then-answered exchanges that name a voice (an introduction needs one)
 ANSWER_WITHIN_SECONDS = 10.0  # an answer comes soon after the question (the asker may go on meanwhile)
 

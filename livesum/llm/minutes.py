@@ -31,6 +31,7 @@ from livesum.events import ActionItem, Answer, Decision, Notes, Segment, Summary
 from livesum.llm.engine import SUMMARY_INSTRUCTION, ForkRequest
 from livesum.llm.notes import JSON_OBJECT, bullet_lines, first_line, whole_sentences
 from livesum.llm.matching_lines import relevant_segments
+from livesum.words import NOT_NAMES
 
 # Two focused forks, not one: asked for decisions and tasks in one array, Qwen2.5-Coder-1.5B listed one
 # kind and stopped, or copied one object until the token limit. Tasks are asked for as "follow-up tasks"
@@ -79,18 +80,6 @@ SAME_ITEM_SCORE = 72.0  # token_set_ratio above which two items are one (a dupli
 ECHO_SCORE = 70.0  # a key point this close to the instruction is the instruction echoed back
 MAX_CONTEXT_SUMMARIES = 6  # earlier summaries given to the final forks (the latest ones)
 
-# Capitalized words that are not people, so never owners.
-NOT_NAMES = {
-    "I", "We", "You", "He", "She", "They", "It", "That", "This", "There", "What", "Which", "Who", "When",
-    "Everyone", "Everybody", "Someone", "Somebody", "Nobody", "None", "Null", "Team", "The", "All", "Unknown",
-    "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "Okay", "Yes", "No", "So",
-    "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-    "November", "December", "Sure", "Actually", "Good", "Great", "Well", "Right", "Thanks", "Yeah", "Morning",
-    "Hi", "Hello", "Oh", "Also", "And", "But", "Anyway", "Fine", "Perfect", "Maybe", "Then", "Now",
-    "Honestly", "Lovely", "Brilliant", "Cheers", "Agreed", "Absolutely", "Exactly", "Definitely", "Sorry", "Please",
-    "Look", "Listen", "Alright", "Cool", "Nice", "True", "Correct", "Indeed", "Obviously", "Basically", "Hey", "Wait",
-    "Remember", "Honest", "Sounds", "Great", "Yep", "Nope", "Ok", "Um", "Uh", "Hmm", "Right", "Mind", "Speaking",
-}
 PRONOUN_OWNERS = {"i", "me", "myself", "i'll", "i will"}
 FIRST_PERSON = re.compile(r"^\s*I\b")  # a task the model wrote as said: "I'll ring Steve tomorrow"
 SAYS_I = re.compile(r"\bI\b")  # ...and the line it was placed on is said in the first person too
