@@ -47,6 +47,7 @@ from pathlib import Path
 
 from rapidfuzz import fuzz
 
+from livesum.asr.speaker_names import LABEL
 from livesum.llm.notes import JSON_OBJECT, cut_at_repeat
 
 REPO = Path(__file__).resolve().parent.parent
@@ -304,8 +305,8 @@ def score_notes(script: dict, name: str, out: Path, replayed: bool = False, turn
     score.actions = (len(matched), len(script.get("action_items", [])), len(notes["action_items"]))
     score.owners = (sum((c.get("owner") or "").lower() == e["owner"].lower() for e, c in matched), len(matched))
     people = label_people(turns or [], [json.loads(line) for line in lines if '"segment"' in line])
-    score.owners_by_voice = sum((people.get(owner, "") if re.fullmatch(r"Speaker \d+", owner) else owner).lower()
-                                == e["owner"].lower() for e, c in matched for owner in [c.get("owner") or ""])
+    by_voice = [people.get(owner, "") if LABEL.match(owner) else owner for owner in (c.get("owner") or "" for _, c in matched)]
+    score.owners_by_voice = sum(owner.lower() == e["owner"].lower() for owner, (e, _) in zip(by_voice, matched))
     score.strict = (len(match_items(script.get("decisions", []), notes["decisions"], item_matches_strictly)),
                     len(match_items(script.get("action_items", []), notes["action_items"], item_matches_strictly)))
     answers = {a["question"]: a["text"] for a in notes["answers"]}
