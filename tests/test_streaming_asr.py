@@ -327,7 +327,7 @@ def test_an_hour_keeps_buffer_prompt_and_state_bounded() -> None:
 
 
 def test_encoder_window_fits_the_buffer() -> None:
-    assert [encoder_window(s) for s in (0.5, 4.7, 4.9, 12.0, 29.0, 31.0)] == [5, 5, 10, 15, 30, 30]
+    assert [encoder_window(s) for s in (0.5, 9.7, 9.9, 12.0, 29.0, 31.0)] == [10, 10, 20, 20, 30, 30]
 
 
 def test_policy_is_chosen_by_config() -> None:
@@ -373,11 +373,21 @@ def run_from(transcriber: LocalAgreementTranscriber, audio: np.ndarray, start: f
 
 
 @pytest.mark.slow
-def test_real_speech_with_tiny_en(model_cache) -> None:  # noqa: ANN001
+def test_real_speech_with_tiny_en(model_cache, monkeypatch) -> None:  # noqa: ANN001
     """samples/librivox.flac in 0.5 s chunks through tiny.en and Silero."""
+    from faster_whisper import WhisperModel
+
     from livesum.asr.transcriber import load_whisper
     from livesum.source.file import decode_file
 
+    encoded_frames: list[int] = []
+    encode = WhisperModel.encode
+
+    def counting_encode(self: WhisperModel, features: np.ndarray) -> object:
+        encoded_frames.append(features.shape[-1])
+        return encode(self, features)
+
+    monkeypatch.setattr(WhisperModel, "encode", counting_encode)
     config = AsrConfig(model="tiny.en", policy="streaming")
     model = load_whisper(config, model_cache)
     transcriber = make_transcriber(model, config, RATE, live=True)
@@ -405,6 +415,10 @@ def test_real_speech_with_tiny_en(model_cache) -> None:  # noqa: ANN001
 
     # The short encoder windows stayed on this transcriber's copy: the shared model still encodes 30 s.
     assert model.feature_extractor.nb_max_frames == 3000
+    # Each pass encoded its window, not a 30 s one padded with zeros (faster-whisper pads every window
+    # to 3000 frames; the copy cuts that back): 10 s windows, 20 s once the sentence ran long.
+    assert encoded_frames and set(encoded_frames) <= {1000, 2000, 3000}
+    assert encoded_frames.count(1000) > len(encoded_frames) / 2
     error = jiwer.wer(norm(SPEECH_REFERENCE.read_text()), norm(" ".join(f.text for f in finals)))
     # Measured 0.028 (2 of 71 words) with tiny.en on this machine; the batch policy gets about the same.
     assert error <= 0.10

@@ -51,7 +51,8 @@ MAX_OVERLAP_WORDS = 5  # committed words Whisper may say again at the start of a
 # dropping near-zero-probability trailing words (that one had 0.0) keep it out.
 END_PAD_SECONDS = 0.3
 UNSURE_TAIL_PROBABILITY = 0.1
-ENCODER_WINDOW_STEP = 5  # seconds: few distinct window sizes, each a little longer than the buffer
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # faster-whisper's default, when `temperature_fallback` is on
+ENCODER_WINDOW_STEP = 10  # seconds: few distinct window sizes, each a little longer than the buffer (5: 1-3 points worse WER)
 # Loop guard: an n-gram of 2..8 words repeated this many times in a row, or one word this many + 2.
 LOOP_REPEATS = 3
 LOOP_MAX_NGRAM = 8
@@ -131,7 +132,7 @@ SpeechDetector = Callable[[np.ndarray], np.ndarray]  # frames (a multiple of 512
 
 
 def encoder_window(seconds: float) -> int:
-    """Whisper window for `seconds` of audio: rounded up to 5 s (a little room for the end), at most 30."""
+    """Whisper window for `seconds` of audio: rounded up to 10 s (a little room for the end), at most 30."""
     return min(30, max(ENCODER_WINDOW_STEP, math.ceil((seconds + 0.2) / ENCODER_WINDOW_STEP) * ENCODER_WINDOW_STEP))
 
 
@@ -139,25 +140,42 @@ def whisper_recognizer(model: WhisperModel, config: AsrConfig) -> Recognizer:
     """The one place the streaming policy calls Whisper: word timestamps, no VAD (already done), no own context.
 
     With `fit_encoder_window`, the encoder sees only the buffer (rounded up) instead of a padded 30 s
-    window. faster-whisper's `chunk_length` does that by changing the model's feature extractor for
+    window. faster-whisper's `chunk_length` sets the window on the model's feature extractor, for
     good, so this transcriber works on a shallow copy of the model with its own extractor: the weights
     stay shared, and the batch policy and other streams on the same model keep their 30 s windows.
+    `chunk_length` alone is not enough: since faster-whisper 1.1 every window is zero-padded to 3000
+    frames before the encoder whatever the chunk length (pad_or_trim's default), so the copy's `encode`
+    cuts the padding back to the window; the decoder, word alignment and timestamps already work in
+    the window's frames.
     """
     fit = config.streaming.fit_encoder_window
     if fit:
         model = copy.copy(model)
         model.feature_extractor = copy.copy(model.feature_extractor)
 
+        def encode_window(features: np.ndarray) -> object:
+            window = np.ascontiguousarray(features[..., :model.feature_extractor.nb_max_frames])
+            return type(model).encode(model, window)
+
+        model.encode = encode_window  # type: ignore[method-assign]
+
     def recognize(audio: np.ndarray, offset: float, prompt: str) -> list[HypWord]:
+        heard_until = offset + len(audio) / SAMPLE_RATE
+        window = encoder_window(len(audio) / SAMPLE_RATE) if fit else None
+        if window is not None and len(audio) < window * SAMPLE_RATE:
+            # Silence after the speech, as Whisper's own 30 s padding gives it: with bare zero features
+            # instead, the streaming WER rose 2-7 points on festival's meetings (docs/live.md).
+            audio = np.concatenate([audio, np.zeros(window * SAMPLE_RATE - len(audio), dtype=np.float32)])
         segments, _ = model.transcribe(
             audio,
             language=config.language,
             beam_size=config.streaming.beam_size,
+            temperature=FALLBACK_TEMPERATURES if config.streaming.temperature_fallback else 0.0,
             word_timestamps=True,
             initial_prompt=prompt or None,
             vad_filter=False,
             condition_on_previous_text=False,
-            chunk_length=encoder_window(len(audio) / SAMPLE_RATE) if fit else None,
+            chunk_length=window,
             max_new_tokens=config.max_new_tokens or None,
         )
         words: list[HypWord] = []
@@ -167,8 +185,8 @@ def whisper_recognizer(model: WhisperModel, config: AsrConfig) -> Recognizer:
                 words.append(
                     HypWord(
                         text=word.word if word.word.startswith(" ") else word.word.strip(),
-                        start=offset + word.start,
-                        end=offset + word.end,
+                        start=min(offset + word.start, heard_until),
+                        end=min(offset + word.end, heard_until),
                         probability=min(1.0, max(0.0, float(word.probability))),
                         segment_end=index == len(piece) - 1,
                     )
@@ -329,8 +347,9 @@ class LocalAgreementTranscriber:
         self.silence_run = self.speech_seconds = 0.0
 
     def _pass_due(self, chunk: AudioChunk) -> bool:
-        """Enough new audio, and the source is not backed up (a backlog means: take more audio first)."""
-        if self.new_audio < self.config.min_chunk_seconds:
+        """Enough new audio, enough of it speech (a click is never sent to Whisper), and the source is not
+        backed up (a backlog means: take more audio first)."""
+        if self.new_audio < self.config.min_chunk_seconds or self.speech_seconds < MIN_SPEECH_SECONDS:
             return False
         if chunk.captured_at is None:
             return True
