@@ -129,6 +129,20 @@ def test_end_of_speech_flushes_the_tail_at_once_and_resets_the_utterance() -> No
     assert " ".join(final_words(events)) == "we ship on friday next item"
 
 
+def test_a_word_stretched_over_the_silence_after_it_ends_with_the_speech() -> None:
+    """Whisper may stretch the last word of an utterance over the pause the VAD waits out; the final's
+    end (its latency, the diarizer's window) stays where the VAD last heard speech."""
+    truth = timeline("we ship on", 0.3)
+    truth.append(HypWord(" friday.", 1.5, 2.6, 0.9, segment_end=True))  # the speech stops at 1.9 s
+    transcriber = streaming(ScriptedWhisper(truth), end_silence_ms=600)
+    events = run(transcriber, audio_with_speech(4.0, [(0.2, 1.9)]))
+    finals = [e for e in events if e.final]
+    assert " ".join(final_words(events)) == "we ship on friday."
+    speech_end = 1.9 + 512 / RATE  # the VAD decides per 32 ms frame
+    assert finals[-1].end <= speech_end + 0.1 and finals[-1].words[-1].start == 1.5
+    assert all(w.end <= speech_end + 0.1 for f in finals for w in f.words or [])
+
+
 def test_silence_costs_no_whisper_call_and_is_not_buffered() -> None:
     whisper = ScriptedWhisper(timeline("nothing here", 0.0))
     transcriber = streaming(whisper)

@@ -28,7 +28,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from faster_whisper import WhisperModel
@@ -50,6 +50,7 @@ MAX_OVERLAP_WORDS = 5  # committed words Whisper may say again at the start of a
 # invent a closing "Thank you." (seen on the librivox sample). A little silence after the audio and
 # dropping near-zero-probability trailing words (that one had 0.0) keep it out.
 END_PAD_SECONDS = 0.3
+VOICED_MARGIN_SECONDS = 0.1  # a word may end this far past the last frame the VAD heard as speech
 UNSURE_TAIL_PROBABILITY = 0.1
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # faster-whisper's default, when `temperature_fallback` is on
 ENCODER_WINDOW_STEP = 10  # seconds: few distinct window sizes, each a little longer than the buffer (5: 1-3 points worse WER)
@@ -233,6 +234,7 @@ class LocalAgreementTranscriber:
         self.in_speech = False
         self.silence_run = 0.0
         self.speech_seconds = 0.0
+        self.voiced_until = 0.0  # stream time where the VAD last heard speech: no word ends much later
         self.audio = np.zeros(0, dtype=np.float32)
         self.buffer_start = 0.0
         self.new_audio = 0.0  # seconds appended since the last pass
@@ -330,6 +332,8 @@ class LocalAgreementTranscriber:
                 continue
             elif probability < self.neg_threshold:
                 self.silence_run += frame_seconds
+            if probability >= self.neg_threshold:
+                self.voiced_until = frame_start + frame_seconds
             self.audio = np.concatenate([self.audio, frame])
             self.new_audio += frame_seconds
             if self.silence_run * 1000 >= self.config.end_silence_ms:
@@ -367,6 +371,11 @@ class LocalAgreementTranscriber:
             audio = np.concatenate([audio, np.zeros(int(END_PAD_SECONDS * self.sample_rate), dtype=np.float32)])
         words = self.recognize(audio, self.buffer_start, self.prompt)
         buffer_end = self.buffer_start + self.buffered_seconds
+        # Whisper stretches a last word over the silence after it (the VAD's end-of-speech wait, the
+        # window's padding): it ends where the VAD last heard speech, so captions' end times (their
+        # latency, the diarizer's windows) stay on the speech.
+        speech_end = self.voiced_until + VOICED_MARGIN_SECONDS
+        words = [w if w.end <= speech_end else replace(w, start=min(w.start, speech_end), end=speech_end) for w in words]
         # Words mostly before the commit point were committed already.
         words = [w for w in words if (w.start + w.end) / 2 >= self.committed_end and w.start < buffer_end]
         # Whisper may say the last committed words again with drifted timestamps: drop that overlap, but
