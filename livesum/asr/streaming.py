@@ -50,6 +50,7 @@ MAX_OVERLAP_WORDS = 5  # committed words Whisper may say again at the start of a
 # invent a closing "Thank you." (seen on the librivox sample). A little silence after the audio and
 # dropping near-zero-probability trailing words (that one had 0.0) keep it out.
 END_PAD_SECONDS = 0.3
+BACKLOG_SECONDS = 1.0  # a chunk captured this long ago (or min_chunk_seconds, if longer) means the source is backed up
 VOICED_MARGIN_SECONDS = 0.1  # a word may end this far past the last frame the VAD heard as speech
 UNSURE_TAIL_PROBABILITY = 0.1
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # faster-whisper's default, when `temperature_fallback` is on
@@ -358,7 +359,7 @@ class LocalAgreementTranscriber:
         if chunk.captured_at is None:
             return True
         behind = self.clock() - chunk.captured_at
-        return behind < self.config.min_chunk_seconds or self.new_audio >= self.config.trim_seconds
+        return behind < max(self.config.min_chunk_seconds, BACKLOG_SECONDS) or self.new_audio >= self.config.trim_seconds
 
     # -- Whisper passes and the agreement rule -----------------------------------------------------------
 
