@@ -53,7 +53,6 @@ END_PAD_SECONDS = 0.3
 BACKLOG_SECONDS = 1.0  # a chunk captured this long ago (or min_chunk_seconds, if longer) means the source is backed up
 VOICED_MARGIN_SECONDS = 0.1  # a word may end this far past the last frame the VAD heard as speech
 UNSURE_TAIL_PROBABILITY = 0.1
-FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # faster-whisper's default, when `temperature_fallback` is on
 ENCODER_WINDOW_STEP = 10  # seconds: few distinct window sizes, each a little longer than the buffer (5: 1-3 points worse WER)
 # Loop guard: an n-gram of 2..8 words repeated this many times in a row, or one word this many + 2.
 LOOP_REPEATS = 3
@@ -151,6 +150,7 @@ def whisper_recognizer(model: WhisperModel, config: AsrConfig) -> Recognizer:
     the window's frames.
     """
     fit = config.streaming.fit_encoder_window
+    decoding = {} if config.streaming.temperature_fallback else {"temperature": 0.0}  # left out: faster-whisper's own fallback temperatures
     if fit:
         model = copy.copy(model)
         model.feature_extractor = copy.copy(model.feature_extractor)
@@ -162,7 +162,6 @@ def whisper_recognizer(model: WhisperModel, config: AsrConfig) -> Recognizer:
         model.encode = encode_window  # type: ignore[method-assign]
 
     def recognize(audio: np.ndarray, offset: float, prompt: str) -> list[HypWord]:
-        heard_until = offset + len(audio) / SAMPLE_RATE
         window = encoder_window(len(audio) / SAMPLE_RATE) if fit else None
         if window is not None and len(audio) < window * SAMPLE_RATE:
             # Silence after the speech, as Whisper's own 30 s padding gives it: with bare zero features
@@ -172,7 +171,7 @@ def whisper_recognizer(model: WhisperModel, config: AsrConfig) -> Recognizer:
             audio,
             language=config.language,
             beam_size=config.streaming.beam_size,
-            temperature=FALLBACK_TEMPERATURES if config.streaming.temperature_fallback else 0.0,
+            **decoding,
             word_timestamps=True,
             initial_prompt=prompt or None,
             vad_filter=False,
@@ -187,8 +186,8 @@ def whisper_recognizer(model: WhisperModel, config: AsrConfig) -> Recognizer:
                 words.append(
                     HypWord(
                         text=word.word if word.word.startswith(" ") else word.word.strip(),
-                        start=min(offset + word.start, heard_until),
-                        end=min(offset + word.end, heard_until),
+                        start=offset + word.start,
+                        end=offset + word.end,
                         probability=min(1.0, max(0.0, float(word.probability))),
                         segment_end=index == len(piece) - 1,
                     )
@@ -374,8 +373,8 @@ class LocalAgreementTranscriber:
         buffer_end = self.buffer_start + self.buffered_seconds
         # Whisper stretches a last word over the silence after it (the VAD's end-of-speech wait, the
         # window's padding): it ends where the VAD last heard speech, so captions' end times (their
-        # latency, the diarizer's windows) stay on the speech.
-        speech_end = self.voiced_until + VOICED_MARGIN_SECONDS
+        # latency, the diarizer's windows) stay on the speech, and never past the buffer.
+        speech_end = min(self.voiced_until + VOICED_MARGIN_SECONDS, buffer_end)
         words = [w if w.end <= speech_end else replace(w, start=min(w.start, speech_end), end=speech_end) for w in words]
         # Words mostly before the commit point were committed already.
         words = [w for w in words if (w.start + w.end) / 2 >= self.committed_end and w.start < buffer_end]
