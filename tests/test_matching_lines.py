@@ -60,10 +60,13 @@ def test_question_context_is_earlier_summaries_then_matching_lines_with_gaps_mar
         minutes.on_segment(segment)
     minutes.add_summary(Summary(start=0, end=20, text="They discussed the supplier's quote."))
     minutes.add_summary(Summary(start=20, end=50, text="Training day dates."))
-    context = minutes.question_context("How much was the supplier's quote, and when is the training?")
+    question = "How much was the supplier's quote, and when is the training?"
+    context = minutes.question_context(question, held_from=10.0)  # the window lost the first 10 s
     summaries, lines = context.split(RELEVANT_LINES_INTRO)
     assert "They discussed the supplier's quote." in summaries and "Training day dates." not in summaries  # the window has the latest
     assert lines.splitlines() == [LINES[1], LINES[2], LINES[3], "...", LINES[6], LINES[7], LINES[8]]
+    # While the window still holds everything a summary covers, the summary would only repeat it.
+    assert minutes.question_context(question, held_from=0.0).startswith(RELEVANT_LINES_INTRO)
 
 
 def test_question_lines_zero_gives_only_the_summaries() -> None:

@@ -98,14 +98,23 @@ async def test_final_summary_reuses_a_rolling_summary_made_at_the_very_end(tmp_p
 
 
 async def test_questions_at_the_end_see_the_earlier_rolling_summaries(tmp_path: Path) -> None:
-    # Three rolling summaries: the window holds the last stretch, the first two are what it evicted.
-    settings = Settings.model_validate({"llm": {"summary_every_seconds": 1.0}})
+    # Three rolling summaries: the window (16 tokens) holds the last stretch, the first two are what it evicted.
+    settings = Settings.model_validate({"llm": {"summary_every_seconds": 1.0, "engine": {"window": 16}}})
     engine = CountingEngine()
     pipeline = Pipeline(settings, OneSegmentPerChunk(), engine, file_sinks(tmp_path, ["jsonl"]))
     await pipeline.run(chunks(6), duration=3.0, questions=["When?"])
     assert engine.summaries >= 3
     context = engine.question_contexts[-1]
     assert "Summary 1." in context and "Summary 2." in context and f"Summary {engine.summaries}." not in context
+
+
+async def test_questions_get_no_summary_of_what_the_window_still_holds(tmp_path: Path) -> None:
+    # The same meeting in the default window: every summary would repeat what the fork reads anyway.
+    settings = Settings.model_validate({"llm": {"summary_every_seconds": 1.0}})
+    engine = CountingEngine()
+    pipeline = Pipeline(settings, OneSegmentPerChunk(), engine, file_sinks(tmp_path, ["jsonl"]))
+    await pipeline.run(chunks(6), duration=3.0, questions=["When?"])
+    assert engine.summaries >= 3 and engine.question_contexts == [""]
 
 
 class RecordingEngine(CountingEngine):

@@ -448,13 +448,13 @@ class MeetingMinutes:
         """People of the meeting, and the diarizer's labels the LM may have read before they were named."""
         return names_in(self.segments, self.speakers) | set(self.aliases)
 
-    def question_context(self, question: str) -> str:
-        """What a question's fork gets besides the window: the earlier summaries, then the lines
-        that match the question (livesum.llm.matching_lines), non-adjacent runs of lines marked by "..."."""
+    def question_context(self, question: str, held_from: float | None = None) -> str:
+        """What a question's fork gets besides the window: the earlier summaries (`earlier_context`), then
+        the lines that match the question (livesum.llm.matching_lines), non-adjacent runs of lines marked by "..."."""
         segments = self.segments[:]  # a snapshot: the event loop appends while this runs in a thread
         lines = relevant_segments(question, segments, self.settings.llm.question_lines)
         if not lines:
-            return self.earlier_context()
+            return self.earlier_context(held_from)
         index = {id(segment): n for n, segment in enumerate(segments)}
         block, previous = [], None
         for segment in lines:
@@ -462,18 +462,22 @@ class MeetingMinutes:
                 block.append("...")
             block.append(spoken_line(segment).strip())  # as the LM read it
             previous = segment
-        return self.earlier_context() + RELEVANT_LINES_INTRO + "\n".join(block) + "\n"
+        return self.earlier_context(held_from) + RELEVANT_LINES_INTRO + "\n".join(block) + "\n"
 
-    def earlier_context(self) -> str:
-        """The rolling summaries before the latest, as text for a fork (the window holds the latest)."""
-        earlier = [s.text.strip() for s in self.summaries[:-1] if s.text.strip()][-MAX_CONTEXT_SUMMARIES:]
+    def earlier_context(self, held_from: float | None = None) -> str:
+        """The rolling summaries before the latest, as text for a fork (the window holds the latest).
+        `held_from`: the stream time from which the window still holds the transcript; a summary whose
+        whole stretch is still there would only repeat it (a hundred tokens of prompt more for every
+        question: a second on two cores before the first word), so only those reaching before it count."""
+        earlier = [s.text.strip() for s in self.summaries[:-1]
+                   if s.text.strip() and (held_from is None or s.start < held_from)][-MAX_CONTEXT_SUMMARIES:]
         return EARLIER_SUMMARIES_INTRO + "".join(f"- {text}\n" for text in earlier) if earlier else ""
 
-    def final_summary_request(self) -> ForkRequest | str:
+    def final_summary_request(self, held_from: float | None = None) -> ForkRequest | str:
         """The fork of the summary over the whole meeting (given the earlier summaries when the window
         has moved on), or the summary itself when no fork is needed (the latest rolling summary when
         nothing was said since it)."""
-        context = self.earlier_context()
+        context = self.earlier_context(held_from)
         if not context and self.summaries and self.segments_at_last_summary == len(self.segments):
             return self.summaries[-1].text
         max_tokens = self.settings.llm.engine.max_summary_tokens
@@ -482,9 +486,10 @@ class MeetingMinutes:
         return ForkRequest(context + FINAL_SUMMARY_INSTRUCTION, max_tokens * 2)
 
     def final_notes(self, engine: Engine | None, answers: list[Answer], end: float, since: float = 0.0,
-                    on_summary: Callable[[str], None] | None = None) -> Notes:
+                    on_summary: Callable[[str], None] | None = None, held_from: float | None = None) -> Notes:
         """The notes at the end: the extraction of what was said since the last one (over the window, from
-        `since`), the final summary, the title and the key points, all forks off the final cache decoded
+        `since`), the final summary, the title and the key points (given the earlier summaries that reach
+        before `held_from`, see `earlier_context`), all forks off the final cache decoded
         side by side (`complete_all`). `on_summary` gets the final summary as soon as it is written,
         before the other forks are done (the notes come when all are)."""
         title, key_points = DEFAULT_TITLE, []
@@ -497,9 +502,9 @@ class MeetingMinutes:
                 on_summary(text)
 
         if engine is not None and self.segments:
-            context = self.earlier_context()
+            context = self.earlier_context(held_from)
             extraction = self.extraction_requests(math.inf)
-            summary_request = self.final_summary_request()
+            summary_request = self.final_summary_request(held_from)
             if isinstance(summary_request, ForkRequest):
                 summary_request = replace(summary_request, on_done=lambda text: tell(whole_sentences(text)))
             max_tokens = self.settings.llm.engine.max_answer_tokens
