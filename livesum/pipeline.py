@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
@@ -40,6 +38,7 @@ from livesum.events import Answer, AnswerPart, Error, Event, Notes, Segment, Sta
 from livesum.llm.minutes import MeetingMinutes, spoken_line
 from livesum.llm.notes import whole_sentences
 from livesum.llm.service import LmService, Priority
+from livesum.llm.window_span import WindowSpan
 from livesum.memory import release_free_memory
 from livesum.outputs.files import EventSink
 from livesum.run_stats import LiveStats, RunResult, StageClock
@@ -113,10 +112,7 @@ class Pipeline:
         self.stats = LiveStats()
         self.answers: list[Answer] = []
         self.latest_summary = ""
-        # (segment start, cumulative tokens after it): tells which audio the window still holds.
-        self.token_marks: deque[tuple[float, int]] = deque()
-        self.tokens_fed = 0
-        self._evicted_through = 0  # tokens_fed after the last feed the window dropped whole
+        self.window_span = WindowSpan(settings.llm.engine.window)  # which audio the LM's window still holds
         self._tokens_since_summary = 0
         self._fed_until = 0.0  # stream time of the end of the last segment handed to the LM
         self._feeding: set[asyncio.Task] = set()
@@ -179,7 +175,7 @@ class Pipeline:
         assert self.engine is not None
         # The window holds the recent stretch; what it evicted is there as the earlier rolling summaries,
         # and the lines that match the question are found in the whole transcript (off the event loop).
-        context = await asyncio.to_thread(self.minutes.question_context, question, self._held_from())
+        context = await asyncio.to_thread(self.minutes.question_context, question, self.window_span.held_from())
         answer_id = f"a{next(self._answer_ids)}"
         loop = asyncio.get_running_loop()
 
@@ -447,9 +443,8 @@ class Pipeline:
     async def _fed(self, submitted: Awaitable[int], start: float) -> None:
         added = await self._guarded(submitted)
         if added:
-            self.tokens_fed += added
             self._tokens_since_summary += added
-            self.token_marks.append((start, self.tokens_fed))
+            self.window_span.fed(start, added)
 
     def _feed_queued(self) -> None:
         """Feed every final segment still queued for the LLM stage (before a question)."""
@@ -535,25 +530,7 @@ class Pipeline:
         """Earliest audio the summary can draw on: all of it with a pinned summary, else the window."""
         if self.settings.llm.engine.pin_summary and self.latest_summary:
             return 0.0
-        self._forget_evicted()
-        return self.token_marks[0][0] if self.token_marks else 0.0
-
-    def _forget_evicted(self) -> int:
-        """Drop the marks of feeds the window no longer holds any of; the count of tokens evicted."""
-        oldest_kept = self.tokens_fed - self.settings.llm.engine.window
-        while self.token_marks and self.token_marks[0][1] <= oldest_kept:
-            self._evicted_through = self.token_marks.popleft()[1]
-        return oldest_kept
-
-    def _held_from(self) -> float:
-        """Stream time from which the LM's window holds every word fed: the start of the first feed it
-        holds whole (a feed it holds part of counts as gone; none held whole: nothing is known held)."""
-        oldest_kept = self._forget_evicted()
-        if not self.token_marks:
-            return 0.0
-        if self._evicted_through >= oldest_kept:
-            return self.token_marks[0][0]
-        return self.token_marks[1][0] if len(self.token_marks) > 1 else math.inf
+        return self.window_span.oldest()
 
     async def _summarize(self, at: float) -> None:
         assert self.engine is not None
@@ -603,7 +580,7 @@ class Pipeline:
 
             if self.engine is not None:
                 _, notes = await self._bounded(self._guarded(asyncio.to_thread(
-                    self.minutes.final_notes, self._served(Priority.NOTES), [], end, memory_start, tell, self._held_from())))
+                    self.minutes.final_notes, self._served(Priority.NOTES), [], end, memory_start, tell, self.window_span.held_from())))
             if notes is None:  # no model, it failed, or the exit deadline passed: notes from the transcript alone
                 notes = await asyncio.to_thread(self.minutes.final_notes, None, [], end)
             if notes.summary and not told:
