@@ -3,6 +3,7 @@ merging rolling extractions, titles and key points. The model's side is covered 
 
 from livesum.config import Settings
 from livesum.events import ActionItem, Decision, Segment, Summary
+from livesum.llm.engine import SUMMARY_INSTRUCTION, ForkRequest
 from livesum.llm.minutes import (
     ACTIONS_INSTRUCTION,
     DECISIONS_INSTRUCTION,
@@ -293,3 +294,17 @@ def test_a_decision_that_restates_a_task_is_the_task() -> None:
     ]
     assert [d.text for d in minutes.decisions()] == ["The open day is on the twelfth of September."]
     assert [a.owner for a in minutes.action_items()] == ["Lucy", "Raj"]
+
+
+def test_the_final_summary_reads_earlier_summaries_only_for_what_the_window_lost() -> None:
+    minutes = MeetingMinutes(Settings())
+    for segment in segments():
+        minutes.on_segment(segment)
+    minutes.add_summary(Summary(start=0, end=30, text="They talked about the supplier."))
+    minutes.on_segment(Segment(final=True, start=60, end=64, text="One more thing about the van."))
+    minutes.add_summary(Summary(start=0, end=64, text="The supplier stays; the van."))
+    minutes.on_segment(Segment(final=True, start=70, end=74, text="And the rota is done."))
+    lost_the_start = minutes.final_summary_request(held_from=20.0)
+    assert isinstance(lost_the_start, ForkRequest) and "They talked about the supplier." in lost_the_start.instruction
+    holds_it_all = minutes.final_summary_request(held_from=0.0)  # the window still has every word
+    assert isinstance(holds_it_all, ForkRequest) and holds_it_all.instruction == SUMMARY_INSTRUCTION
