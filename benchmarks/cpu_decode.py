@@ -1,9 +1,10 @@
-"""Decode and prefill of the real default LM on this CPU: bfloat16 vs the int4 decode weights, each
+"""Decode and prefill of the real default LM on this CPU: full weights vs the int4 decode weights, each
 against the memory-bandwidth floor of its format, and llama.cpp on the same GGUF with the same threads.
 
 What it runs, on the embedded Qwen2.5-Coder-1.5B (the converted cache of `livesum models prepare`):
 - the engine's own path (a StreamingEngine fed real transcript text up to --context tokens, then greedy
-  one-token steps off a fork, rolled back), with full bfloat16 weights and then with the int4 copies
+  one-token steps off a fork, rolled back), with full weights (in the dtype livesum picks here:
+  bfloat16 where the CPU computes it, else float32; --dtype to choose) and then with the int4 copies
   of livesum.llm.compact;
 - the floor of each: bytes one decode step must read (every linear weight once, in its format, plus
   the K/V of the cache) / this machine's measured copy bandwidth (read + write, best of 5);
@@ -11,7 +12,7 @@ What it runs, on the embedded Qwen2.5-Coder-1.5B (the converted cache of `livesu
   GGUF the weights come from: prefill of the same context, then one-token steps.
 
 Build llama.cpp once, beside the project (8-10 minutes on 2 cores; a -DGGML_NATIVE=ON build died with
-an illegal instruction here):
+an illegal instruction here; on a CPU without AVX512, leave out the three -DGGML_AVX512* flags):
     python3 -m venv /tmp/llamaenv
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
         -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON" /tmp/llamaenv/bin/pip install llama-cpp-python==0.3.36
@@ -39,7 +40,7 @@ from livesum.config import EngineConfig, load_settings  # noqa: E402
 from livesum.llm.compact import CompactLinear, compact_decode_weights  # noqa: E402
 from livesum.llm.engine import StreamingEngine  # noqa: E402
 from livesum.models import (  # noqa: E402
-    LANGUAGE_MODELS, assemble_gguf, language_model_dir, load_language_model, packed_weights_dir,
+    LANGUAGE_MODELS, assemble_gguf, auto_dtype, language_model_dir, load_language_model, packed_weights_dir,
 )
 
 TEXT_SOURCE = REPO / "samples" / "meetings"
@@ -129,24 +130,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--context", type=int, default=1800, help="transcript tokens in the cache while decoding")
     parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                        help="the full weights' dtype; auto = what livesum picks on this CPU (float32 without bfloat16 instructions)")
     parser.add_argument("--llama-python", type=Path, help="a Python with llama-cpp-python installed (see above)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "livesum-cpu-decode")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = load_settings()
     cache_dir = settings.resolved_cache_dir()
-    model, tokenizer = load_language_model(args.model, cache_dir, device="cpu", dtype="bfloat16", decode_weights="full")
+    dtype = auto_dtype("cpu") if args.dtype == "auto" else args.dtype
+    model, tokenizer = load_language_model(args.model, cache_dir, device="cpu", dtype=dtype, decode_weights="full")
     engine = StreamingEngine(model, tokenizer, EngineConfig(window=max(args.context + 64, 256), prefill_chunk=256))
     text = transcript_text()
-    while engine.tokens_seen < args.context:
-        engine.feed(text)
+    ids = engine.encode(text)
+    engine.feed(engine.tokenizer.decode(ids[:args.context]))  # the context only: the whole text is ~30k tokens
     bandwidth = copy_bandwidth()
-    print(f"## {args.model} on {args.threads} CPU threads, {engine.cache.length} entries in the cache\n")
+    print(f"## {args.model} on {args.threads} CPU threads, {engine.cache.length} entries in the cache\n", flush=True)
     print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write)\n")
     print("| weights | decode ms/token | floor ms/token | x floor | prefill tokens/s |")
     print("| --- | --- | --- | --- | --- |")
     results = {}
-    for label, compact in (("bfloat16", False), ("int4 decode copies (livesum default)", True)):
+    for label, compact in ((dtype, False), ("int4 decode copies (livesum default)", True)):
         if compact:
             compact_decode_weights(model, packed_weights_dir(language_model_dir(args.model, cache_dir), cache_dir))
         decode, prefill = measure(engine, args.steps)

@@ -48,6 +48,22 @@ def test_decode_rows_use_the_int4_copy_and_prefill_the_full_weight() -> None:
     assert layer.weight is linear.weight and layer.bias is linear.bias  # shared, not copied
 
 
+@torch.inference_mode()
+def test_a_float32_layer_decodes_through_the_kernels_bfloat16_path() -> None:
+    """CPUs without bfloat16 instructions run a float32 model; its decode rows still take the int4 copy
+    (cast to bfloat16 and back: the kernel's float32 path is the slow one), up to INT4_ROWS rows."""
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 64, bias=True)
+    layer = CompactLinear(linear, *quantize(linear.weight))
+    assert layer.scales_and_zeros.dtype == torch.bfloat16
+    few = torch.randn(1, compact.INT4_ROWS[torch.float32], 128)
+    many = torch.randn(1, compact.INT4_ROWS[torch.float32] + 1, 128)
+    decoded, exact = layer(few), linear(few)
+    assert decoded.dtype == torch.float32 and not torch.equal(decoded, exact)
+    assert (decoded - exact).norm() / exact.norm() < 0.1
+    assert torch.equal(layer(many), linear(many))
+
+
 def test_a_compacted_model_decodes_like_the_full_one_and_packs_once(tmp_path: Path) -> None:
     full, small = tiny_qwen(), tiny_qwen()
     assert compact_decode_weights(small, tmp_path) == 2 * 7 + 1  # q k v o gate up down per layer, and the head

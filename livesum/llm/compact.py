@@ -14,8 +14,13 @@ Why groups of 32: the embedded GGUF is Q4_K_M, whose 4-bit sub-blocks are 32 wei
 scale and minimum; a min/max int4 grid over the same 32 weights stays close to the file's own values
 (the Q6_K tensors lose their extra bits). The kernel costs the same at 32, 64 or 128 here.
 
-The packed copies are made once from the converted bfloat16 model and saved in the model cache
-(keyed by torch version, since the packed layout is the kernel's own); later starts load them.
+The kernel always runs on bfloat16 activations, whatever the model's dtype: its float32 path is
+14x slower (an 8960x1536 row: 17.1 ms against 1.2 ms on an AVX2-only CPU), so a float32 model (CPUs
+without bfloat16 instructions) casts its decode rows to bfloat16 and back. There, float32's full
+weights are slow too (every token reads 6 GB), and the int4 copy wins up to 32 rows of a call.
+
+The packed copies are made once from the converted model and saved in the model cache (keyed by
+torch version, since the packed layout is the kernel's own); later starts load them.
 """
 
 from __future__ import annotations
@@ -27,7 +32,12 @@ import torch
 from torch import nn
 
 GROUP = 32  # input columns per scale/zero pair (the GGUF's Q4_K sub-block)
-DECODE_ROWS = 4  # calls with at most this many rows use the int4 copy; measured: bfloat16 wins from ~8 rows up
+DECODE_ROWS = 4  # decode rows the LM service batches into one step (the int4 copy serves them)
+ACTIVATIONS = torch.bfloat16  # the int4 kernel's fast path on every CPU measured (docs/engine.md)
+# Calls of at most this many rows use the int4 copy, by the model's dtype. Measured on 2 cores, the
+# 1.5B model's 7 projections of a layer: bfloat16 weights (AVX512-BF16) win from ~8 rows up; float32
+# weights (AVX2 only) from 64 (32 rows: 60 ms float32, 44 ms int4; 64 rows: 82 against 125).
+INT4_ROWS = {torch.bfloat16: DECODE_ROWS, torch.float32: 32}
 PACKED_NAME = "int4-g{group}-torch{torch}.pt"
 
 log = logging.getLogger(__name__)
@@ -65,15 +75,16 @@ class CompactLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias  # shared, never copied (tied heads stay tied)
         self.register_buffer("packed", packed, persistent=False)
-        self.register_buffer("scales_and_zeros", scales_and_zeros, persistent=False)
+        self.register_buffer("scales_and_zeros", scales_and_zeros.to(ACTIVATIONS), persistent=False)
         self.group = group
+        self.int4_rows = INT4_ROWS.get(linear.weight.dtype, DECODE_ROWS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if rows > DECODE_ROWS or x.dtype != self.scales_and_zeros.dtype:
+        if rows > self.int4_rows:
             return nn.functional.linear(x, self.weight, self.bias)
-        flat = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(rows, self.in_features).contiguous(), self.packed, self.group,
-                                                          self.scales_and_zeros)
+        flat = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(rows, self.in_features).to(ACTIVATIONS).contiguous(), self.packed,
+                                                          self.group, self.scales_and_zeros).to(x.dtype)
         if self.bias is not None:
             flat = flat + self.bias
         return flat.reshape(*x.shape[:-1], self.out_features)
