@@ -51,13 +51,13 @@ def test_decode_rows_use_the_int4_copy_and_prefill_the_full_weight() -> None:
 @torch.inference_mode()
 def test_a_float32_layer_decodes_through_the_kernels_bfloat16_path() -> None:
     """CPUs without bfloat16 instructions run a float32 model; its decode rows still take the int4 copy
-    (cast to bfloat16 and back: the kernel's float32 path is the slow one), up to INT4_ROWS rows."""
+    (cast to bfloat16 and back: the kernel's float32 path is the slow one); prefill the full weight."""
     torch.manual_seed(0)
     linear = nn.Linear(128, 64, bias=True)
     layer = CompactLinear(linear, *quantize(linear.weight))
     assert layer.scales_and_zeros.dtype == torch.bfloat16
-    few = torch.randn(1, compact.INT4_ROWS[torch.float32], 128)
-    many = torch.randn(1, compact.INT4_ROWS[torch.float32] + 1, 128)
+    few = torch.randn(1, compact.DECODE_ROWS, 128)
+    many = torch.randn(1, compact.DECODE_ROWS + 1, 128)
     decoded, exact = layer(few), linear(few)
     assert decoded.dtype == torch.float32 and not torch.equal(decoded, exact)
     assert (decoded - exact).norm() / exact.norm() < 0.1

@@ -163,6 +163,15 @@ def smollm2(model_cache):
     return load_language_model("smollm2-135m", model_cache, device="cpu", dtype="float32")
 
 
+@pytest.fixture(scope="module")
+def smollm2_bfloat16(model_cache):
+    """As the default profile runs where the CPU computes bfloat16: the model and the int4 kernel in one
+    dtype, the arrangement that gets prompt-lookup drafts (livesum.llm.compact)."""
+    from livesum.models import load_language_model
+
+    return load_language_model("smollm2-135m", model_cache, device="cpu", dtype="bfloat16")
+
+
 def engine_on(loaded, window: int = 512, draft_tokens: int = 3) -> StreamingEngine:
     model, tokenizer = loaded
     engine = StreamingEngine(model, tokenizer, EngineConfig(window=window, evict_chunk=64, prefill_chunk=64, fork_room=512,
@@ -320,10 +329,10 @@ def test_a_draft_is_what_followed_the_answers_last_words_where_they_were_said(sm
 
 
 @pytest.mark.slow
-def test_forks_with_drafts_give_the_same_answers_in_fewer_forwards(smollm2, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Through the service, SmolLM2 with its int4 decode weights (spare rows under their limit): a group of
-    forks and a streamed question, with prompt-lookup drafts and without; greedy either way, so the very
-    same answers, and what the drafts save is forwards."""
+def test_forks_with_drafts_give_the_same_answers_in_fewer_forwards(smollm2_bfloat16, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the service, SmolLM2 in bfloat16 with its int4 decode weights (spare rows under their limit):
+    a group of forks and a streamed question, with prompt-lookup drafts and without; greedy either way,
+    so the very same answers, and what the drafts save is forwards."""
     requests = [ForkRequest(LONG_INSTRUCTION, 40, structured=True), ForkRequest("Who will call Hartley, and when?", 24)]
     question = "How much was the Hartley quote?"
     forwards = {"drafts": 0}
@@ -336,7 +345,7 @@ def test_forks_with_drafts_give_the_same_answers_in_fewer_forwards(smollm2, monk
     monkeypatch.setattr(service_module, "forward_batch", counted)
     results = {}
     for label, drafts in (("plain", 0), ("drafted", 3)):
-        engine = engine_on(smollm2, draft_tokens=drafts)
+        engine = engine_on(smollm2_bfloat16, draft_tokens=drafts)
         streamed: list[str] = []
         service = LmService()
         try:

@@ -16,8 +16,9 @@ scale and minimum; a min/max int4 grid over the same 32 weights stays close to t
 
 The kernel always runs on bfloat16 activations, whatever the model's dtype: its float32 path is
 14x slower (an 8960x1536 row: 17.1 ms against 1.2 ms on an AVX2-only CPU), so a float32 model (CPUs
-without bfloat16 instructions) casts its decode rows to bfloat16 and back. There, float32's full
-weights are slow too (every token reads 6 GB), and the int4 copy wins up to 32 rows of a call.
+without bfloat16 instructions) casts its decode rows to bfloat16 and back. (There the int4 copy would
+win up to 32 rows, but a call's path then depends on how many rows it shares a forward with, and a
+question's answer on what else was running: int4 stays for decode steps only, as with bfloat16.)
 
 The packed copies are made once from the converted model and saved in the model cache (keyed by
 torch version, since the packed layout is the kernel's own); later starts load them.
@@ -32,12 +33,8 @@ import torch
 from torch import nn
 
 GROUP = 32  # input columns per scale/zero pair (the GGUF's Q4_K sub-block)
-DECODE_ROWS = 4  # decode rows the LM service batches into one step (the int4 copy serves them)
+DECODE_ROWS = 4  # calls with at most this many rows use the int4 copy; measured: bfloat16 wins from ~8 rows up
 ACTIVATIONS = torch.bfloat16  # the int4 kernel's fast path on every CPU measured (docs/engine.md)
-# Calls of at most this many rows use the int4 copy, by the model's dtype. Measured on 2 cores, the
-# 1.5B model's 7 projections of a layer: bfloat16 weights (AVX512-BF16) win from ~8 rows up; float32
-# weights (AVX2 only) from 64 (32 rows: 60 ms float32, 44 ms int4; 64 rows: 82 against 125).
-INT4_ROWS = {torch.bfloat16: DECODE_ROWS, torch.float32: 32}
 PACKED_NAME = "int4-g{group}-torch{torch}.pt"
 
 log = logging.getLogger(__name__)
@@ -77,11 +74,10 @@ class CompactLinear(nn.Module):
         self.register_buffer("packed", packed, persistent=False)
         self.register_buffer("scales_and_zeros", scales_and_zeros.to(ACTIVATIONS), persistent=False)
         self.group = group
-        self.int4_rows = INT4_ROWS.get(linear.weight.dtype, DECODE_ROWS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if rows > self.int4_rows:
+        if rows > DECODE_ROWS:
             return nn.functional.linear(x, self.weight, self.bias)
         flat = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(rows, self.in_features).to(ACTIVATIONS).contiguous(), self.packed,
                                                           self.group, self.scales_and_zeros).to(x.dtype)
@@ -117,6 +113,11 @@ def compact_decode_weights(model: nn.Module, cache_dir: Path | None, group: int 
             log.warning("ignoring unreadable %s (%s); packing again", path, error)
     targets = _targets(model, group)
     model.livesum_decode_rows = DECODE_ROWS  # the LM service batches at most this many decode rows
+    # Prompt-lookup drafts must give the answer plain steps give. A step that checks drafts attends over
+    # several rows at once, which rounds a little differently; in a float32 model the cast to bfloat16
+    # for the int4 kernel can turn that into a near-tie going the other way (seen: "10% of the total
+    # bill." against "10."). So drafts only where the model computes in the kernel's own dtype.
+    model.livesum_draft_rows = DECODE_ROWS if model.dtype == ACTIVATIONS else 0
     made: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, linear in targets:
         pair = saved.get(name)

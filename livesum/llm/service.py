@@ -362,8 +362,9 @@ class LmService:
     def _grant_drafts(model: Any, runs: list[Run]) -> None:
         """Rows the int4 decode weights still serve at their speed (livesum.llm.compact: up to 4 rows cost
         about 1.5x one) go to prompt-lookup drafts, the same number per fork, so no row is padded past the
-        limit: one fork checks 3 drafts, two forks 1 each. Full weights: none (not measured to pay)."""
-        rows = getattr(model, "livesum_decode_rows", 0)
+        limit: one fork checks 3 drafts, two forks 1 each. Full weights, and int4 copies of a float32
+        model: none (not measured to pay; would not give the same answers)."""
+        rows = getattr(model, "livesum_draft_rows", 0)
         spare = rows // len(runs) - 1 if rows else 0
         for run in runs:
             if isinstance(run, ForkRun):
