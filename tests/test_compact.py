@@ -70,6 +70,10 @@ def test_a_compacted_model_decodes_like_the_full_one_and_packs_once(tmp_path: Pa
     packed = list(tmp_path.glob("int4-g32-*.pt"))
     assert len(packed) == 1
     assert small.lm_head.weight is small.model.embed_tokens.weight  # the tied head stays tied
+    assert small.livesum_draft_rows == compact.DECODE_ROWS  # bfloat16 throughout: drafts give plain steps' answers
+    in_float32 = tiny_qwen(torch.float32)
+    compact_decode_weights(in_float32, tmp_path)
+    assert in_float32.livesum_draft_rows == 0  # a float32 model rounds its int4 rows to bfloat16: no drafts
     ids = torch.randint(0, 512, (1, 24))
     with torch.inference_mode():
         torch.testing.assert_close(small(ids).logits, full(ids).logits)  # prefill rows: the full weights
