@@ -40,7 +40,7 @@ from livesum.config import EngineConfig, load_settings  # noqa: E402
 from livesum.llm.compact import CompactLinear, compact_decode_weights  # noqa: E402
 from livesum.llm.engine import StreamingEngine  # noqa: E402
 from livesum.models import (  # noqa: E402
-    LANGUAGE_MODELS, assemble_gguf, auto_dtype, language_model_dir, load_language_model, packed_weights_dir,
+    LANGUAGE_MODELS, assemble_gguf, language_model_dir, load_language_model, packed_weights_dir,
 )
 
 TEXT_SOURCE = REPO / "samples" / "meetings"
@@ -138,8 +138,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     settings = load_settings()
     cache_dir = settings.resolved_cache_dir()
-    dtype = auto_dtype("cpu") if args.dtype == "auto" else args.dtype
-    model, tokenizer = load_language_model(args.model, cache_dir, device="cpu", dtype=dtype, decode_weights="full")
+    model, tokenizer = load_language_model(args.model, cache_dir, device="cpu", dtype=args.dtype, decode_weights="full")
+    dtype = str(model.dtype).removeprefix("torch.")  # what "auto" resolved to on this CPU
     engine = StreamingEngine(model, tokenizer, EngineConfig(window=max(args.context + 64, 256), prefill_chunk=256))
     text = transcript_text()
     ids = engine.encode(text)
