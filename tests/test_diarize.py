@@ -105,6 +105,28 @@ def test_speakers_hint_caps_the_labels() -> None:
     assert labels[:2] == [0, 1] and labels[2] in (0, 1) and labels[3] == 0 and speakers.count == 2
 
 
+def test_a_new_voice_may_be_founded_by_two_short_finals_in_a_row() -> None:
+    """Live finals are often a word or two, too short to start a voice alone: two unmatched ones in a
+    row that sound alike start it, and the earlier one keeps the label it was emitted with."""
+    speakers = OnlineSpeakers(load_settings().asr.diarization, 8)
+    first, second = np.eye(2, 192, dtype=np.float32)
+    assert speakers.assign(np.stack([first, first]), [True, True]) == [0, 0]
+    stranger = (0.3 * first + second) / np.linalg.norm(0.3 * first + second)  # 0.29 from the first voice
+    assert speakers.assign(stranger[None], [False]) == [0]  # alone: the nearest voice, no new label yet
+    assert speakers.assign(second[None], [False]) == [1] and speakers.count == 2
+    assert speakers.assign(second[None], [False]) == [1]  # the new voice's mean now matches it
+    assert speakers.assign(first[None], [False]) == [0] and speakers.count == 2
+
+
+def test_an_unmatched_window_between_matched_ones_starts_no_voice() -> None:
+    speakers = OnlineSpeakers(load_settings().asr.diarization, 8)
+    first, second = np.eye(2, 192, dtype=np.float32)
+    speakers.assign(first[None], [True])
+    for vector in (second, first, second, first):  # alike strays, but each alone between the known voice's windows
+        assert speakers.assign(vector[None], [False]) == [0]
+    assert speakers.count == 1
+
+
 def test_a_segment_spanning_a_change_of_voice_is_split_at_a_word() -> None:
     config = load_settings().asr
     words = [Word(text=t, start=s, end=s + 0.4) for t, s in (("Yes,", 0.0), ("agreed.", 0.5), ("Over", 3.0), ("to", 3.5), ("you.", 4.0))]

@@ -13,8 +13,9 @@ a final never changes):
   may reach back half a second), and each window gets a 192-d voice embedding;
 - a window goes to the known voice it is most similar to (cosine of the running mean of that
   voice's windows) when the similarity reaches `threshold`; a window that matches no voice starts a
-  new one when it is a whole phrase of at least `min_new_speaker_seconds`, or when the window beside
-  it matches no voice either and sounds like it; other unmatched windows go with their neighbours;
+  new one when it is a whole phrase of at least `min_new_speaker_seconds`, or when the window before
+  it (in this segment or the last one) matches no voice either and sounds like it; other unmatched
+  windows go with their neighbours;
 - a segment whose words fall to different voices is split there, at word boundaries.
 
 Labels are "Speaker 1", "Speaker 2"... in order of first appearance. State per stream: one sum
@@ -176,6 +177,7 @@ class OnlineSpeakers:
         self.max_speakers = max_speakers
         self.sums: list[np.ndarray] = []  # per voice: sum of its unit embeddings, scaled down past MAX_WEIGHT
         self.weights: list[float] = []
+        self.unmatched: _Unmatched | None = None
 
     @property
     def count(self) -> int:
@@ -215,42 +217,55 @@ class OnlineSpeakers:
         """A speaker per window of one segment, in order; may start new voices; updates the means.
 
         `can_start[i]`: window i is a whole pause-delimited phrase of at least `min_new_speaker_seconds`,
-        enough to start a new voice on its own; otherwise an unmatched window needs an unmatched
-        neighbour that sounds like it.
+        enough to start a new voice on its own; otherwise an unmatched window needs the window before it
+        to be unmatched too and to sound like it. That window may be the last one of an earlier segment:
+        live finals are often a word or two, and a new person's first turn may be several of them. The
+        earlier window keeps the label it was emitted with; its voice still counts in the new mean.
         """
         labels: list[int] = []
         matched: list[bool] = []
         threshold = self.config.threshold
-        pending: int | None = None  # an unmatched window waiting for a second opinion
         for index, vector in enumerate(vectors):
             best, score = self.nearest(vector)
             if best is not None and score >= threshold:
                 labels.append(best)
                 matched.append(True)
                 self.update(best, vector)
-                pending = None
+                self.unmatched = None
                 continue
+            pending = self.unmatched
             if best is None or (self.can_add() and can_start[index]):  # a new voice
                 labels.append(self.add(vector[None]))
                 matched.append(True)
-                pending = None
-            elif self.can_add() and pending is not None and float(vectors[pending] @ vector) >= threshold:
-                speaker = self.add(vectors[[pending, index]])
-                labels[pending] = speaker
-                matched[pending] = True
+                self.unmatched = None
+            elif self.can_add() and pending is not None and float(pending.vector @ vector) >= threshold:
+                speaker = self.add(np.stack([pending.vector, vector]))
+                if pending.index is not None:  # in this segment: not emitted yet
+                    labels[pending.index] = speaker
+                    matched[pending.index] = True
                 labels.append(speaker)
                 matched.append(True)
-                pending = None
+                self.unmatched = None
             else:
                 labels.append(best)
                 matched.append(False)
-                pending = index if self.can_add() else None
+                self.unmatched = _Unmatched(vector, index) if self.can_add() else None
+        if self.unmatched is not None:  # its segment is about to be emitted: its label is fixed from now on
+            self.unmatched = _Unmatched(self.unmatched.vector, None)
         # An unmatched window that found no partner goes where its neighbours went.
         for index, label in enumerate(labels):
             neighbours = labels[max(0, index - 1):index] + labels[index + 1:index + 2]
             if not matched[index] and neighbours and len(set(neighbours)) == 1:
                 labels[index] = neighbours[0]
         return labels
+
+
+@dataclass
+class _Unmatched:
+    """The last window, when it matched no voice: half of the evidence a new voice needs."""
+
+    vector: np.ndarray
+    index: int | None  # its place in the segment being labelled; None once that segment is emitted
 
 
 @dataclass
