@@ -15,6 +15,10 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 SPEECH_SAMPLE = SAMPLES / "librivox.flac"
 SPEECH_REFERENCE = SAMPLES / "librivox.txt"
+# The small models (Whisper tiny.en, SmolLM2-135M): for tests of behaviour that any model shows. The
+# default model's own checks are tests/test_meeting.py's; on a CPU without bfloat16 it is float32 and
+# each CLI run of it cost CI one to two and a half minutes.
+CPU_PROFILE = str(REPO / "configs" / "cpu.toml")
 
 
 def run_cli(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 import jiwer
 import pytest
 
-from conftest import SPEECH_REFERENCE, SPEECH_SAMPLE, one_line_error, run_cli
+from conftest import CPU_PROFILE, SPEECH_REFERENCE, SPEECH_SAMPLE, one_line_error, run_cli
 from livesum.events import Error, Segment, parse_event
 
 # Measured with our pipeline (24 s windows cut at pauses): base and tiny.en int8 both make one
@@ -129,7 +129,7 @@ def test_unwritable_out_folder_is_one_line_before_any_model_loads(tmp_path: Path
 @pytest.mark.slow
 def test_engine_refusing_its_settings_is_one_line(tmp_path: Path) -> None:
     # SmolLM2 has an 8k context: a 100k window cannot fit, which the engine says at start.
-    result = run_cli("file", str(SPEECH_SAMPLE), "--out", str(tmp_path / "out"), "-q", "--asr-model", "tiny.en", "--set", "llm.engine.window=100000")
+    result = run_cli("file", str(SPEECH_SAMPLE), "--out", str(tmp_path / "out"), "-q", "--config", CPU_PROFILE, "--set", "llm.engine.window=100000")
     assert result.returncode == 1
     assert "exceed the model's context" in one_line_error(result)
 
@@ -145,7 +145,7 @@ def test_ctrl_c_on_a_file_keeps_transcript_and_writes_notes(tmp_path: Path) -> N
     made = subprocess.run(["sox", *[str(SPEECH_SAMPLE)] * 6, str(long_audio)], capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "livesum.cli", "file", str(long_audio), "--out", str(out), "-q", "--asr-model", "tiny.en"]
+    command = [sys.executable, "-m", "livesum.cli", "file", str(long_audio), "--out", str(out), "-q", "--config", CPU_PROFILE]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 600  # a hang guard

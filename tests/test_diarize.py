@@ -30,10 +30,9 @@ from livesum.events import Segment, Word
 from livesum.outputs.files import file_sinks
 from livesum.outputs.live_view import LiveView
 from livesum.source.file import decode_file, stream_file
-from tests.conftest import SAMPLES, SPEECH_SAMPLE, run_cli
+from tests.conftest import CPU_PROFILE, SAMPLES, SPEECH_SAMPLE, run_cli
 
 TWO_READERS = SAMPLES / "two_readers.flac"
-CPU_PROFILE = str(Path(__file__).resolve().parent.parent / "configs" / "cpu.toml")
 
 
 def reference_turns() -> list[tuple[float, float, str]]:

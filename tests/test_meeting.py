@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SAMPLES, run_cli
-from livesum.config import load_settings
 from livesum.events import Notes, Segment, Summary, parse_event
 from livesum.llm.minutes import KEY_POINTS_INSTRUCTION, locate, names_in, not_echo
 
@@ -25,7 +24,10 @@ NATURAL_MEETING = SAMPLES / "meetings" / "garden_committee.toml"
 # measured 2 items right of 7 listed and 2-5 questions right there over runs (the transcript varies a
 # little between runs; on 2026-12-02 "300 and 10 pounds" missed the scorer's "310"); SmolLM2 0 items and
 # 2 questions: the items floor is what tells a fallback apart.
-LONG_MINUTES = 8
+LONG_MINUTES = 5
+# The fast profile with half its window and a summary every 90 s: five minutes of meeting are then
+# about twice the window and four rolling summaries, what eight minutes were on the profile as it is.
+LONG_RUN_SETTINGS = {"llm.engine.window": 384, "llm.summary_every_seconds": 90}
 QUALITY_FLOOR = {"items found": 1, "items precision": 0.15, "questions right": 2}
 
 
@@ -82,13 +84,14 @@ def test_natural_meeting_notes_answer_every_question_and_do_not_echo(natural_run
 
 @pytest.fixture(scope="module")
 def long_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first 8 minutes of the sample meeting: about twice the fast profile's LM window, so most of it
-    is evicted before the end (the whole 22 minutes took CI a quarter of its time budget)."""
+    """The first minutes of the sample meeting: about twice the LM window, so most of it is evicted
+    before the end (the whole 22 minutes took CI a quarter of its time budget)."""
     work = tmp_path_factory.mktemp("meeting")
     audio = work / "meeting.wav"
     synthesize(SAMPLES / "meeting_script.toml", audio, LONG_MINUTES)
     out = work / "notes"
-    result = run_cli("file", str(audio), "--out", str(out), "-q", "--config", str(REPO / "configs" / "cpu.toml"),
+    overrides = [arg for key, value in LONG_RUN_SETTINGS.items() for arg in ("--set", f"{key}={value}")]
+    result = run_cli("file", str(audio), "--out", str(out), "-q", "--config", str(REPO / "configs" / "cpu.toml"), *overrides,
                      "--set", "asr.diarize=false", "--ask", "What did the team decide about the launch date?", timeout=1800)
     assert result.returncode == 0, result.stderr
     return out
@@ -98,8 +101,7 @@ def long_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_rolling_summaries_cover_a_long_meeting_in_order(long_run: Path) -> None:
     events = events_of(long_run)
     summaries = [e for e in events if isinstance(e, Summary)]
-    settings = load_settings(REPO / "configs" / "cpu.toml", environ={})
-    every = settings.llm.summary_every_seconds
+    every = LONG_RUN_SETTINGS["llm.summary_every_seconds"]
     notes_event = next(e for e in events if isinstance(e, Notes))
     assert len(summaries) >= notes_event.duration // every  # one per summary_every_seconds of audio, plus the final one
     assert all(s.text.strip() for s in summaries)
@@ -108,7 +110,7 @@ def test_rolling_summaries_cover_a_long_meeting_in_order(long_run: Path) -> None
     notes = [e for e in events if isinstance(e, Notes)]
     assert len(notes) == 1 and notes[0].duration > (LONG_MINUTES - 1) * 60
     segments = [e for e in events if isinstance(e, Segment) and e.final]
-    assert sum(len(s.text.split()) for s in segments) > 1.5 * settings.llm.engine.window  # a word is a token or more
+    assert sum(len(s.text.split()) for s in segments) > 1.5 * LONG_RUN_SETTINGS["llm.engine.window"]  # a word is a token or more
     assert notes[0].title and notes[0].summary
     assert notes[0].answers and notes[0].answers[0].text
     # Items extracted at rolling summaries long before the end are still in the notes, and all were said.

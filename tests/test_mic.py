@@ -25,7 +25,7 @@ from livesum.config import CaptureConfig
 from livesum.events import Answer, AnswerPart, Segment, Summary
 from livesum.outputs.live_view import LiveView, PlainLiveView
 from livesum.source.audio import AudioChunk, AudioSourceError
-from tests.conftest import REPO, SPEECH_REFERENCE, SPEECH_SAMPLE, run_cli
+from tests.conftest import CPU_PROFILE, REPO, SPEECH_REFERENCE, SPEECH_SAMPLE, run_cli
 from tests.pulse import play, pulseaudio_server
 
 needs_pulse = pytest.mark.skipif(not (shutil.which("pulseaudio") and shutil.which("paplay")), reason="needs pulseaudio + pulseaudio-utils")
@@ -194,7 +194,7 @@ def test_livesum_mic_end_to_end(pulse: dict[str, str], tmp_path: Path) -> None:
     """The LibriVox reading played into the null sink while `livesum mic` listens, a question on
     its stdin, then Ctrl-C: transcript, answer and notes are written and the exit code is 0."""
     out = tmp_path / "notes"
-    command = [sys.executable, "-m", "livesum.cli", "mic", "--device", "pulse", "--out", str(out), "--asr-model", "tiny.en", "--summary-every", "10"]
+    command = [sys.executable, "-m", "livesum.cli", "mic", "--device", "pulse", "--out", str(out), "--config", CPU_PROFILE, "--summary-every", "10"]
     mic = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **pulse}, cwd=REPO)
     events = out / "events.jsonl"
 
