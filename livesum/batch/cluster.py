@@ -24,9 +24,10 @@ from livesum.batch.worker import PROBE_PREFIX, Job, Outcome, RecordingWorker, St
 
 POLL_SECONDS = 0.5  # how often the driver looks up from waiting, for Ctrl-C
 # Ray Client's proxy starts one server process per client; when that process dies while starting
-# (seen under load, with nothing in its logs), the proxy says so within seconds and a new connection
-# gets a new process: one more try, then the error.
-CLIENT_SERVER_DIED = "Starting Ray client server failed"
+# (seen under load, with nothing in its logs: ray-project/ray#63202, a gRPC race in the proxy's fork),
+# the proxy says so within seconds, or trips over the dead process ("ZombieProcess"), and a new
+# connection gets a new process: one more try, then the error.
+CLIENT_SERVER_DIED = ("Starting Ray client server failed", "ZombieProcess")
 
 
 class RayUnavailable(RuntimeError):
@@ -44,7 +45,7 @@ def connect(address: str) -> Any:
         try:
             _init(ray, address)
         except ConnectionError as error:
-            if CLIENT_SERVER_DIED not in str(error):
+            if not any(sign in str(error) for sign in CLIENT_SERVER_DIED):
                 raise
             ray.shutdown()  # a new ray.init is a new client id, which gets a new server process
             _init(ray, address)
