@@ -177,7 +177,7 @@ class OnlineSpeakers:
         self.max_speakers = max_speakers
         self.sums: list[np.ndarray] = []  # per voice: sum of its unit embeddings, scaled down past MAX_WEIGHT
         self.weights: list[float] = []
-        self.unmatched: _Unmatched | None = None
+        self.unmatched: np.ndarray | None = None  # the last window, when it matched no voice: half a new voice's evidence
 
     @property
     def count(self) -> int:
@@ -225,6 +225,7 @@ class OnlineSpeakers:
         labels: list[int] = []
         matched: list[bool] = []
         threshold = self.config.threshold
+        unmatched_at: int | None = None  # where self.unmatched is in this segment (None: an earlier one, emitted)
         for index, vector in enumerate(vectors):
             best, score = self.nearest(vector)
             if best is not None and score >= threshold:
@@ -233,39 +234,29 @@ class OnlineSpeakers:
                 self.update(best, vector)
                 self.unmatched = None
                 continue
-            pending = self.unmatched
             if best is None or (self.can_add() and can_start[index]):  # a new voice
                 labels.append(self.add(vector[None]))
                 matched.append(True)
                 self.unmatched = None
-            elif self.can_add() and pending is not None and float(pending.vector @ vector) >= threshold:
-                speaker = self.add(np.stack([pending.vector, vector]))
-                if pending.index is not None:  # in this segment: not emitted yet
-                    labels[pending.index] = speaker
-                    matched[pending.index] = True
+            elif self.can_add() and self.unmatched is not None and float(self.unmatched @ vector) >= threshold:
+                speaker = self.add(np.stack([self.unmatched, vector]))
+                if unmatched_at is not None:  # in this segment: not emitted yet
+                    labels[unmatched_at] = speaker
+                    matched[unmatched_at] = True
                 labels.append(speaker)
                 matched.append(True)
                 self.unmatched = None
             else:
                 labels.append(best)
                 matched.append(False)
-                self.unmatched = _Unmatched(vector, index) if self.can_add() else None
-        if self.unmatched is not None:  # its segment is about to be emitted: its label is fixed from now on
-            self.unmatched = _Unmatched(self.unmatched.vector, None)
+                self.unmatched = vector if self.can_add() else None
+                unmatched_at = index
         # An unmatched window that found no partner goes where its neighbours went.
         for index, label in enumerate(labels):
             neighbours = labels[max(0, index - 1):index] + labels[index + 1:index + 2]
             if not matched[index] and neighbours and len(set(neighbours)) == 1:
                 labels[index] = neighbours[0]
         return labels
-
-
-@dataclass
-class _Unmatched:
-    """The last window, when it matched no voice: half of the evidence a new voice needs."""
-
-    vector: np.ndarray
-    index: int | None  # its place in the segment being labelled; None once that segment is emitted
 
 
 @dataclass
