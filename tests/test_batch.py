@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from batch_helpers import act_mid_recording, make_recordings, rows
-from conftest import REPO, SAMPLES, run_cli
+from conftest import CPU_PROFILE as CPU
+from conftest import SAMPLES, run_cli
 from livesum.batch.inputs import BatchInputError, Recording, assign_names, collect
 from livesum.batch.ledger import BatchRow, Ledger, settings_hash
 from livesum.config import load_settings
 
 EXTENSIONS = [".wav", ".flac", ".mp3"]
-CPU = str(REPO / "configs" / "cpu.toml")
 
 
 def touch(path: Path) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SAMPLES, run_cli
+from conftest import CPU_PROFILE, REPO, SAMPLES, run_cli
 from livesum.events import Notes, Segment, Summary, parse_event
 from livesum.llm.minutes import KEY_POINTS_INSTRUCTION, locate, names_in, not_echo
 
@@ -91,7 +91,7 @@ def long_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     synthesize(SAMPLES / "meeting_script.toml", audio, LONG_MINUTES)
     out = work / "notes"
     overrides = [arg for key, value in LONG_RUN_SETTINGS.items() for arg in ("--set", f"{key}={value}")]
-    result = run_cli("file", str(audio), "--out", str(out), "-q", "--config", str(REPO / "configs" / "cpu.toml"), *overrides,
+    result = run_cli("file", str(audio), "--out", str(out), "-q", "--config", CPU_PROFILE, *overrides,
                      "--set", "asr.diarize=false", "--ask", "What did the team decide about the launch date?", timeout=1800)
     assert result.returncode == 0, result.stderr
     return out

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from batch_helpers import act_mid_recording, make_recordings, rows
+from conftest import CPU_PROFILE as CPU
 from conftest import REPO, SAMPLES
 from livesum.events import parse_event
 from ray_cluster import RayCluster, namespace_available
@@ -25,7 +26,6 @@ from ray_cluster import RayCluster, namespace_available
 pytest.importorskip("ray", reason="livesum[ray] is not installed")
 pytestmark = pytest.mark.slow
 
-CPU = str(REPO / "configs" / "cpu.toml")
 ONE_CPU_WORKERS = ["--set", "batch.cpus_per_worker=1"]
 
 
