@@ -78,14 +78,21 @@ class _BatchLayer(CacheLayerMixin):
         # Where every session keeps its keys rotated (`keep_rotated_keys`), attention gets those: rotating
         # the whole gathered block at each step cost more the more rows a step has.
         rotated = all(layer.rotated is not None for layer in self.layers)
-        keys = key_states.new_zeros((batch, heads, self.read_length, head_dim))
-        values = value_states.new_zeros((batch, heads, self.read_length, value_states.shape[-1]))
-        targets, sources = [], []
+        # Only the slots past a row's own length are zeroed (masked, but never left as stale memory that
+        # could hold a NaN); zeroing the whole block first wrote every entry twice: a sixth of a 4-row
+        # decode step of the 1.5B model on 2 cores.
+        keys = key_states.new_empty((batch, heads, self.read_length, head_dim))
+        values = value_states.new_empty((batch, heads, self.read_length, value_states.shape[-1]))
+        targets, sources, tails = [], [], []
         for row, layer in enumerate(self.layers):
             end = layer.length
             targets += [keys[row:row + 1, :, :end], values[row:row + 1, :, :end]]
             sources += [(layer.rotated if rotated else layer.keys)[:, :, :end], layer.values[:, :, :end]]
+            if end < self.read_length:
+                tails += [keys[row:row + 1, :, end:], values[row:row + 1, :, end:]]
         torch._foreach_copy_(targets, sources)
+        if tails:
+            torch._foreach_zero_(tails)
         return (keys if rotated else self.table.rotate(keys, 0)), values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
