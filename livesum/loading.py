@@ -39,7 +39,7 @@ def load_language(settings: Settings) -> tuple[Any, Any] | None:
     from livesum.models import load_language_model
 
     return load_language_model(settings.llm.model, settings.resolved_cache_dir(), settings.llm.device, settings.llm.dtype,
-                               settings.llm.decode_weights)
+                               settings.llm.decode_weights, settings.llm.prefill_weights)
 
 
 def new_engine(settings: Settings, model: Any, tokenizer: Any) -> LanguageEngine:

@@ -85,3 +85,44 @@ def test_a_compacted_model_decodes_like_the_full_one_and_packs_once(tmp_path: Pa
     compact_decode_weights(again, tmp_path)  # loaded from the cache, not packed again
     assert packed[0].stat().st_mtime_ns == stamp
     assert torch.equal(again.model.layers[0].mlp.up_proj.packed, small.model.layers[0].mlp.up_proj.packed)
+
+
+half = pytest.mark.skipif(not compact.half_supported(), reason="this torch has no fbgemm float16 GEMM")
+
+
+@half
+@torch.inference_mode()
+def test_a_float32_layer_can_prefill_from_a_packed_float16_copy_instead_of_its_weight() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 64, bias=True)
+    reference = nn.Linear(128, 64, bias=True)
+    reference.load_state_dict(linear.state_dict())
+    layer = CompactLinear(linear, *quantize(linear.weight))
+    few = torch.randn(2, compact.DECODE_ROWS // 2, 128)
+    decoded = layer(few)
+    layer.to_half()
+    assert layer.weight is None and layer.bias is not None  # the float32 weight is gone; the int4 rows keep their bias
+    assert torch.equal(layer(few), decoded)  # decode rows: the int4 copy, as before
+    many = torch.randn(3, compact.DECODE_ROWS + 3, 128)
+    prefilled, exact = layer(many), reference(many)
+    assert prefilled.shape == exact.shape and prefilled.dtype == torch.float32
+    assert not torch.equal(prefilled, exact)  # float16 weights ...
+    assert (prefilled - exact).norm() / exact.norm() < 1e-3  # ... within float16's rounding of them
+
+
+@half
+def test_a_float32_model_prefills_from_float16_copies_and_its_tied_head_stays_whole(tmp_path: Path) -> None:
+    full, small = tiny_qwen(torch.float32), tiny_qwen(torch.float32)
+    compact_decode_weights(small, tmp_path, half_prefill=True)
+    layers = [module for module in small.modules() if isinstance(module, CompactLinear)]
+    assert small.lm_head in layers and small.lm_head.weight is small.model.embed_tokens.weight  # still tied, float32
+    assert small.lm_head.half_weight is None
+    assert all(layer.weight is None and layer.half_weight is not None for layer in layers if layer is not small.lm_head)
+    ids = torch.randint(0, 512, (1, 24))
+    with torch.inference_mode():
+        prefilled, exact = small(ids).logits, full(ids).logits
+    assert (prefilled - exact).norm() / exact.norm() < 1e-3
+    in_bfloat16 = tiny_qwen()
+    compact_decode_weights(in_bfloat16, tmp_path, half_prefill=True)  # bfloat16 models prefill on their own weights
+    assert all(module.half_weight is None and module.weight is not None
+               for module in in_bfloat16.modules() if isinstance(module, CompactLinear))
