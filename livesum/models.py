@@ -387,7 +387,8 @@ def load_language_model(name_or_path: str, cache_dir: Path, device: str = "auto"
     the 1.5B model on 2 cores, at half the memory), float32 on other CPUs, where bfloat16 is emulated.
     On the CPU, `decode_weights` "auto"/"int4" adds int4 copies of the linear layers for decode steps
     (livesum.llm.compact), packed once into the model cache; a float32 model then prefills from packed
-    float16 copies of them unless `prefill_weights` is "full"."""
+    float16 copies of them unless `prefill_weights` is "full", and is loaded as its bfloat16 files with
+    only the rest widened to float32 (its linear layers are never float32: half the peak memory)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
@@ -400,15 +401,34 @@ def load_language_model(name_or_path: str, cache_dir: Path, device: str = "auto"
     if dtype == "auto":
         dtype = auto_dtype(device)
     flush_denormals()  # on the loading thread too: engines driven without the LM service compute there
+    compact = decode_weights != "full" and device == "cpu"  # the packed kernels are CPU kernels
+    half_prefill = compact and prefill_weights == "auto"
+    load_dtype = dtype
+    if half_prefill and dtype == "float32" and _stored_dtype(model_dir) == "bfloat16":
+        from livesum.llm.compact import half_supported, supported
+
+        if supported() and half_supported():  # every linear layer will be packed copies: never widen them
+            load_dtype = "bfloat16"
     with TORCH_DEFAULT_DTYPE:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, load_dtype))
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if decode_weights != "full" and device == "cpu":  # the packed kernels are CPU kernels
+    if compact:
         from livesum.llm.compact import compact_decode_weights
 
-        compact_decode_weights(model, packed_weights_dir(model_dir, cache_dir), half_prefill=prefill_weights == "auto")
+        compact_decode_weights(model, packed_weights_dir(model_dir, cache_dir), half_prefill=half_prefill,
+                               dtype=getattr(torch, dtype))
     return model, tokenizer
+
+
+def _stored_dtype(model_dir: Path) -> str | None:
+    """The dtype a model directory's weights are saved in, as its config.json says (None if it does not)."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    stored = config.get("dtype") or config.get("torch_dtype")
+    return stored if isinstance(stored, str) else None
 
 
 def packed_weights_dir(model_dir: Path, cache_dir: Path) -> Path:

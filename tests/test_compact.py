@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config
 
 from livesum.llm import compact
 from livesum.llm.compact import CompactLinear, compact_decode_weights, quantize
+from livesum.models import TORCH_DEFAULT_DTYPE
 
 pytestmark = pytest.mark.skipif(not compact.supported(), reason="this torch has no CPU int4 kernels")
 
@@ -126,3 +127,24 @@ def test_a_float32_model_prefills_from_float16_copies_and_its_tied_head_stays_wh
     compact_decode_weights(in_bfloat16, tmp_path, half_prefill=True)  # bfloat16 models prefill on their own weights
     assert all(module.half_weight is None and module.weight is not None
                for module in in_bfloat16.modules() if isinstance(module, CompactLinear))
+
+
+@half
+def test_a_float32_model_loaded_from_its_bfloat16_files_is_the_one_widened_first(model_cache: Path, tmp_path: Path) -> None:
+    """`load_language_model` loads a float32 model whose layers all get packed copies as its bfloat16
+    files and widens only the rest (half the peak memory): the same model as loading float32 first."""
+    from livesum.models import language_model_dir, load_language_model
+
+    model, _ = load_language_model("smollm2-135m", model_cache, device="cpu", dtype="float32")
+    assert {param.dtype for param in model.parameters()} == {torch.float32}
+    assert model.livesum_draft_rows == 0  # a float32 model, as loaded the long way
+    layers = [module for module in model.modules() if isinstance(module, CompactLinear)]
+    assert all(layer.half_weight is not None for layer in layers if layer is not model.lm_head)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    with TORCH_DEFAULT_DTYPE:
+        widened = AutoModelForCausalLM.from_pretrained(language_model_dir("smollm2-135m", model_cache), dtype=torch.float32).eval()
+    compact_decode_weights(widened, tmp_path, half_prefill=True)
+    ids = torch.randint(0, 4096, (1, 40))
+    with torch.inference_mode():
+        assert torch.equal(model(ids).logits, widened(ids).logits)  # prefill rows: the float16 copies
+        assert torch.equal(model(ids[:, :1]).logits, widened(ids[:, :1]).logits)  # a decode row: the int4 copies

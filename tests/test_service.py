@@ -158,9 +158,12 @@ async def test_close_with_wait_returns_once_the_worker_has_stopped() -> None:
 
 @pytest.fixture(scope="module")
 def smollm2(model_cache):
+    """In float32 with int4 decode copies, prefilling from the float32 weights: a row's result then does not
+    depend on how many rows share its forward, so schedules can be compared token for token (the float16
+    prefill copies round a row differently by the forward's row count, as bfloat16 does: docs/engine.md)."""
     from livesum.models import load_language_model
 
-    return load_language_model("smollm2-135m", model_cache, device="cpu", dtype="float32")
+    return load_language_model("smollm2-135m", model_cache, device="cpu", dtype="float32", prefill_weights="full")
 
 
 @pytest.fixture(scope="module")

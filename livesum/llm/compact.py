@@ -93,10 +93,10 @@ class CompactLinear(nn.Module):
         self.half_weight: Any = None  # fbgemm's packed float16 weight and bias (`to_half`), in place of `weight`
 
     def to_half(self) -> None:
-        """Prefill from a packed float16 copy of the (float32) weight, which is let go; the bias stays for
-        the int4 rows."""
-        bias = None if self.bias is None else self.bias.detach()
-        self.half_weight = torch.ops.quantized.linear_prepack_fp16(self.weight.detach(), bias)
+        """Prefill from a packed float16 copy of the weight (float32 or bfloat16: the values float16 holds),
+        which is let go; the bias stays for the int4 rows."""
+        bias = None if self.bias is None else self.bias.detach().float()
+        self.half_weight = torch.ops.quantized.linear_prepack_fp16(self.weight.detach().float(), bias)
         self.weight = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,15 +124,29 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-@torch.inference_mode()
-def compact_decode_weights(model: nn.Module, cache_dir: Path | None, group: int = GROUP, half_prefill: bool = False) -> int:
+def compact_decode_weights(model: nn.Module, cache_dir: Path | None, group: int = GROUP, half_prefill: bool = False,
+                           dtype: torch.dtype | None = None) -> int:
     """Give every linear layer of `model` an int4 decode copy, loaded from `cache_dir` when it was
     made before (else made now and saved there); returns how many layers were converted. With
     `half_prefill`, a float32 model's layers also prefill from packed float16 copies (see the module's
-    docstring); a weight shared with the input embeddings (a tied head) keeps its float32 form."""
+    docstring); a weight shared with the input embeddings (a tied head) keeps its float32 form.
+
+    `dtype`: what the model is to compute in, when its weights were loaded narrower (a float32 model
+    loaded as its bfloat16 files, `load_language_model`): the packed copies are made from those weights
+    (the same values), and then the rest of the model is widened to `dtype`. So a float32 model never
+    holds its linear layers in float32 when the copies replace them: half the peak memory of loading."""
+    dtype = dtype or model.dtype
+    with torch.inference_mode():
+        count = _attach_copies(model, cache_dir, group, half_prefill, dtype) if supported() else 0
     if not supported():
         log.warning("this torch has no CPU int4 kernels; decoding from full weights")
-        return 0
+    if model.dtype != dtype:
+        _widen(model, model.dtype, dtype)  # outside inference mode: parameters stay ordinary tensors
+    return count
+
+
+def _attach_copies(model: nn.Module, cache_dir: Path | None, group: int, half_prefill: bool, dtype: torch.dtype) -> int:
+    """The body of `compact_decode_weights`, before widening."""
     path = cache_dir / PACKED_NAME.format(group=group, torch=torch.__version__.replace("+", "_")) if cache_dir else None
     saved: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if path is not None and path.is_file():
@@ -146,7 +160,7 @@ def compact_decode_weights(model: nn.Module, cache_dir: Path | None, group: int 
     # several rows at once, which rounds a little differently; in a float32 model the cast to bfloat16
     # for the int4 kernel can turn that into a near-tie going the other way (seen: "10% of the total
     # bill." against "10."). So drafts only where the model computes in the kernel's own dtype.
-    model.livesum_draft_rows = DECODE_ROWS if model.dtype == ACTIVATIONS else 0
+    model.livesum_draft_rows = DECODE_ROWS if dtype == ACTIVATIONS else 0
     made: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, linear in targets:
         pair = saved.get(name)
@@ -158,11 +172,24 @@ def compact_decode_weights(model: nn.Module, cache_dir: Path | None, group: int 
         partial = path.with_name(path.name + ".partial")
         torch.save(made, partial)
         partial.replace(path)
-    if half_prefill and model.dtype == torch.float32 and half_supported():
-        targets.clear()  # the replaced nn.Linear modules: their float32 weights must go as the copies come
+    if half_prefill and dtype == torch.float32 and half_supported():
+        targets.clear()  # the replaced nn.Linear modules: their weights must go as the copies come
         linear = None  # the last of them
         _prefill_from_half(model)
     return len(made)
+
+
+def _widen(model: nn.Module, loaded: torch.dtype, dtype: torch.dtype) -> None:
+    """Every parameter and buffer of `model` in the `loaded` dtype in `dtype` instead, but the int4
+    kernel's own scales (which stay in its activation dtype); others (rotary frequencies kept in float32)
+    as they are. In place: a parameter shared by two modules (a tied head) stays shared."""
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if param.dtype == loaded:
+                param.data = param.data.to(dtype)
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.dtype == loaded and not (isinstance(module, CompactLinear) and name == "scales_and_zeros"):
+                setattr(module, name, buffer.to(dtype))
 
 
 def _prefill_from_half(model: nn.Module) -> None:
