@@ -184,7 +184,7 @@ class LlmConfig(Section):
         "auto",
         description="Weights of prefill (transcript feeds, prompts) for a float32 model on the CPU (CPUs without bfloat16 "
         "instructions) with int4 decode copies: 'auto' = packed float16 copies in place of the float32 weights (fbgemm; "
-        "1.4x faster prefill of Qwen2.5-Coder-1.5B on 2 AVX2 cores, 2.8 GB less memory, about 18 s to pack at each start), "
+        "1.4x faster prefill of Qwen2.5-Coder-1.5B on 2 AVX2 cores, 2.8 GB less memory; its load takes 20-26 s instead of 12-14), "
         "'full' = the float32 weights.",
     )
     threads: int = Field(0, ge=0, description="The LM's torch threads on the CPU; 0 = all the cores while no speech recognition runs, the cores Whisper leaves while it does (livesum/compute.py).")

@@ -29,7 +29,8 @@ float32 matmuls ran at 70 GFLOPS on 2 AVX2 cores, where fbgemm's packed half-pre
 projection at 256 rows 58 against 99 ms, at 64 rows 16 against 38 (docs/engine.md). Its weights are the
 converted model's bfloat16 values, nearly all exact in float16, at half the float32 bytes; so those
 layers keep the float16 copy and let the float32 weight go. Packing is not cacheable (the packed
-layout is fbgemm's private one): about 18 s for the 1.5B model on 2 cores at every start.
+layout is fbgemm's private one): about 18 s for the 1.5B model on 2 cores at every start, partly
+paid back by loading such a model as its bfloat16 files (`dtype`, below).
 """
 
 from __future__ import annotations
