@@ -403,12 +403,10 @@ def load_language_model(name_or_path: str, cache_dir: Path, device: str = "auto"
     flush_denormals()  # on the loading thread too: engines driven without the LM service compute there
     compact = decode_weights != "full" and device == "cpu"  # the packed kernels are CPU kernels
     half_prefill = compact and prefill_weights == "auto"
-    load_dtype = dtype
-    if half_prefill and dtype == "float32" and _stored_dtype(model_dir) == "bfloat16":
-        from livesum.llm.compact import half_supported, supported
-
-        if supported() and half_supported():  # every linear layer will be packed copies: never widen them
-            load_dtype = "bfloat16"
+    # Its linear layers will be packed copies: load the bfloat16 files as they are and let
+    # compact_decode_weights widen what is left (all of it, where this torch lacks the kernels).
+    widen_later = half_prefill and dtype == "float32" and _stored_dtype(model_dir) == "bfloat16"
+    load_dtype = "bfloat16" if widen_later else dtype
     with TORCH_DEFAULT_DTYPE:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, load_dtype))
     model.to(device).eval()

@@ -137,17 +137,23 @@ def compact_decode_weights(model: nn.Module, cache_dir: Path | None, group: int 
     (the same values), and then the rest of the model is widened to `dtype`. So a float32 model never
     holds its linear layers in float32 when the copies replace them: half the peak memory of loading."""
     dtype = dtype or model.dtype
-    with torch.inference_mode():
-        count = _attach_copies(model, cache_dir, group, half_prefill, dtype) if supported() else 0
-    if not supported():
+    if supported():
+        with torch.inference_mode():
+            count = _attach_copies(model, cache_dir, group, dtype)
+        # After _attach_copies returned: the replaced nn.Linear modules are gone, so each weight goes as
+        # soon as its float16 copy exists.
+        if half_prefill and dtype == torch.float32 and half_supported():
+            _prefill_from_half(model)
+    else:
         log.warning("this torch has no CPU int4 kernels; decoding from full weights")
+        count = 0
     if model.dtype != dtype:
         _widen(model, model.dtype, dtype)  # outside inference mode: parameters stay ordinary tensors
     return count
 
 
-def _attach_copies(model: nn.Module, cache_dir: Path | None, group: int, half_prefill: bool, dtype: torch.dtype) -> int:
-    """The body of `compact_decode_weights`, before widening."""
+def _attach_copies(model: nn.Module, cache_dir: Path | None, group: int, dtype: torch.dtype) -> int:
+    """The int4 copies of `compact_decode_weights`: each linear layer replaced by a CompactLinear."""
     path = cache_dir / PACKED_NAME.format(group=group, torch=torch.__version__.replace("+", "_")) if cache_dir else None
     saved: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if path is not None and path.is_file():
@@ -173,10 +179,6 @@ def _attach_copies(model: nn.Module, cache_dir: Path | None, group: int, half_pr
         partial = path.with_name(path.name + ".partial")
         torch.save(made, partial)
         partial.replace(path)
-    if half_prefill and dtype == torch.float32 and half_supported():
-        targets.clear()  # the replaced nn.Linear modules: their weights must go as the copies come
-        linear = None  # the last of them
-        _prefill_from_half(model)
     return len(made)
 
 
